@@ -1,0 +1,144 @@
+"""Finding the files of a category: the MVTec AD layout and a generic folder layout (anomalib's Folder).
+
+Scanning only lists files and pairs images with masks; decoding happens in `edgead.data.loading`, so
+errors there name the exact file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgead.errors import EdgeadError
+from firmware_sim.preprocess import is_image_file
+
+GOOD = "good"
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: Path
+    label: int  # 0 normal, 1 anomalous
+    defect_type: str  # "good" for normal images
+    mask_path: Path | None = None
+
+
+@dataclass
+class CategoryIndex:
+    name: str
+    root: Path
+    train: list[Entry]
+    test: list[Entry]
+    skipped: list[str] = field(default_factory=list)  # files ignored, with the reason
+
+
+def _images_in(folder: Path, skip_bad: bool, skipped: list[str]) -> list[Path]:
+    files = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.is_dir():
+            continue
+        if not is_image_file(p):
+            msg = f"{p}: not an image file (expected .png, .jpg, .jpeg, .bmp, .tif, .webp)"
+            if not skip_bad:
+                raise EdgeadError(msg + "; remove it or pass --skip-bad")
+            skipped.append(msg)
+            continue
+        files.append(p)
+    return files
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise EdgeadError(f"{path}: missing {what} folder (MVTec AD layout: <root>/<category>/train/good, "
+                          f"<root>/<category>/test/<good|defect>, <root>/<category>/ground_truth/<defect>)")
+    return path
+
+
+def scan_mvtec(root: str | Path, category: str, *, skip_bad: bool = False) -> CategoryIndex:
+    """`<root>/<category>/train/good`, `test/<good|defect>`, `ground_truth/<defect>/<stem>_mask.png`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise EdgeadError(f"{root}: dataset root not found")
+    cat_dir = root / category
+    if not cat_dir.is_dir():
+        found = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise EdgeadError(f"{cat_dir}: unknown category {category!r}; categories under {root}: {found or 'none'}")
+    skipped: list[str] = []
+    train_files = _images_in(_require_dir(cat_dir / "train" / GOOD, "train/good"), skip_bad, skipped)
+    if not train_files:
+        raise EdgeadError(f"{cat_dir / 'train' / GOOD}: no training images (expected normal images here)")
+    train = [Entry(p, 0, GOOD) for p in train_files]
+
+    test: list[Entry] = []
+    test_dir = _require_dir(cat_dir / "test", "test")
+    for defect_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()):
+        for p in _images_in(defect_dir, skip_bad, skipped):
+            if defect_dir.name == GOOD:
+                test.append(Entry(p, 0, GOOD))
+                continue
+            mask = _find_mask(cat_dir / "ground_truth" / defect_dir.name, p.stem)
+            if mask is None:
+                msg = (f"{p}: no ground-truth mask; expected "
+                       f"{cat_dir / 'ground_truth' / defect_dir.name / (p.stem + '_mask.png')}")
+                if not skip_bad:
+                    raise EdgeadError(msg)
+                skipped.append(msg)
+                continue
+            test.append(Entry(p, 1, defect_dir.name, mask))
+    if not test:
+        raise EdgeadError(f"{test_dir}: no test images (expected test/good and test/<defect> folders)")
+    _warn_skipped(skipped)
+    return CategoryIndex(category, cat_dir, train, test, skipped)
+
+
+def _find_mask(folder: Path, stem: str) -> Path | None:
+    for name in (f"{stem}_mask.png", f"{stem}.png", f"{stem}_mask.bmp", f"{stem}_mask.jpg"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def scan_folder(
+    normal_dir: str | Path,
+    abnormal_dir: str | Path | None = None,
+    mask_dir: str | Path | None = None,
+    *,
+    normal_test_dir: str | Path | None = None,
+    name: str | None = None,
+    skip_bad: bool = False,
+) -> CategoryIndex:
+    """A generic folder dataset: normal images (train), abnormal images (test) with optional masks.
+
+    Masks are matched by file stem (`<stem>.png` or `<stem>_mask.png`); an abnormal image with no mask in
+    a given mask_dir is an error, and with no mask_dir at all pixel metrics are unavailable. Normal test
+    images come from `normal_test_dir` if given, otherwise the split is made by `edgead.data.stream`.
+    """
+    normal_dir = Path(normal_dir)
+    if not normal_dir.is_dir():
+        raise EdgeadError(f"{normal_dir}: normal image folder not found")
+    skipped: list[str] = []
+    train = [Entry(p, 0, GOOD) for p in _images_in(normal_dir, skip_bad, skipped)]
+    if not train:
+        raise EdgeadError(f"{normal_dir}: no normal images")
+    test: list[Entry] = []
+    if normal_test_dir is not None:
+        test += [Entry(p, 0, GOOD) for p in _images_in(Path(normal_test_dir), skip_bad, skipped)]
+    if abnormal_dir is not None:
+        abnormal_dir = Path(abnormal_dir)
+        if not abnormal_dir.is_dir():
+            raise EdgeadError(f"{abnormal_dir}: abnormal image folder not found")
+        for p in _images_in(abnormal_dir, skip_bad, skipped):
+            mask = None
+            if mask_dir is not None:
+                mask = _find_mask(Path(mask_dir), p.stem)
+                if mask is None:
+                    raise EdgeadError(f"{p}: no mask named {p.stem}.png or {p.stem}_mask.png in {mask_dir}")
+            test.append(Entry(p, 1, "abnormal", mask))
+    _warn_skipped(skipped)
+    return CategoryIndex(name or normal_dir.name, normal_dir, train, test, skipped)
+
+
+def _warn_skipped(skipped: list[str]) -> None:
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} bad file(s); first: {skipped[0]}", stacklevel=3)

@@ -1,0 +1,1 @@
+"""Training, evaluation and model selection for teacher-student detectors."""

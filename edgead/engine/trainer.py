@@ -1,0 +1,159 @@
+"""Training one task: the student learns to match the frozen teacher on normal images (plus replay).
+
+Because the trunk and the teacher are frozen and there is no augmentation, the current task's latents
+and teacher features are computed once per task, not once per epoch; every epoch then runs only the
+student tail. A replay source hands back latents (and, when it can cache them, teacher features) for the
+replayed part of each batch. Model selection uses pseudo-defects on held-out normals, never test data.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from edgead.engine.selection import make_pseudo_defects, selection_score
+from edgead.engine.tensors import compute_latents, compute_teacher_features, predict_latents
+from edgead.errors import EdgeadError
+from firmware_sim.preprocess import Preprocess
+
+# Above this, teacher features are recomputed per batch instead of cached for the task (host RAM guard).
+TEACHER_CACHE_LIMIT_BYTES = 3 * 2**30
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 0.4
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "cpu"
+    replay_ratio: float = 0.5  # fraction of each batch drawn from the replay memory (from task 2 on)
+    select_every: int = 1  # epochs between model-selection checks; 0 keeps the last epoch
+    val_fraction: float = 0.1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs {self.epochs}: expected >= 1"),
+            (self.batch_size >= 1, f"batch size {self.batch_size}: expected >= 1"),
+            (self.lr > 0, f"learning rate {self.lr}: expected > 0"),
+            (0.0 <= self.replay_ratio < 1.0, f"replay ratio {self.replay_ratio}: expected a value in [0, 1)"),
+            (self.select_every >= 0, f"select-every {self.select_every}: expected >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise EdgeadError(msg)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ReplaySource(Protocol):
+    def prepare(self, model, pre: Preprocess, device: str) -> None: ...
+    def __len__(self) -> int: ...
+    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, list[torch.Tensor] | None]: ...
+
+
+def _cacheable(model, latents: torch.Tensor) -> bool:
+    with torch.no_grad():
+        per_sample = sum(f[0].numel() for f in model.teacher_features(latents[:1])) * 4
+    return per_sample * len(latents) <= TEACHER_CACHE_LIMIT_BYTES
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def train_task(model, train_images: np.ndarray, val_images: np.ndarray, pre: Preprocess, cfg: TrainConfig,
+               *, replay: ReplaySource | None = None, seed: int | None = None, desc: str = "train") -> dict:
+    """Train model.student_tail in place; returns timings and the selection history."""
+    if len(train_images) == 0:
+        raise EdgeadError("no training images for this task")
+    seed = cfg.seed if seed is None else seed
+    _seed_all(seed)
+    rng = np.random.default_rng(seed)
+    dev = cfg.device
+    model.to(dev)
+    t0 = time.perf_counter()
+    z_cur = compute_latents(model, train_images, pre, device=dev)
+    t_cur = compute_teacher_features(model, z_cur) if _cacheable(model, z_cur) else None
+    use_replay = replay is not None and len(replay) > 0 and cfg.replay_ratio > 0
+    if use_replay:
+        replay.prepare(model, pre, dev)
+    sel = _SelectionSet(model, val_images, pre, seed, dev) if cfg.select_every and len(val_images) else None
+    prep_s = time.perf_counter() - t0
+
+    n_rep = int(round(cfg.batch_size * cfg.replay_ratio)) if use_replay else 0
+    n_cur = max(1, cfg.batch_size - n_rep)
+    opt = torch.optim.SGD(model.student_tail.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    history, epoch_s = [], []
+    best = (-np.inf, None, 0)
+    bar = tqdm(range(cfg.epochs), desc=desc, disable=not cfg.progress, leave=False)
+    for epoch in bar:
+        te = time.perf_counter()
+        model.train()
+        losses = []
+        order = rng.permutation(len(z_cur))
+        for start in range(0, len(z_cur), n_cur):
+            idx = order[start:start + n_cur]
+            z = z_cur[idx]
+            t = [f[idx] for f in t_cur] if t_cur is not None else model.teacher_features(z)
+            if n_rep:
+                z_r, t_r = replay.batch(rng.integers(0, len(replay), size=n_rep))
+                t_r = t_r if t_r is not None else model.teacher_features(z_r)
+                z = torch.cat([z, z_r])
+                t = [torch.cat([a, b]) for a, b in zip(t, t_r, strict=True)]
+            loss = model.loss_from_latent(z, t)
+            if not torch.isfinite(loss):
+                raise EdgeadError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); "
+                                  f"try a smaller learning rate (now {cfg.lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        epoch_s.append(time.perf_counter() - te)
+        rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": epoch_s[-1]}
+        if sel is not None and ((epoch + 1) % cfg.select_every == 0 or epoch + 1 == cfg.epochs):
+            rec["selection"] = sel.score(model)
+            if rec["selection"] > best[0]:
+                best = (rec["selection"], copy.deepcopy(model.student_tail.state_dict()), epoch + 1)
+        history.append(rec)
+        bar.set_postfix(loss=f"{rec['loss']:.4f}", sel=f"{rec.get('selection', float('nan')):.3f}")
+    if best[1] is not None:
+        model.student_tail.load_state_dict(best[1])
+    model.eval()
+    return {
+        "epochs": cfg.epochs,
+        "selected_epoch": best[2] if best[1] is not None else cfg.epochs,
+        "selection_score": None if best[1] is None else float(best[0]),
+        "history": history,
+        "epoch_seconds": epoch_s,
+        "prepare_seconds": prep_s,
+        "train_seconds": prep_s + sum(epoch_s),
+        "replay_per_batch": n_rep,
+    }
+
+
+class _SelectionSet:
+    """Held-out normals and their pseudo-defects, as latents computed once."""
+
+    def __init__(self, model, val_images: np.ndarray, pre: Preprocess, seed: int, device: str):
+        pseudo, self.masks = make_pseudo_defects(val_images, seed)
+        self.size = pre.image_size
+        self.z_norm = compute_latents(model, val_images, pre, device=device)
+        self.z_pseudo = compute_latents(model, pseudo, pre, device=device)
+
+    def score(self, model) -> float:
+        _, s_norm = predict_latents(model, self.z_norm, self.size)
+        maps, s_pseudo = predict_latents(model, self.z_pseudo, self.size)
+        return float(selection_score(s_norm, s_pseudo, maps, self.masks))

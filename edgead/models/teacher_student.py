@@ -1,0 +1,200 @@
+"""STFPM and PaSTe as one teacher-student detector.
+
+STFPM (Wang et al. 2021): a frozen pretrained teacher and a random student of the same architecture.
+PaSTe (Barusco et al. 2024): the first stages (0..bootstrap) are one shared, frozen trunk; only the
+stages bootstrap+1..max(levels) exist twice (teacher tail, student tail). STFPM is the special case with
+an empty trunk, so one class serves both and every path (training, replay, export) works on the
+trunk's output, the "latent" (for STFPM the latent is the normalised image itself).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from edgead.errors import EdgeadError
+from edgead.models.anomaly_map import anomaly_map, image_score, st_loss
+from edgead.models.backbones.registry import get_backbone_spec
+
+MODELS = ("stfpm", "paste")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    model: str = "paste"
+    backbone: str = "mcunet-in3"
+    levels: tuple[int, ...] = (6, 10, 14)
+    bootstrap: int | None = 5  # last shared stage (PaSTe); None for STFPM
+    image_size: int = 256
+    pretrained: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "levels", tuple(int(v) for v in self.levels))
+        if self.model not in MODELS:
+            raise EdgeadError(f"unknown model {self.model!r}: expected one of {', '.join(MODELS)}")
+        spec = get_backbone_spec(self.backbone)
+        if not self.levels or sorted(set(self.levels)) != list(self.levels):
+            raise EdgeadError(f"levels {list(self.levels)}: expected distinct stage indices in increasing order")
+        if self.levels[0] < 0 or self.levels[-1] >= spec.num_stages:
+            raise EdgeadError(f"levels {list(self.levels)} out of range for {self.backbone}: "
+                              f"stage indices go from 0 to {spec.num_stages - 1}")
+        if self.model == "stfpm":
+            object.__setattr__(self, "bootstrap", None)
+        else:
+            if self.bootstrap is None:
+                raise EdgeadError("PaSTe needs a bootstrap stage (--bootstrap N)")
+            if not 0 <= self.bootstrap < self.levels[0]:
+                raise EdgeadError(f"bootstrap {self.bootstrap}: expected 0 <= bootstrap < first level "
+                                  f"{self.levels[0]} (the shared trunk must end before the first feature level)")
+
+    @classmethod
+    def defaults(cls, model: str, backbone: str, **kw) -> DetectorConfig:
+        spec = get_backbone_spec(backbone)
+        kw = {k: v for k, v in kw.items() if v is not None}
+        kw.setdefault("levels", spec.default_levels)
+        if model == "paste":
+            kw.setdefault("bootstrap", spec.default_bootstrap if spec.default_bootstrap is not None
+                          else kw["levels"][0] - 1)
+        return cls(model=model, backbone=backbone, **kw)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["levels"] = list(self.levels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DetectorConfig:
+        try:
+            return cls(**{k: (tuple(v) if k == "levels" else v) for k, v in d.items()})
+        except TypeError as e:
+            raise EdgeadError(f"detector configuration {d} is invalid ({e})") from None
+
+    @property
+    def first_tail_stage(self) -> int:
+        return 0 if self.bootstrap is None else self.bootstrap + 1
+
+
+class Stages(nn.Module):
+    """A run of consecutive backbone stages that returns the outputs at the requested levels."""
+
+    def __init__(self, stages: list[nn.Module], first_index: int):
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.first_index = first_index
+
+    def forward(self, x: torch.Tensor, levels: tuple[int, ...] = ()) -> list[torch.Tensor]:
+        out = []
+        for i, stage in enumerate(self.stages, start=self.first_index):
+            x = stage(x)
+            if i in levels:
+                out.append(x)
+        return out if levels else [x]
+
+
+def _reinit(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.reset_parameters()
+            m.reset_running_stats()
+
+
+@dataclass
+class Calibration:
+    """Deployment statistics fitted on held-out normal images (never on the test set)."""
+
+    threshold: float = float("nan")  # image score above which an image is called anomalous
+    score_mean: float = float("nan")
+    score_std: float = float("nan")
+    score_min: float = float("nan")
+    score_max: float = float("nan")  # for min-max normalisation of maps and scores
+    quantile: float = 0.99
+    n_images: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class TeacherStudent(nn.Module):
+    def __init__(self, config: DetectorConfig, *, weights: str | None = None, download: bool = True,
+                 load_teacher: bool = True):
+        """load_teacher=False builds the architecture only (a checkpoint then supplies every weight)."""
+        super().__init__()
+        from edgead.models.weights import build_backbone
+
+        self.config = config
+        if load_teacher:
+            teacher = build_backbone(config.backbone, pretrained=config.pretrained, weights=weights,
+                                     download=download)
+        else:
+            teacher = get_backbone_spec(config.backbone).build()
+        stages = teacher.stages()
+        last = config.levels[-1]
+        b = config.first_tail_stage
+        self.trunk = Stages(stages[:b], 0) if b > 0 else None
+        self.teacher_tail = Stages(stages[b:last + 1], b)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            student_tail = copy.deepcopy(self.teacher_tail)
+        _reinit(student_tail)
+        self.student_tail = student_tail
+        for p in self.frozen_parameters():
+            p.requires_grad_(False)
+        self.calibration = Calibration()
+        self.eval()
+
+    # -- what is frozen and what learns -------------------------------------------------------
+    def frozen_parameters(self):
+        if self.trunk is not None:
+            yield from self.trunk.parameters()
+        yield from self.teacher_tail.parameters()
+
+    def train(self, mode: bool = True) -> TeacherStudent:
+        super().train(mode)
+        # The teacher (and shared trunk) keep their ImageNet BatchNorm statistics.
+        if self.trunk is not None:
+            self.trunk.eval()
+        self.teacher_tail.eval()
+        return self
+
+    # -- the forward paths --------------------------------------------------------------------
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """Image batch -> trunk output (the tensor compressed replay stores). Identity for STFPM."""
+        if self.trunk is None:
+            return x
+        with torch.no_grad():
+            return self.trunk(x)[0]
+
+    def teacher_features(self, z: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return self.teacher_tail(z, self.config.levels)
+
+    def student_features(self, z: torch.Tensor) -> list[torch.Tensor]:
+        return self.student_tail(z, self.config.levels)
+
+    def loss_from_latent(self, z: torch.Tensor, t_feats: list[torch.Tensor] | None = None) -> torch.Tensor:
+        t = t_feats if t_feats is not None else self.teacher_features(z)
+        return st_loss(t, self.student_features(z))
+
+    @torch.no_grad()
+    def predict_latent(self, z: torch.Tensor, out_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent batch -> (anomaly maps (N, S, S), image scores (N,))."""
+        amap = anomaly_map(self.teacher_features(z), self.student_features(z), out_size or self.config.image_size)
+        return amap, image_score(amap)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.predict_latent(self.latent(x), x.shape[-1])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.predict(x)
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        with torch.no_grad():
+            z = self.latent(torch.zeros(1, 3, self.config.image_size, self.config.image_size))
+        return tuple(z.shape[1:])

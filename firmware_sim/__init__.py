@@ -1,0 +1,8 @@
+"""firmware_sim: the on-device runtime of edgead.
+
+Runs exported artifacts, keeps the int8 feature replay buffer and reports latency, RAM and flash.
+It depends on numpy, pillow and an interpreter only; it never imports torch, tensorflow, edgead or
+export, so this folder alone can be copied to a Raspberry Pi or a Coral board.
+"""
+
+__version__ = "0.1.0"
