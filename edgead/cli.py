@@ -17,12 +17,14 @@ _COMMANDS = {
     "train": ("edgead.cli_train", "train"),
     "eval": ("edgead.cli_train", "eval_cmd"),
     "demo": ("edgead.cli_demo", "demo"),
+    "bench": ("edgead.cli_bench", "bench"),
 }
 _HELP = {
     "data": "Make, convert and inspect datasets (MVTec AD layout).",
     "info": "Parameters, bytes, MACs and peak memory of a detector.",
     "train": "Train a detector over one task or a stream of tasks.",
     "eval": "Recompute the metrics of a run from its checkpoints.",
+    "bench": "Benchmarks: the thesis protocol and more (see benchmarks/).",
     "demo": "End to end on built-in synthetic data: generate, train PaSTe-MCUNet, evaluate.",
 }
 

@@ -108,10 +108,6 @@ def train(root, tasks, model, backbone, levels, bootstrap, image_size, strategy,
     det = _detector(model, backbone, levels, bootstrap, image_size, pretrained=not no_pretrained)
     validate_strategy(strategy, det, codec)
     budget_bytes = parse_size(budget) if budget is not None else None
-    if codec is not None:
-        from firmware_sim.codecs import get_codec
-
-        get_codec(codec)
     stream = TaskStream(root, [t.strip() for t in tasks.split(",")] if tasks else None)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                       seed=seed, device=device, replay_ratio=replay_ratio, select_every=select_every,

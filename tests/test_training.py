@@ -115,3 +115,30 @@ def test_compressed_replay_needs_paste(synth_root, tmp_path):
     det = DetectorConfig.defaults("stfpm", "mcunet-in3", image_size=64)
     with pytest.raises(EdgeadError, match="needs --model paste"):
         run_stream(TaskStream(synth_root, ["nut"]), det, _cfg(), tmp_path / "x", strategy="compressed-replay")
+
+
+def test_host_continues_from_a_device_buffer(synth_root, tmp_path):
+    """Latents a device kept as the trunk's int8 output are replayed, and the new task joins the same file."""
+    import numpy as np
+    import torch
+
+    from edgead.data import TaskStream as TS
+    from edgead.engine.tensors import compute_latents
+    from edgead.models.teacher_student import TeacherStudent
+    from firmware_sim.preprocess import Preprocess
+
+    model = TeacherStudent(DET)
+    first = TS(synth_root, ["nut"]).tasks[0].load(Preprocess(image_size=64))
+    z = compute_latents(model, first.train.images, Preprocess(image_size=64)).numpy()
+    scale = float(np.abs(z).max() / 127)
+    device = ReplayBuffer(60_000, "int8-device", seed=0)
+    for k, x in enumerate(z):
+        device.add_quantized(0, np.clip(np.rint(x / scale), -128, 127).astype(np.int8), scale, 0, k)
+    device.save(tmp_path / "device.edgeadrb")
+    torch.manual_seed(0)
+    res = run_stream(TS(synth_root, ["brick"]), DET, _cfg(epochs=1), tmp_path / "r", strategy="compressed-replay",
+                     device_buffer=tmp_path / "device.edgeadrb", budget_bytes=60_000, log=lambda m: None)
+    samples = res["memory"]["buffer_samples"]
+    assert set(samples) == {"device-task-1", "brick"} and all(n > 0 for n in samples.values())
+    back, _ = ReplayBuffer.load(tmp_path / "r" / "memory" / "after_task_00.edgeadrb")
+    assert back.codec.name == "int8-device" and back.tasks == [0, 1] and back.nbytes <= 60_000

@@ -89,6 +89,7 @@ class LatentMemory:
                  memory_size: int | None, seed: int, policy: str = "random", max_tasks: int = 1):
         self.codec_spec = codec
         self.seed, self.policy = seed, policy
+        self.task_offset = 0
         if budget_bytes is None:
             # A sample count: size the byte budget so that each task gets its share of records.
             per = RECORD_OVERHEAD + get_codec(codec).bytes_per_sample(tuple(latent_shape))
@@ -104,12 +105,30 @@ class LatentMemory:
             warnings.warn(f"{path}: dropped {report.dropped} damaged record(s)", stacklevel=2)
         mem = cls.__new__(cls)
         mem.codec_spec, mem.seed, mem.policy, mem.buffer = buf.codec.spec, seed, buf.policy, buf
+        # Tasks the device already holds keep their ids; this run's tasks are numbered after them.
+        mem.task_offset = max(buf.tasks, default=-1) + 1
         return mem
 
     def update(self, task_index: int, model, images: np.ndarray, pre) -> None:
         z = compute_latents(model, images, pre).cpu().numpy()
         self.buffer._rng = np.random.default_rng([self.seed, task_index])  # selection depends on (seed, task)
-        self.buffer.fit_task(task_index, list(z), sample_ids=range(len(z)), policy=self.policy)
+        items = list(z)
+        if self.buffer.codec.name == "int8-device":
+            items = self._as_device_int8(z)
+        self.buffer.fit_task(task_index + self.task_offset, items, sample_ids=range(len(z)), policy=self.policy)
+
+    def _as_device_int8(self, z: np.ndarray) -> list:
+        """A buffer that came from a device holds the trunk's own int8 output; host latents of a new task are
+        quantised with the same parameters, so the buffer stays one format with one scale."""
+        first = next(self.buffer.records(), None)
+        if first is None:
+            raise EdgeadError("a device buffer with no records carries no quantisation parameters to extend it")
+        e = first.encoded
+        scale, zp = e.arrays["scale"], e.arrays["zero_point"]
+        shape = (-1, 1, 1) if np.size(scale) > 1 else ()
+        s, p = np.reshape(scale, shape), np.reshape(zp, shape)
+        return [self.buffer.codec.encode_quantized(np.clip(np.rint(x / s) + p, -128, 127).astype(np.int8), scale, zp)
+                for x in z]
 
     def __len__(self) -> int:
         return len(self.buffer)
@@ -119,7 +138,8 @@ class LatentMemory:
         return self.buffer.nbytes
 
     def samples_per_task(self) -> dict[int, int]:
-        return {t: sum(1 for _ in self.buffer.records(t)) for t in self.buffer.tasks}
+        """Keyed by this run's task index; tasks that came from a device buffer get negative keys."""
+        return {t - self.task_offset: sum(1 for _ in self.buffer.records(t)) for t in self.buffer.tasks}
 
     def source(self):
         if not len(self.buffer):

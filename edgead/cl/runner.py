@@ -41,6 +41,10 @@ def validate_strategy(strategy: str, det: DetectorConfig, codec: str | None) -> 
         raise EdgeadError("compressed-replay stores the shared trunk's latents and needs --model paste")
     if codec is not None and strategy != "compressed-replay":
         raise EdgeadError(f"--codec {codec} applies only to --strategy compressed-replay (not {strategy})")
+    if codec is not None:
+        from firmware_sim.codecs import get_codec
+
+        get_codec(codec)  # an unknown codec fails here, before any weights load or training starts
 
 
 def _make_memory(strategy, det, latent_shape, budget_bytes, memory_size, codec, seed, policy, n_tasks):
@@ -62,7 +66,8 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
     config = {"detector": det.to_dict(), "train": {k: v for k, v in train.to_dict().items() if k != "progress"},
               "strategy": strategy, "codec": codec, "budget_bytes": budget_bytes,
               "memory_size": None if budget_bytes is not None else memory_size, "policy": policy,
-              "tasks": stream.names, "data_root": str(stream.root)}
+              "tasks": stream.names, "data_root": str(stream.root),
+              "device_buffer": None if device_buffer is None else str(device_buffer)}
     state_path = out / "state.json"
     done = 0
     if resume:
@@ -158,7 +163,7 @@ def _results(config, stream, cost, memory, rows, timings, command) -> dict:
             "params": cost["params"],
             "additional_bytes": 0 if memory is None else int(memory.nbytes),
             "buffer_samples": {} if memory is None else
-            {stream.names[t]: n for t, n in memory.samples_per_task().items()},
+            {(stream.names[t] if t >= 0 else f"device-task{t}"): n for t, n in memory.samples_per_task().items()},
             "buffer_kind": None if memory is None else memory.kind,
         },
         "cost": {k: cost[k] for k in ("macs", "latent_shape", "latent_bytes", "peak_activation_bytes_int8")},

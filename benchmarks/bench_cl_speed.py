@@ -1,0 +1,88 @@
+"""Time per epoch of compressed replay vs image replay vs fine-tuning, side by side in one run.
+
+Same data, same detector (PaSTe-MCUNet), same seed; a two-task stream so the second task trains with a
+replay memory. Compressed replay never runs the frozen trunk (nor the frozen teacher) for stored samples:
+their latents are decoded and their teacher features computed once per task. Image replay pushes every
+replayed image through trunk and teacher tail on each draw. Target: compressed >= 1.3x faster per epoch
+than image replay. Writes benchmarks/results/cl_speed.json.
+
+    python benchmarks/bench_cl_speed.py [--image-size 256] [--train 40] [--epochs 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import RESULTS, header, write_json  # noqa: E402
+
+TARGET = 1.3
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--train", type=int, default=40, help="training images per task")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--memory-size", type=int, default=40)
+    ap.add_argument("--weights", default=None, help="MCUNet-in3 weights (else $EDGEAD_WEIGHTS_DIR / cache)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
+    ap.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/results/cl_speed.json)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.image_size, args.train, args.epochs, args.memory_size = 64, 8, 1, 8
+
+    from edgead.cl.runner import run_stream
+    from edgead.data import TaskStream
+    from edgead.data.synth import generate_dataset
+    from edgead.engine.trainer import TrainConfig
+    from edgead.models.teacher_student import DetectorConfig
+
+    work = Path(tempfile.mkdtemp(prefix="edgead-clspeed-"))
+    generate_dataset(work / "data", ("nut", "brick"), seed=0, image_size=args.image_size, n_train=args.train,
+                     n_test=4)
+    stream = TaskStream(work / "data", ["nut", "brick"])
+    det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=args.image_size)
+    cfg = TrainConfig(epochs=args.epochs, seed=0, progress=False, select_every=0)
+    runs = {
+        "finetune": dict(strategy="finetune"),
+        "replay": dict(strategy="replay", memory_size=args.memory_size),
+        "compressed-replay": dict(strategy="compressed-replay", codec="int8-channel", memory_size=args.memory_size),
+    }
+    rows = {}
+    for name, kw in runs.items():
+        res = run_stream(stream, det, cfg, work / name, weights=args.weights, log=lambda m: None, **kw)
+        second = res["timings"]["per_task"][1]
+        rows[name] = {"epoch_seconds_task2": float(np.median(second["epoch_seconds"])),
+                      "prepare_seconds_task2": second["prepare_seconds"],
+                      "replay_per_batch": second["replay_per_batch"],
+                      "additional_bytes": res["memory"]["additional_bytes"]}
+    ratio = rows["replay"]["epoch_seconds_task2"] / rows["compressed-replay"]["epoch_seconds_task2"]
+    out = {
+        **header(argv),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "per_strategy": rows,
+        "speedup_compressed_vs_image_replay": ratio,
+        "target": TARGET,
+        "pass": ratio >= TARGET,
+    }
+    print(f"{'strategy':<20} {'s/epoch (task 2)':>17} {'prepare s':>10} {'replayed/batch':>15} {'memory B':>12}")
+    for name, r in rows.items():
+        print(f"{name:<20} {r['epoch_seconds_task2']:>17.3f} {r['prepare_seconds_task2']:>10.2f} "
+              f"{r['replay_per_batch']:>15} {r['additional_bytes']:>12,}")
+    print(f"compressed replay is {ratio:.2f}x faster per epoch than image replay "
+          f"(target >= {TARGET}x): {'PASS' if out['pass'] else 'FAIL'}")
+    path = args.out or RESULTS / ("cl_speed_quick.json" if args.quick else "cl_speed.json")
+    write_json(path, out)
+    return out
+
+
+if __name__ == "__main__":
+    main()

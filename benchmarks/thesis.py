@@ -1,0 +1,104 @@
+"""The seed thesis's protocol: its table's rows over the ten MVTec AD objects, measured here.
+
+Rows (REFERENCE.md section 2): STFPM-ResNet18 replay, STFPM-MCUNet replay, PaSTe fine-tuning, PaSTe
+replay, PaSTe compressed replay (fp32), and compressed replay with 8-bit (the thesis's per-tensor scheme,
+int8-tensor) and PCA (98% variance). Thesis configuration: levels [6,10,14], bootstrap 5, 256 px, a
+replay memory of 100 samples. Writes results.json per row, thesis_table.json and thesis_table.md.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgead.cl.runner import run_stream
+from edgead.data import MVTEC_THESIS_ORDER, TaskStream
+from edgead.engine.trainer import TrainConfig
+from edgead.models.teacher_student import DetectorConfig
+from firmware_sim.atomic import atomic_write_json, atomic_write_text
+
+MB = 1e6  # the thesis's "MB" is 10^6 bytes
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    framework: str
+    backbone: str
+    strategy: str
+    codec: str | None = None
+    label: str = ""
+
+
+ROWS = (
+    Row("stfpm-resnet18-replay", "stfpm", "resnet18", "replay", label="STFPM ResNet18 Replay"),
+    Row("stfpm-mcunet-replay", "stfpm", "mcunet-in3", "replay", label="STFPM MCUNet Replay"),
+    Row("paste-finetune", "paste", "mcunet-in3", "finetune", label="PaSTe MCUNet Fine-tuning"),
+    Row("paste-replay", "paste", "mcunet-in3", "replay", label="PaSTe MCUNet Replay"),
+    Row("paste-compressed", "paste", "mcunet-in3", "compressed-replay", "fp32", "PaSTe MCUNet Compressed replay"),
+    Row("paste-compressed-int8", "paste", "mcunet-in3", "compressed-replay", "int8-tensor",
+        "PaSTe Compressed replay 8-bit"),
+    Row("paste-compressed-pca", "paste", "mcunet-in3", "compressed-replay", "pca:0.98:fp32",
+        "PaSTe Compressed replay PCA"),
+)
+TABLE_METRICS = (("image_auroc", "image AUROC"), ("image_f1", "image F1"), ("pixel_auroc", "pixel AUROC"),
+                 ("pixel_f1", "pixel F1"), ("pixel_ap", "pixel PR-AUC"), ("aupro", "AUPRO"))
+
+
+def run_thesis(mvtec: Path, out: Path | None = None, *, rows: tuple[str, ...] | None = None,
+               tasks: tuple[str, ...] = MVTEC_THESIS_ORDER, epochs: int = 20, image_size: int = 256,
+               memory_size: int = 100, seed: int = 0, weights_dir: str | None = None, log=print) -> dict:
+    out = Path(out or tempfile.mkdtemp(prefix="edgead-thesis-"))
+    chosen = [r for r in ROWS if rows is None or r.key in rows]
+    stream = TaskStream(mvtec, list(tasks))  # checks every category before anything trains
+    results = {}
+    for row in chosen:
+        log(f"== {row.label}")
+        det = DetectorConfig.defaults(row.framework, row.backbone, image_size=image_size)
+        weights = None
+        if weights_dir is not None:
+            from edgead.models.backbones.registry import get_backbone_spec
+
+            weights = str(Path(weights_dir) / get_backbone_spec(row.backbone).weights.filename)
+        res = run_stream(stream, det, TrainConfig(epochs=epochs, seed=seed, progress=False), out / row.key,
+                         strategy=row.strategy, codec=row.codec, memory_size=memory_size, weights=weights,
+                         log=log, resume=(out / row.key / "state.json").is_file())
+        results[row.key] = res
+    table = thesis_table(chosen, results)
+    atomic_write_json(out / "thesis_table.json", table)
+    atomic_write_text(out / "thesis_table.md", table_markdown(table))
+    return table
+
+
+def thesis_table(rows, results: dict) -> dict:
+    cols = []
+    for row in rows:
+        r = results[row.key]
+        m = r["metrics"]
+        col = {"row": row.key, "label": row.label, "framework": row.framework, "backbone": row.backbone,
+               "strategy": row.strategy, "codec": row.codec}
+        for key, _ in TABLE_METRICS:
+            col[key] = m[key]["final_average"]
+        col["architecture_memory_MB"] = r["memory"]["architecture_bytes"]["fp32"] / MB
+        col["additional_memory_MB"] = r["memory"]["additional_bytes"] / MB
+        col["additional_bytes"] = r["memory"]["additional_bytes"]
+        col["average_forgetting_relative_pixel_f1"] = m["pixel_f1"]["forgetting_relative"]
+        col["average_forgetting_relative_image_auroc"] = m["image_auroc"]["forgetting_relative"]
+        cols.append(col)
+    return {"tasks": results[rows[0].key]["tasks"] if rows else [], "columns": cols}
+
+
+def table_markdown(table: dict) -> str:
+    def f(v, nd=2):
+        return "n/a" if v is None else f"{v:.{nd}f}"
+
+    cols = table["columns"]
+    lines = ["| | " + " | ".join(c["label"] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for key, name in TABLE_METRICS:
+        lines.append(f"| {name} | " + " | ".join(f(c[key]) for c in cols) + " |")
+    lines.append("| architecture memory MB (fp32) | " + " | ".join(f(c["architecture_memory_MB"]) for c in cols) + " |")
+    lines.append("| additional memory MB | " + " | ".join(f(c["additional_memory_MB"]) for c in cols) + " |")
+    lines.append("| average forgetting (relative, pixel F1) | "
+                 + " | ".join(f(c["average_forgetting_relative_pixel_f1"]) for c in cols) + " |")
+    return "\n".join(lines) + f"\n\nTasks, in order: {', '.join(table['tasks'])}. MB = 10^6 bytes.\n"
