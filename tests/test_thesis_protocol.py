@@ -33,10 +33,12 @@ def test_thesis_protocol_runs_every_row(tmp_path):
         assert all(0.0 <= c[k] <= 1.0 for k in ("image_auroc", "pixel_auroc", "aupro"))
     assert cols["paste-finetune"]["additional_bytes"] == 0
     assert cols["paste-replay"]["additional_bytes"] == 10 * 32 * 32 * 3
-    # 8-bit latents take about a quarter of the fp32 latents' bytes at the same sample count.
+    # 8-bit latents take about a quarter of the fp32 latents' bytes at the same sample count; at this tiny
+    # 24x1x1 latent the per-record header and scales weigh more than at 256 px.
     ratio = cols["paste-compressed-int8"]["additional_bytes"] / cols["paste-compressed"]["additional_bytes"]
-    assert 0.24 < ratio < 0.3
-    assert cols["stfpm-resnet18-replay"]["architecture_memory_MB"] > 40 * cols["paste-replay"]["architecture_memory_MB"]
+    assert 0.24 < ratio < 0.4
+    # ResNet18 through layer3, twice: about 12x PaSTe-MCUNet (the thesis's 93.6 MB counts all of ResNet18 twice).
+    assert cols["stfpm-resnet18-replay"]["architecture_memory_MB"] > 10 * cols["paste-replay"]["architecture_memory_MB"]
     md = (tmp_path / "out" / "thesis_table.md").read_text()
     assert "| image AUROC |" in md and "additional memory MB" in md
     saved = json.loads((tmp_path / "out" / "thesis_table.json").read_text())
