@@ -18,6 +18,7 @@ _COMMANDS = {
     "eval": ("edgead.cli_train", "eval_cmd"),
     "demo": ("edgead.cli_demo", "demo"),
     "bench": ("edgead.cli_bench", "bench"),
+    "export": ("edgead.cli_export", "export_cmd"),
 }
 _HELP = {
     "data": "Make, convert and inspect datasets (MVTec AD layout).",
@@ -25,6 +26,7 @@ _HELP = {
     "train": "Train a detector over one task or a stream of tasks.",
     "eval": "Recompute the metrics of a run from its checkpoints.",
     "bench": "Benchmarks: the thesis protocol and more (see benchmarks/).",
+    "export": "Export a run for devices: int8 TFLite / ONNX, manifest.json, fidelity.json.",
     "demo": "End to end on built-in synthetic data: generate, train PaSTe-MCUNet, evaluate.",
 }
 

@@ -26,3 +26,15 @@ def synth_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     generate_dataset(root, ("nut", "brick", "pill"), seed=0, image_size=64, n_train=12, n_test=6)
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    # torch's 2-thread pool crawls when the 2 cores are shared with other work (one small conv: 32 ms with
+    # 2 threads vs 1.2 ms with 1); tests measure behaviour, not speed, so they run single-threaded.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,273 @@
+"""`edgead export`: a run's checkpoint -> device artifacts, a fidelity report and a verified manifest.
+
+Order: check every option and input (formats, run, checkpoint vs run, data, calibration count, output
+folder) before any work; build everything in a hidden temporary sibling of ART_DIR; measure fidelity;
+write manifest.json last; rename the folder into place. An interrupted or failed export therefore never
+leaves a folder at ART_DIR (and the temporary one is removed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from edgead.data.loading import LoadedSplit
+from edgead.data.stream import TaskStream
+from edgead.engine.checkpoint import load_checkpoint
+from edgead.engine.tensors import compute_latents, predict_images
+from edgead.errors import EdgeadError
+from edgead.models.cost import detector_cost
+from edgead.models.teacher_student import DetectorConfig, TeacherStudent
+from export.fidelity import Reference, Tolerance, evaluate_format
+from export.formats import FormatExport, export_format, parse_formats
+from export.graphs import feature_names
+from firmware_sim.atomic import atomic_write_json
+from firmware_sim.manifest import MANIFEST_NAME, load_manifest, sha256_file, write_manifest
+from firmware_sim.preprocess import Preprocess
+
+MIN_CALIBRATION = 8
+DEFAULT_CALIBRATION = 32
+FIDELITY_NAME = "fidelity.json"
+_TOOLS = ("edgead", "torch", "tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert", "onnx", "onnxruntime",
+          "onnxscript", "numpy")
+
+
+class ExportDrift(EdgeadError):
+    """A format's accuracy fell past the tolerance and --allow-drift was not given."""
+
+    def __init__(self, message: str, result: dict):
+        super().__init__(message)
+        self.result = result  # manifest (unpublished) and fidelity, for a summary
+
+
+@dataclass
+class ExportOptions:
+    formats: list[str] = field(default_factory=lambda: ["tflite-int8", "onnx", "onnx-int8"])
+    task: int | None = None
+    calibration: int = DEFAULT_CALIBRATION
+    io: str = "int8"
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    allow_drift: bool = False
+    data_root: Path | None = None  # when the run's dataset has moved
+    force: bool = False  # replace an existing ART_DIR
+
+
+@dataclass
+class Run:
+    root: Path
+    results: dict
+    task_index: int
+    checkpoint: Path
+    model: TeacherStudent
+    pre: Preprocess
+
+
+def load_run(run_dir: str | os.PathLike, task: int | None) -> Run:
+    root = Path(run_dir)
+    res_path = root / "results.json"
+    if not root.is_dir():
+        raise EdgeadError(f"{root}: run folder not found")
+    if not res_path.is_file():
+        raise EdgeadError(f"{root}: no results.json (not an edgead run folder, or no task completed)")
+    try:
+        res = json.loads(res_path.read_text())
+        det = DetectorConfig.from_dict(res["config"]["detector"])
+        done, tasks = int(res["completed_tasks"]), list(res["tasks"])
+        for keys in (("data_root",), ("train", "val_fraction"), ("train", "seed")):  # needed by load_data
+            node = res["config"]
+            for k in keys:
+                node = node[k]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise EdgeadError(f"{res_path}: unreadable or incomplete run results ({type(e).__name__}: {e})") from None
+    if done < 1:
+        raise EdgeadError(f"{root}: no task completed yet, nothing to export")
+    i = done - 1 if task is None else task
+    if not 0 <= i < done:
+        raise EdgeadError(f"--task {task}: this run completed tasks 0..{done - 1} ({', '.join(tasks[:done])})")
+    ckpt = root / "checkpoints" / f"task_{i:02d}.pt"
+    model, pre, _ = load_checkpoint(ckpt, expect_model=det.model, expect_backbone=det.backbone)
+    if model.config != det:
+        diff = sorted(k for k, v in det.to_dict().items() if model.config.to_dict().get(k) != v)
+        raise EdgeadError(f"{ckpt}: checkpoint does not match the run's detector configuration (differs in {diff})")
+    if pre.image_size != det.image_size:
+        raise EdgeadError(f"{ckpt}: preprocessing size {pre.image_size} differs from the model's {det.image_size}")
+    return Run(root, res, i, ckpt, model, pre)
+
+
+def load_data(run: Run, data_root: Path | None) -> tuple[np.ndarray, LoadedSplit, list[str]]:
+    """(normal training images of the run's tasks so far, their held-out test split, task names)."""
+    cfg = run.results["config"]
+    tasks = run.results["tasks"][: run.task_index + 1]
+    root = Path(data_root or cfg["data_root"])
+    try:
+        stream = TaskStream(root, tasks)
+    except EdgeadError as e:
+        raise EdgeadError(f"{e} (the run's data is needed for calibration and the fidelity check; pass --data "
+                          f"if it has moved)") from None
+    train, test = [], []
+    for task in stream:
+        d = task.load(run.pre, val_fraction=cfg["train"]["val_fraction"], seed=cfg["train"]["seed"])
+        train.append(d.train.images)
+        test.append(d.test)
+    return np.concatenate(train), LoadedSplit.concat(test), tasks
+
+
+def select_calibration(pool: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n normal training images, drawn without replacement with a fixed seed."""
+    if n < MIN_CALIBRATION:
+        raise EdgeadError(f"--calibration {n}: too few calibration images for stable int8 ranges; "
+                          f"use at least {MIN_CALIBRATION} (default {DEFAULT_CALIBRATION})")
+    if n > len(pool):
+        raise EdgeadError(f"--calibration {n}: only {len(pool)} normal training images are available in this "
+                          f"run's tasks; lower --calibration (at least {MIN_CALIBRATION})")
+    idx = np.sort(np.random.default_rng([seed, 0x5CA1E]).choice(len(pool), n, replace=False))
+    return pool[idx]
+
+
+def reference(model: TeacherStudent, pre: Preprocess, test: LoadedSplit) -> Reference:
+    maps, scores = predict_images(model, test.images, pre)
+    lat = compute_latents(model, test.images, pre).numpy() if model.trunk is not None else None
+    return Reference(maps, scores, lat)
+
+
+def tool_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _TOOLS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _finite(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def build_manifest(run: Run, opts: ExportOptions, exports: dict[str, FormatExport], folder: Path, calib_n: int,
+                   pool_n: int, seed: int, tasks: list[str], passed: bool) -> dict:
+    model, pre, cfg = run.model, run.pre, run.model.config
+    cost = detector_cost(model)
+    formats = {}
+    for fmt, fx in exports.items():
+        size = {n: (folder / g["file"]).stat().st_size for n, g in fx.graphs.items()}
+        paths = {"full": size["full"]}
+        if "trunk" in size:
+            paths = {"trunk+head": size["trunk"] + size["head"], **paths}
+        formats[fmt] = {"graphs": fx.graphs, "paths": list(paths), "bytes": paths, **fx.notes}
+    return {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": cfg.model, "backbone": cfg.backbone, "levels": list(cfg.levels), "bootstrap": cfg.bootstrap,
+        "detector": cfg.to_dict(),
+        "input": {
+            "image_size": cfg.image_size, "preprocess": pre.to_dict(),
+            "pixels": "RGB uint8 (1, S, S, 3) from Preprocess.resize_uint8; every graph normalises with the "
+                      "preprocess mean/std inside, so the runtime feeds pixels (NCHW float32 0..255 for ONNX)",
+            "normalisation": "in_graph",
+            "quantization": {fmt: fx.graphs["full"]["inputs"][0]["quantization"] for fmt, fx in exports.items()},
+        },
+        "latent": None if model.trunk is None else {
+            "shape_chw": list(model.latent_shape()), "graph": "trunk", "output": "latent",
+            "replay_codec": "int8-device",
+            "note": "tflite-int8: keep the trunk's int8 output as is (NHWC; CHW in the buffer) with this scale and "
+                    "zero point, and feed it to the head, whose input has the same parameters (with --io uint8, "
+                    "value - 128 and zero point - 128 give the int8 form)",
+            "quantization": {fmt: next(o for o in fx.graphs["trunk"]["outputs"] if o["name"] == "latent")
+                             ["quantization"] for fmt, fx in exports.items()},
+        },
+        "anomaly_map": {
+            "computed_in": "runtime", "function": "firmware_sim.anomaly_map.anomaly_map",
+            "features": feature_names(cfg.levels), "out_size": cfg.image_size,
+            "definition": "per level: L2-normalise teacher and student over channels, 0.5 * squared distance; "
+                          "bilinear upsample (align_corners=False) to out_size; multiply levels; score = max",
+        },
+        "calibration": {k: _finite(v) for k, v in asdict(model.calibration).items()},
+        "quantization_calibration": {"images": calib_n, "available": pool_n, "seed": seed,
+                                     "source": f"normal training images (validation split held out) of {tasks}"},
+        "cost": {k: cost[k] for k in ("params", "macs", "latent_shape", "latent_bytes",
+                                      "peak_activation_bytes_int8", "architecture_bytes")},
+        "formats": formats,
+        "fidelity": {"file": FIDELITY_NAME, "within_tolerance": passed, "allow_drift": opts.allow_drift,
+                     "tolerance": asdict(opts.tolerance)},
+        "source": {"run": str(run.root.resolve()), "task_index": run.task_index, "tasks": tasks,
+                   "checkpoint": run.checkpoint.name, "checkpoint_sha256": sha256_file(run.checkpoint)},
+        "tools": tool_versions(),
+    }
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise EdgeadError(f"--out {out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise EdgeadError(f"--out {out}: already exists and is not empty (choose another folder or pass --force)")
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportOptions,
+               log: Callable[[str], None] = lambda m: None) -> dict:
+    """Export, check and publish. Returns {'manifest': ..., 'fidelity': ..., 'out': Path}."""
+    formats = parse_formats(opts.formats)
+    if opts.io not in ("int8", "uint8"):
+        raise EdgeadError(f"--io {opts.io!r}: expected int8 or uint8")
+    out = Path(out)
+    _check_out(out, opts.force)
+    run = load_run(run_dir, opts.task)
+    if "tflite-int8" in formats and run.model.config.backbone != "mcunet-in3":
+        raise EdgeadError(f"tflite-int8 needs the Keras mirror, which exists for mcunet-in3 only (this run is "
+                          f"{run.model.config.backbone}); use --format onnx,onnx-int8")
+    pool, test, tasks = load_data(run, opts.data_root)
+    seed = int(run.results["config"]["train"]["seed"])
+    calib = select_calibration(pool, opts.calibration, seed)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        exports: dict[str, FormatExport] = {}
+        for fmt in formats:
+            log(f"exporting {fmt} ...")
+            exports[fmt] = export_format(fmt, run.model, run.pre, calib, tmp, opts.io)
+        log(f"fidelity on {len(test)} test images of {tasks} ...")
+        ref = reference(run.model, run.pre, test)
+        fidelity = {"test_images": len(test), "tasks": tasks, "tolerance": asdict(opts.tolerance), "formats": {}}
+        for fmt, fx in exports.items():
+            paths = ["full"] if run.model.trunk is None else ["trunk+head", "full"]
+            fidelity["formats"][fmt] = evaluate_format(fx.detector(run.model), paths, test, ref, opts.tolerance)
+        drift = [f"{fmt} ({path}): {'; '.join(r['drift'])}" for fmt, per in fidelity["formats"].items()
+                 for path, r in per.items() if r["drift"]]
+        fidelity["within_tolerance"] = not drift
+        atomic_write_json(tmp / FIDELITY_NAME, fidelity)
+        manifest = build_manifest(run, opts, exports, tmp, len(calib), len(pool), seed, tasks, not drift)
+        files = [f for fx in exports.values() for f in fx.files] + [FIDELITY_NAME]
+        write_manifest(tmp, manifest, files)
+        if drift and not opts.allow_drift:
+            report = out.with_name(f"{out.name}.fidelity-failed.json")
+            atomic_write_json(report, fidelity)
+            raise ExportDrift(f"accuracy drifted past tolerance: {' | '.join(drift)}. Nothing was written to "
+                              f"{out}; the fidelity report is in {report}. Pass --allow-drift to export anyway.",
+                              {"out": out, "manifest": json.loads((tmp / MANIFEST_NAME).read_text()),
+                               "fidelity": fidelity})
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    manifest = load_manifest(out)  # what a device will read: schema, sizes and hashes as written
+    return {"out": out, "manifest": manifest.data, "fidelity": fidelity}

@@ -1,0 +1,173 @@
+"""Full-int8 TFLite: Keras mirror -> calibrated float model -> int8 with the input ranges we know.
+
+Path (REFERENCE.md 4.1): the Keras mirror of keras_mirror.py, converted by tf.lite.TFLiteConverter with a
+representative dataset and TFLITE_BUILTINS_INT8 (int8 weights per channel, int8 activations, static batch-1
+shapes): the form the Edge TPU compiler and TFLite Micro require.
+
+One step is split in two on purpose: the converter first only calibrates (min/max per tensor), then the input
+ranges are set to what we know rather than what the calibration images happened to cover, then the model is
+quantised. Why: an image input's range is exactly 0..255 (calibrated, a dark batch would give scale < 1 and
+bright test pixels would saturate), and the head's latent input must carry exactly the trunk's output
+scale and zero point so the device feeds (and stores in its replay buffer) the trunk's int8 output unchanged.
+The calibrate-only flag and mlir_quantize are the converter's own two steps, used as the converter uses them;
+they are not public API, so formats.py checks the result (input range as requested, fully int8) every time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from edgead.errors import EdgeadError
+from export.graphs import IMAGE, GraphSpec, feature_names
+from export.keras_mirror import build_stages, pixel_normalisation
+
+FLOAT_TYPES = {"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"}
+
+
+@contextlib.contextmanager
+def _captured_output():
+    """Send the converter's C++ and Keras chatter (fd 1 and 2) to a temporary file; on failure, put its tail
+    into the error so nothing useful is lost."""
+    with tempfile.TemporaryFile() as log:
+        saved = [os.dup(1), os.dup(2)]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except Exception as e:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            log.seek(0)
+            tail = log.read().decode(errors="replace")[-2000:]
+            raise EdgeadError(f"TFLite conversion failed: {type(e).__name__}: {e}\n{tail}") from e
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def import_tensorflow():
+    """tensorflow, imported quietly (its import prints CPU-feature and plugin notices on stderr)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _captured_output():
+        import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    return tf
+
+
+def keras_graph(model, pre, spec: GraphSpec):
+    """The Keras mirror (NHWC, batch 1) of one graph, with torch weights copied in."""
+    import_tensorflow()
+    import keras
+
+    if model.config.backbone != "mcunet-in3":
+        raise EdgeadError(f"tflite-int8 export needs the Keras mirror, which exists for mcunet-in3 only (this run "
+                          f"is {model.config.backbone}); use --format onnx,onnx-int8")
+    levels = model.config.levels
+    s = model.config.image_size
+    if spec.input == IMAGE:
+        inp = keras.Input((s, s, 3), batch_size=1, name="image")
+        x = pixel_normalisation(inp, pre.mean, pre.std)
+    else:
+        c, h, w = model.latent_shape()
+        inp = x = keras.Input((h, w, c), batch_size=1, name="latent")
+    if spec.name != "head" and model.trunk is not None:
+        x = build_stages(x, model.trunk, (), "trunk_")[0]
+    if spec.name == "trunk":
+        return keras.Model(inp, {"latent": x}, name=spec.name)
+    t = build_stages(x, model.teacher_tail, levels, "teacher_")
+    st = build_stages(x, model.student_tail, levels, "student_")
+    outs = dict(zip(feature_names(levels), [f for pair in zip(t, st, strict=True) for f in pair], strict=True))
+    return keras.Model(inp, outs, name=spec.name)
+
+
+def quant_range(scale: float, zero_point: int, dtype: str = "int8") -> tuple[float, float]:
+    """The float interval an int8/uint8 tensor with these parameters covers (what the head's input must match)."""
+    info = np.iinfo(np.dtype(dtype))
+    return scale * (info.min - zero_point), scale * (info.max - zero_point)
+
+
+def convert_int8(keras_model, samples: Callable[[], Iterable[np.ndarray]], io: str,
+                 input_range: tuple[float, float]) -> bytes:
+    """Full-integer TFLite flatbuffer. ``samples()`` yields NHWC float32 batch-1 inputs for calibration;
+    ``input_range`` replaces the calibrated range of the model's input."""
+    tf = import_tensorflow()
+    with _captured_output():
+        return _convert(tf, keras_model, samples, io, input_range)
+
+
+def _convert(tf, keras_model, samples, io: str, input_range: tuple[float, float]) -> bytes:
+    from tensorflow.lite.python.convert import mlir_quantize
+    from tensorflow.lite.tools import flatbuffer_utils as fbu
+
+    io_type = {"int8": tf.int8, "uint8": tf.uint8}[io]
+    conv = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([x] for x in samples())
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv._experimental_calibrate_only = True  # the converter's first step only (see module docstring)
+    with warnings.catch_warnings():
+        # "Statistics for quantized inputs were expected": the input range is set explicitly just below.
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        calibrated = conv.convert()  # float, with min/max per tensor; the I/O types are set by mlir_quantize
+
+    fb = fbu.read_model_from_bytearray(bytearray(calibrated))
+    sg = fb.subgraphs[0]
+    if len(sg.inputs) != 1:
+        raise EdgeadError(f"internal: expected one input in {keras_model.name}, found {len(sg.inputs)}")
+    q = sg.tensors[sg.inputs[0]].quantization
+    lo, hi = float(input_range[0]), float(input_range[1])
+    q.min, q.max = [min(lo, 0.0)], [max(hi, 0.0)]
+    patched = bytes(fbu.convert_object_to_bytearray(fb))
+    return bytes(mlir_quantize(patched, input_data_type=io_type, output_data_type=io_type))
+
+
+def inspect(flatbuffer: bytes) -> dict[str, Any]:
+    """Every tensor's type and every op, from the flatbuffer itself (all subgraphs)."""
+    from tensorflow.lite.tools import flatbuffer_utils as fbu
+
+    m = fbu.read_model_from_bytearray(bytearray(flatbuffer))
+    tensors, ops = [], []
+    for g, sg in enumerate(m.subgraphs):
+        io = set(sg.inputs) | set(sg.outputs)
+        for i, t in enumerate(sg.tensors):
+            name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+            tensors.append({"subgraph": g, "index": i, "name": name, "type": fbu.type_to_name(t.type),
+                            "shape": [int(v) for v in (t.shape if t.shape is not None else [])], "io": i in io})
+        for op in sg.operators:
+            ops.append(fbu.opcode_to_name(m, op.opcodeIndex))
+    return {"tensors": tensors, "ops": ops}
+
+
+def check_fully_int8(flatbuffer: bytes, what: str) -> dict[str, Any]:
+    """Refuse a model with any float tensor or (de)quantise-to-float op; uint8 only at the model's I/O.
+
+    Returns a summary (op counts, tensor type counts) for the manifest."""
+    info = inspect(flatbuffer)
+    bad = [t for t in info["tensors"] if t["type"] in FLOAT_TYPES or (t["type"] == "UINT8" and not t["io"])]
+    bad_ops = sorted({o for o in info["ops"] if o == "DEQUANTIZE"})
+    if bad or bad_ops:
+        listed = ", ".join(f"{t['name']} ({t['type']})" for t in bad[:8])
+        raise EdgeadError(f"{what}: not fully integer: {len(bad)} float/uint8 tensor(s) in the int8 body "
+                          f"[{listed}]{' and ops ' + ', '.join(bad_ops) if bad_ops else ''}")
+    types: dict[str, int] = {}
+    for t in info["tensors"]:
+        types[t["type"]] = types.get(t["type"], 0) + 1
+    op_counts: dict[str, int] = {}
+    for o in info["ops"]:
+        op_counts[o] = op_counts.get(o, 0) + 1
+    return {"fully_int8": True, "tensor_types": types, "ops": op_counts}
