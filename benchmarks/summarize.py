@@ -1,0 +1,100 @@
+"""Regenerate benchmarks/README.md from the result files in benchmarks/results (never typed in by hand).
+
+    python benchmarks/summarize.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import RESULTS  # noqa: E402
+from firmware_sim.atomic import atomic_write_text  # noqa: E402
+
+README = Path(__file__).resolve().parent / "README.md"
+INTRO = """# Benchmarks
+
+Scripts that measure edgead; each writes JSON (and CSV where tabular) with its command, date and machine
+to `results/`. This page is regenerated from those files by `python benchmarks/summarize.py`.
+
+| script | what |
+|---|---|
+| `bench_metrics.py` | pixel metrics on 100 maps of 256x256: time and peak memory, against scikit-learn |
+| `bench_single_task.py` | PaSTe vs STFPM (MCUNet-in3), ImageNet vs random teacher, on Magnetic-Tile and synthetic data |
+| `bench_cl_speed.py` | time per epoch: compressed replay vs image replay vs fine-tuning, one run |
+| `bench_cl_quality.py` | a 4-task stream: fine-tuning, image replay, compressed replay per codec; same count and 2.46 MB |
+| `thesis.py` (`edgead bench thesis`) | the seed thesis's table over MVTec AD (needs the dataset) |
+"""
+
+
+def _fmt(v, nd=3):
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _table(rows: list[dict], cols: list[str]) -> str:
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _head(d: dict) -> str:
+    m = d.get("machine", {})
+    return f"`{d.get('command', '?')}` — {d.get('date', '?')}, {m.get('platform', '?')}, {m.get('cpu_count', '?')} CPUs"
+
+
+def _checks(d: dict) -> str:
+    return "\n".join(f"- {'PASS' if c['pass'] else 'FAIL'}: {c['check']} ({c['detail']})" for c in d.get("checks", []))
+
+
+def section(path: Path) -> str | None:
+    d = json.loads(path.read_text())
+    name = path.stem
+    if name.startswith("single_task"):
+        cols = ["dataset", "model", "teacher", "epochs", "train_images", "image_auroc", "pixel_auroc", "aupro",
+                "epoch_s", "selected_epoch", "params", "macs"]
+        return f"## Single task: {name}\n\n{_head(d)}\n\n{_table(d['rows'], cols)}\n\n{_checks(d)}\n"
+    if name.startswith("cl_quality"):
+        cols = ["setting", "method", "seeds", "image_auroc", "image_auroc_std", "pixel_auroc", "img_forget_abs",
+                "img_forget_rel", "pixf1_forget_rel", "additional_bytes", "buffer_samples"]
+        return (f"## Continual learning quality: {name}\n\nTasks: {', '.join(d.get('tasks', []))}. {_head(d)}\n\n"
+                f"{_table(d['summary'], cols)}\n\n{_checks(d)}\n")
+    if name.startswith("cl_speed"):
+        rows = [{"strategy": k, **v} for k, v in d["per_strategy"].items()]
+        t = _table(rows, ["strategy", "epoch_seconds_task2", "prepare_seconds_task2", "replay_per_batch",
+                          "additional_bytes"])
+        verdict = "PASS" if d["pass"] else "FAIL"
+        return (f"## Continual learning speed\n\n{_head(d)}\n\n{t}\n\n- {verdict}: compressed replay "
+                f"{d['speedup_compressed_vs_image_replay']:.2f}x faster per epoch than image replay "
+                f"(target >= {d['target']}x)\n")
+    if name == "metrics":
+        rows = [{"metric": k, **v} for k, v in d["results"].items()] if isinstance(d["results"], dict) else d["results"]
+        cols = ["metric", "best_s", "mean_s", "peak_extra_bytes", "memory_multiple_of_maps"]
+        return f"## Pixel metrics speed and memory\n\n{_head(d)}\n\n{_table(rows, cols)}\n"
+    if name.startswith("device"):
+        return f"## Device runtime\n\n{_head(d)}\n\n```json\n{json.dumps(d.get('summary', d), indent=1)[:3000]}\n```\n"
+    return None
+
+
+def main() -> Path:
+    parts = [INTRO]
+    for path in sorted(RESULTS.glob("*.json")):
+        if path.stem.endswith("_quick"):
+            continue
+        s = section(path)
+        if s:
+            parts.append(s)
+    return atomic_write_text(README, "\n".join(parts))
+
+
+if __name__ == "__main__":
+    print(main())
