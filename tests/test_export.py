@@ -15,45 +15,31 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("tensorflow")
-pytest.importorskip("ai_edge_litert")
-pytest.importorskip("onnxruntime")
+from edgead.cl.runner import run_stream
+from edgead.data import TaskStream
+from edgead.data.synth import generate_dataset
+from edgead.engine.tensors import to_input
+from edgead.engine.trainer import TrainConfig
+from edgead.errors import EdgeadError
+from edgead.models.teacher_student import DetectorConfig
+from export import pipeline
+from export.pipeline import ExportDrift, ExportOptions, export_run, load_run
+from export.runtime import OnnxRunner, TFLiteRunner, dequantize, image_feed
+from export.tflite import inspect
+from firmware_sim import anomaly_map as amap_np
+from firmware_sim.errors import UserError
+from firmware_sim.manifest import load_manifest
+from firmware_sim.preprocess import load_rgb
 
-from edgead.cl.runner import run_stream  # noqa: E402
-from edgead.data import TaskStream  # noqa: E402
-from edgead.data.synth import generate_dataset  # noqa: E402
-from edgead.engine.tensors import to_input  # noqa: E402
-from edgead.engine.trainer import TrainConfig  # noqa: E402
-from edgead.errors import EdgeadError  # noqa: E402
-from edgead.models.teacher_student import DetectorConfig  # noqa: E402
-from export import pipeline  # noqa: E402
-from export.pipeline import ExportDrift, ExportOptions, export_run, load_run  # noqa: E402
-from export.runtime import OnnxRunner, TFLiteRunner, dequantize, image_feed  # noqa: E402
-from export.tflite import inspect  # noqa: E402
-from firmware_sim import anomaly_map as amap_np  # noqa: E402
-from firmware_sim.errors import UserError  # noqa: E402
-from firmware_sim.manifest import load_manifest  # noqa: E402
-from firmware_sim.preprocess import load_rgb  # noqa: E402
+from .conftest import MCUNET_DIR
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-WEIGHTS = SHARED / "weights" / "mcunet-in3"
+WEIGHTS = MCUNET_DIR
 SIZE = 64
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # On a small shared machine torch's OpenMP pool busy-waits against other processes: a depthwise conv took
-    # 32 ms with 2 threads and 1.2 ms with 1. One thread keeps this file's run time predictable.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def paste_run(tmp_path_factory) -> Path:
-    if not (WEIGHTS / "mcunet-320kb-1mb_imagenet.pth").is_file():
-        pytest.skip(f"MCUNet-in3 weights not found in {WEIGHTS}")
     mp = pytest.MonkeyPatch()
     mp.setenv("EDGEAD_WEIGHTS_DIR", str(WEIGHTS))
     root = tmp_path_factory.mktemp("export")

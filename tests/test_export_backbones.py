@@ -4,42 +4,27 @@ Keras mirror (MobileNetV2) to ONNX and ONNX int8. Each trains its own tiny run (
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
 
-pytest.importorskip("tensorflow")
-pytest.importorskip("ai_edge_litert")
-pytest.importorskip("onnxruntime")
+from edgead.cl.runner import run_stream
+from edgead.data import TaskStream
+from edgead.data.synth import generate_dataset
+from edgead.engine.trainer import TrainConfig
+from edgead.errors import EdgeadError
+from edgead.models.teacher_student import DetectorConfig
+from export.pipeline import ExportOptions, export_run
+from export.tflite import inspect
+from firmware_sim.manifest import load_manifest
 
-from edgead.cl.runner import run_stream  # noqa: E402
-from edgead.data import TaskStream  # noqa: E402
-from edgead.data.synth import generate_dataset  # noqa: E402
-from edgead.engine.trainer import TrainConfig  # noqa: E402
-from edgead.errors import EdgeadError  # noqa: E402
-from edgead.models.teacher_student import DetectorConfig  # noqa: E402
-from export.pipeline import ExportOptions, export_run  # noqa: E402
-from export.tflite import inspect  # noqa: E402
-from firmware_sim.manifest import load_manifest  # noqa: E402
+from .conftest import MCUNET_DIR
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-WEIGHTS = SHARED / "weights" / "mcunet-in3"
+WEIGHTS = MCUNET_DIR
 SIZE = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # See tests/test_export.py: torch's OpenMP pool busy-waits on a small shared machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_stfpm_exports_one_full_graph(tmp_path, monkeypatch):
-    if not (WEIGHTS / "mcunet-320kb-1mb_imagenet.pth").is_file():
-        pytest.skip(f"MCUNet-in3 weights not found in {WEIGHTS}")
     monkeypatch.setenv("EDGEAD_WEIGHTS_DIR", str(WEIGHTS))
     data = generate_dataset(tmp_path / "data", ["brick"], seed=1, image_size=SIZE, n_train=12, n_test=4)
     det = DetectorConfig.defaults("stfpm", "mcunet-in3", image_size=SIZE)
