@@ -19,6 +19,7 @@ _COMMANDS = {
     "demo": ("edgead.cli_demo", "demo"),
     "bench": ("edgead.cli_bench", "bench"),
     "export": ("edgead.cli_export", "export_cmd"),
+    "device": ("edgead.cli_device", "device"),
 }
 _HELP = {
     "data": "Make, convert and inspect datasets (MVTec AD layout).",
@@ -27,6 +28,7 @@ _HELP = {
     "eval": "Recompute the metrics of a run from its checkpoints.",
     "bench": "Benchmarks: the thesis protocol and more (see benchmarks/).",
     "export": "Export a run for devices: int8 TFLite / ONNX, manifest.json, fidelity.json.",
+    "device": "Run artifacts as a device would; replay buffer; latency/RAM/flash profile.",
     "demo": "End to end on built-in synthetic data: generate, train PaSTe-MCUNet, evaluate.",
 }
 

@@ -1,0 +1,217 @@
+"""What the device CLIs do (`python -m firmware_sim ...` and `edgead device ...` call these same functions).
+
+Each returns plain JSON-ready dicts; ``emit`` receives each per-image line and ``warn`` each warning, so the
+caller decides where they go (stdout / stderr).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from firmware_sim.device import Device, open_buffer
+from firmware_sim.errors import UserError
+from firmware_sim.manifest import MANIFEST_NAME
+from firmware_sim.overlay import save_overlay
+from firmware_sim.preprocess import is_image_file
+from firmware_sim.profiles import load_profiles
+from firmware_sim.replay_buffer import RECORD_OVERHEAD, ReplayBuffer
+from firmware_sim.sizes import parse_size
+
+Emit = Callable[[dict], None]
+Warn = Callable[[str], None]
+# Profiles with less RAM than this are microcontrollers: no OS process, so RAM = arena + one record, not RSS.
+MCU_RAM_BYTES = 64 * 2**20
+
+
+def _stderr(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def list_images(target: str | os.PathLike, warn: Warn = _stderr) -> list[Path]:
+    """A file, or every image file under a folder (sorted); other files are skipped with one warning."""
+    target = Path(target)
+    if target.is_file():
+        return [target]
+    if not target.is_dir():
+        raise UserError(f"--images {target}: no such file or folder")
+    files = sorted(p for p in target.rglob("*") if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if is_image_file(p)]
+    if len(files) > len(images):
+        warn(f"{target}: skipped {len(files) - len(images)} non-image file(s) "
+             f"(e.g. {next(p for p in files if not is_image_file(p)).name})")
+    if not images:
+        raise UserError(f"--images {target}: no image files (png, jpg, bmp, tif, webp) in this folder")
+    return images
+
+
+def run(artifact: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike | None = None,
+        threads: int | None = None, delegate: str | None = None, buffer: str | os.PathLike | None = None,
+        budget: str | int | None = None, task: int | None = None, format: str | None = None,
+        emit: Emit = lambda d: None, warn: Warn = _stderr, xnnpack: bool = True) -> dict:
+    """Score every image; one dict per image to ``emit``; an overlay PNG per image in ``out``; a summary back."""
+    if buffer is None and (budget is not None or task is not None):
+        raise UserError("--budget and --task apply to a replay buffer: give --buffer FILE too")
+    files = list_images(images, warn)
+    device = Device(artifact, format=format, threads=threads, delegate=delegate, xnnpack=xnnpack)
+    if buffer is not None:
+        device.attach_buffer(buffer, budget, task)
+        report = device.buffer_report
+        if report is not None and report.dropped:
+            warn(f"{buffer}: dropped {report.dropped} damaged record(s); kept {report.kept}")
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(images) if Path(images).is_dir() else None
+    done, skipped, anomalous = 0, 0, 0
+    for path in files:
+        try:
+            r = device.infer(path)
+        except UserError as e:  # one unreadable file does not stop a camera's stream
+            skipped += 1
+            warn(f"skipped {e}")
+            continue
+        line = r.to_json(str(path))
+        if out_dir is not None:
+            rel = path.relative_to(root) if root is not None else Path(path.name)
+            png = out_dir / (rel.with_suffix("").as_posix().replace("/", "__") + ".png")
+            save_overlay(png, r.pixels, device.normalize(r.map))
+            line["overlay"] = str(png)
+        emit(line)
+        done += 1
+        anomalous += r.anomalous
+    if done == 0:
+        raise UserError(f"--images {images}: none of the {len(files)} image file(s) could be read")
+    summary = {"images": done, "skipped": skipped, "anomalous": anomalous, "format": device.format,
+               "interpreter": device.interpreter, "threshold": device.threshold}
+    if device.buffer is not None:
+        device.buffer.save(device.buffer_path)
+        summary["buffer"] = {"path": str(device.buffer_path), "task": device.task_id, **device.buffer.stats()}
+    return summary
+
+
+# -- buffer -----------------------------------------------------------------------------------------------
+def _report(report) -> dict:
+    return {"kept": report.kept, "dropped": report.dropped, "errors": report.errors}
+
+
+def buffer_stats(path: str | os.PathLike) -> dict:
+    buf, report = open_buffer(path)
+    return {"path": str(path), "file_bytes": Path(path).stat().st_size, **buf.stats(), "load": _report(report)}
+
+
+def buffer_export(path: str | os.PathLike, dest: str | os.PathLike) -> dict:
+    """Validate the device's buffer and write a clean copy (damaged records dropped) for the host."""
+    buf, report = open_buffer(path)
+    if len(buf) == 0:
+        raise UserError(f"{path}: the buffer holds no records; nothing for the host to replay")
+    buf.save(dest)
+    ReplayBuffer.load(dest)  # what the host will read
+    return {"exported": str(dest), "records": len(buf), "bytes": buf.nbytes, "tasks": buf.tasks,
+            "load": _report(report)}
+
+
+def buffer_import(src: str | os.PathLike, dest: str | os.PathLike, mode: str = "merge",
+                  budget: str | int | None = None) -> dict:
+    """``replace``: dest becomes src (re-fitted to ``budget`` if given). ``merge``: src's records are offered to
+    dest's buffer task by task (same task ids), within dest's budget (shared by all tasks)."""
+    if mode not in ("merge", "replace"):
+        raise UserError(f"buffer import mode {mode!r}: expected merge or replace")
+    incoming, report = open_buffer(src)
+    dest = Path(dest)
+    if mode == "replace" or not dest.exists():
+        buf = incoming if budget is None else ReplayBuffer.load(src, budget)[0]
+    else:
+        buf, _ = open_buffer(dest, budget)
+        if incoming.codec.spec != buf.codec.spec or (incoming.shape and buf.shape and incoming.shape != buf.shape):
+            raise UserError(f"{src}: codec {incoming.codec.spec} shape {incoming.shape} cannot merge into {dest} "
+                            f"(codec {buf.codec.spec} shape {buf.shape})")
+        for r in incoming.records():
+            buf.add(r.task_id, r.encoded, r.sample_id, r.timestamp)
+    buf.save(dest)
+    return {"imported": str(src), "into": str(dest), "mode": mode, **buf.stats(), "load": _report(report)}
+
+
+# -- profile ----------------------------------------------------------------------------------------------
+def _peak_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss) if sys.platform == "darwin" else int(rss) * 1024  # Linux reports KiB
+
+
+def _percentiles(ms: list[float]) -> dict:
+    a = np.asarray(ms)
+    return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
+            "p99": float(np.percentile(a, 99)), "min": float(a.min()), "max": float(a.max())}
+
+
+def profile(artifact: str | os.PathLike, profile_names: list[str] | None = None,
+            profiles_file: str | os.PathLike | None = None, budget: str | int | None = None, runs: int = 50,
+            warmup: int = 5, threads: int | None = None, format: str | None = None,
+            delegate: str | None = None, image: str | os.PathLike | None = None, xnnpack: bool = True) -> dict:
+    """Latency percentiles, RAM (peak RSS, interpreter arena, analytic int8 peak) and flash; fit per profile."""
+    if runs < 1 or warmup < 0:
+        raise UserError(f"--runs {runs} / warm-up {warmup}: expected runs >= 1 and warm-up >= 0")
+    budget_bytes = parse_size(budget) if budget is not None else 0
+    profiles = load_profiles(profiles_file)
+    names = profile_names or sorted(profiles)
+    unknown = [n for n in names if n not in profiles]
+    if unknown:
+        raise UserError(f"unknown device profile(s) {unknown}: expected one of {', '.join(sorted(profiles))}")
+    rss_before = _peak_rss_bytes()
+    device = Device(artifact, format=format, threads=threads, delegate=delegate, xnnpack=xnnpack)
+    m = device.manifest
+    if image is None:  # a seeded camera-sized frame: resizing is part of the measured work
+        rng = np.random.default_rng(0)
+        frame = Image.fromarray(rng.integers(0, 256, (m.image_size * 2, m.image_size * 2, 3), dtype=np.uint8))
+    else:
+        frame = image
+    for _ in range(warmup):
+        device.infer(frame)
+    ms, stages = [], {}
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        r = device.infer(frame)
+        ms.append(1000.0 * (time.perf_counter() - t0))
+        for k, v in r.stages_ms.items():
+            stages.setdefault(k, []).append(v)
+    peak_rss = _peak_rss_bytes()
+
+    arenas = {n: rn.arena_bytes() for n, rn in device.detector.runners.items()}
+    arena = max((v for v in arenas.values() if v is not None), default=None)  # graphs run one after the other
+    cost = m.data.get("cost", {})
+    peak_act = cost.get("peak_activation_bytes_int8")
+    lat = m.data.get("latent")
+    record = RECORD_OVERHEAD + int(np.prod(lat["shape_chw"])) + 64 if lat else 0  # payload + codec fields
+    model_files = {g["file"]: (m.root / g["file"]).stat().st_size
+                   for name, g in m.data["formats"][device.format]["graphs"].items()
+                   if name in device.detector.runners}
+    manifest_bytes = (m.root / MANIFEST_NAME).stat().st_size
+    flash = sum(model_files.values()) + manifest_bytes + budget_bytes
+    mcu_ram = (arena if arena is not None else (peak_act or 0)) + (record if budget_bytes else 0)
+    fits = []
+    for n in names:
+        p = profiles[n]
+        basis = "arena+record" if p.ram_bytes < MCU_RAM_BYTES else "peak_rss"
+        row = p.fit(ram_needed=mcu_ram if basis == "arena+record" else peak_rss, flash_needed=flash)
+        fits.append({**row, "ram_basis": basis})
+    return {
+        "artifact": str(m.root), "format": device.format, "path": device.path, "interpreter": device.interpreter,
+        "delegate": delegate, "threads": threads, "xnnpack": xnnpack, "image_size": m.image_size,
+        "latency_ms": {"runs": runs, "warmup": warmup, **_percentiles(ms),
+                       "stages_p50": {k: float(np.percentile(v, 50)) for k, v in stages.items()}},
+        "ram": {"peak_rss_bytes": peak_rss, "rss_before_load_bytes": rss_before,
+                "interpreter_arena_bytes": arena, "arena_per_graph": arenas,
+                "arena_note": "bytes of every tensor the interpreter holds for the largest graph, weights included: "
+                              "an upper bound of its activation arena",
+                "analytic_peak_activation_int8_bytes": peak_act, "replay_record_bytes": record or None},
+        "flash": {"model_files": model_files, "manifest_bytes": manifest_bytes, "buffer_budget_bytes": budget_bytes,
+                  "total_bytes": flash},
+        "profiles": fits,
+    }

@@ -1,0 +1,216 @@
+"""The device: a verified artifact folder, any image in, score / map / decision out, int8 latents kept.
+
+``Device`` reads everything it needs from the manifest (graph files, preprocessing, input quantisation,
+latent quantisation, threshold): nothing about the model is hard-coded here, so a new export is picked up by
+pointing a device at the new folder. The replay buffer (``attach_buffer``) keeps the trunk's own int8 output
+(codec int8-device, no second quantisation), by reservoir sampling within a task, inside a byte budget shared
+by all tasks, and is written atomically to its flash path whenever it changes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from firmware_sim.errors import UserError
+from firmware_sim.manifest import Manifest, load_manifest
+from firmware_sim.preprocess import load_rgb, load_rgb_from
+from firmware_sim.replay_buffer import LoadReport, ReplayBuffer
+from firmware_sim.runtime import DeployedDetector, OnnxRunner, TFLiteRunner, edgetpu_delegate
+
+FORMAT_PREFERENCE = ("tflite-int8", "onnx-int8", "onnx")
+DELEGATES = ("edgetpu",)
+
+
+@dataclass
+class Result:
+    score: float  # the map's maximum
+    normalized: float  # 0..1, the threshold at 0.5 (min-max of the calibration scores, as anomalib)
+    anomalous: bool  # score > the manifest's threshold
+    map: np.ndarray  # (S, S) float32
+    latency_ms: float  # preprocessing + graphs + distance (+ buffer update)
+    stages_ms: dict[str, float]
+    stored: bool | None = None  # kept in the replay buffer (None: no buffer)
+    pixels: np.ndarray | None = None  # (S, S, 3) uint8: what the model saw
+
+    def to_json(self, path: str | None = None) -> dict:
+        return {"path": path, "score": self.score, "normalized_score": self.normalized,
+                "decision": "anomalous" if self.anomalous else "normal", "latency_ms": round(self.latency_ms, 3),
+                **({"buffered": self.stored} if self.stored is not None else {})}
+
+
+def _check_edgetpu(manifest: Manifest, fmt: str) -> None:
+    """The Edge TPU runs full-int8 static-shape TFLite only: refuse anything else before loading the library."""
+    if fmt != "tflite-int8":
+        raise UserError(f"--delegate edgetpu needs the tflite-int8 format (asked for {fmt!r}); export with "
+                        "`edgead export --format tflite-int8`")
+    graphs = manifest.data["formats"][fmt]["graphs"]
+    for name, g in graphs.items():
+        for t in [*g["inputs"], *g["outputs"]]:
+            if t["dtype"] not in ("int8", "uint8") or t.get("quantization") is None or t["shape"][0] != 1 \
+                    or any(int(d) <= 0 for d in t["shape"]):
+                raise UserError(f"--delegate edgetpu: {g['file']} ({name}) is not a full-int8 static-shape model "
+                                f"(tensor {t['name']}: {t['dtype']} {t['shape']}); re-export with "
+                                "`edgead export --format tflite-int8` (int8 or uint8 I/O) and compile it with "
+                                "edgetpu_compiler")
+
+
+class Device:
+    """One exported model on a device. ``format``: tflite-int8 | onnx-int8 | onnx (default: the first present)."""
+
+    def __init__(self, artifact_dir: str | os.PathLike, format: str | None = None, threads: int | None = None,
+                 delegate: str | None = None, xnnpack: bool = True):
+        self.manifest = load_manifest(artifact_dir)  # schema + size + sha256 of every file, or UserError
+        have = self.manifest.formats
+        if format is None:
+            format = next((f for f in FORMAT_PREFERENCE if f in have), None)
+        if format not in have:
+            raise UserError(f"{artifact_dir}: format {format!r} not exported here (have {', '.join(have)})")
+        if threads is not None and int(threads) < 1:
+            raise UserError(f"--threads {threads}: expected 1 or more")
+        if delegate is not None and delegate not in DELEGATES:
+            raise UserError(f"--delegate {delegate!r}: expected one of {', '.join(DELEGATES)}")
+        self.format, self.threads, self.delegate = format, threads, delegate
+        graphs = self.manifest.data["formats"][format]["graphs"]
+        self.path = "trunk+head" if "trunk" in graphs and "head" in graphs else "full"
+        if delegate == "edgetpu":
+            _check_edgetpu(self.manifest, format)
+            delegates = [edgetpu_delegate()]
+        else:
+            delegates = None
+        names = ["trunk", "head"] if self.path == "trunk+head" else ["full"]
+        runners = {}
+        for name in names:
+            file = self.manifest.graph_path(format, name)
+            if format.startswith("tflite"):
+                runners[name] = TFLiteRunner(file, threads, delegates, xnnpack)
+            else:
+                runners[name] = OnnxRunner(file, threads)
+        self.detector = DeployedDetector(runners, self.manifest.levels, self.manifest.image_size)
+        self.preprocess = self.manifest.preprocess
+        cal = self.manifest.data["calibration"]
+        self.threshold = self.manifest.threshold
+        self._lo, self._hi = cal.get("score_min"), cal.get("score_max")
+        self.buffer: ReplayBuffer | None = None
+        self.buffer_path: Path | None = None
+        self.buffer_report: LoadReport | None = None
+        self.task_id = 0
+        self._sample_id = 0
+
+    # -- inference ---------------------------------------------------------------------------------------
+    @property
+    def interpreter(self) -> str:
+        return next(iter(self.detector.runners.values())).module
+
+    def pixels(self, image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
+        """Any image (path, PIL image of any mode, uint8 array) -> (1, S, S, 3) uint8 as the manifest says."""
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim not in (2, 3):
+                raise UserError(f"image array {image.dtype} {image.shape}: expected uint8 (H, W) or (H, W, 3)")
+            image = Image.fromarray(image)
+        img = load_rgb_from(image) if isinstance(image, Image.Image) else load_rgb(image)
+        return self.preprocess.resize_uint8(img)[None]
+
+    def normalize(self, score: float | np.ndarray) -> float | np.ndarray:
+        """Scores (or a map) -> 0..1 with the threshold at 0.5: min-max of the calibration scores."""
+        lo, hi, thr = self._lo, self._hi, self.threshold
+        if lo is None or hi is None or not np.isfinite([lo, hi, thr]).all() or hi <= lo:
+            v = 0.5 * np.asarray(score) / thr if thr and np.isfinite(thr) else np.full_like(score, np.nan)
+        else:
+            v = (np.asarray(score) - thr) / (hi - lo) + 0.5
+        v = np.clip(v, 0.0, 1.0)
+        return float(v) if np.ndim(v) == 0 else v.astype(np.float32)
+
+    def infer(self, image: str | os.PathLike | Image.Image | np.ndarray) -> Result:
+        t0 = time.perf_counter()
+        x = self.pixels(image)
+        clock: dict[str, float] = {"preprocess": time.perf_counter() - t0}
+        amap, raw = self.detector.run_one(x, self.path, clock)
+        stored = None
+        if self.buffer is not None:
+            t1 = time.perf_counter()
+            stored = self._keep(raw)
+            clock["buffer"] = time.perf_counter() - t1
+        score = float(amap[0].max())
+        return Result(score, self.normalize(score), bool(score > self.threshold), amap[0],
+                      1000.0 * (time.perf_counter() - t0), {k: 1000.0 * v for k, v in clock.items()}, stored,
+                      x[0])
+
+    # -- replay buffer ---------------------------------------------------------------------------------------
+    def latent_quantization(self) -> tuple[np.ndarray, np.ndarray, str]:
+        """(scale, zero point, how) for the int8 latent: the format's own, else the tflite-int8 export's."""
+        lat = self.manifest.data.get("latent")
+        if not lat:
+            raise UserError(f"{self.manifest.root}: a {self.manifest.model} model has no trunk latent to keep; "
+                            "a replay buffer needs a PaSTe export")
+        quants = lat.get("quantization", {})
+        q = quants.get(self.format) or quants.get("tflite-int8")
+        if q is None:
+            raise UserError(f"{self.manifest.root}: the manifest has no latent quantisation for {self.format} or "
+                            "tflite-int8; export with --format tflite-int8 to keep an int8 device buffer")
+        own = quants.get(self.format) is not None
+        dtype = self.detector.runners["trunk"].outputs["latent"]["dtype"] if own else "float32"
+        return np.asarray(q["scale"], np.float32), np.asarray(q["zero_point"], np.int32), dtype
+
+    def _keep(self, raw: np.ndarray | None) -> bool:
+        if raw is None:
+            raise UserError("this model has no trunk latent (full graph only): nothing to keep in a buffer")
+        scale, zp, dtype = self._lat_q
+        z = raw[0]
+        if self.detector.runners["trunk"].layout == "NHWC":
+            z = np.moveaxis(z, -1, 0)  # the buffer holds CHW
+        if dtype == "int8":
+            q = np.ascontiguousarray(z)
+        elif dtype == "uint8":  # --io uint8: the same numbers shifted by 128
+            q, zp = (z.astype(np.int16) - 128).astype(np.int8), zp - 128
+        else:  # a float format: quantise with the int8 export's parameters, clipped like the interpreter
+            s = scale.reshape(-1, 1, 1) if scale.size > 1 else scale
+            p = zp.reshape(-1, 1, 1) if zp.size > 1 else zp
+            q = np.clip(np.rint(z / s) + p, -128, 127).astype(np.int8)
+        stored = self.buffer.add_quantized(self.task_id, q, scale, zp, self._sample_id)
+        self._sample_id += 1
+        if stored:
+            self.buffer.save(self.buffer_path)
+        return stored
+
+    def attach_buffer(self, path: str | os.PathLike, budget: int | str | None = None, task: int | None = None,
+                      seed: int = 0) -> ReplayBuffer:
+        """Open (or create) the buffer file at ``path``; ``task``: the task id of what this device sees next
+        (default: the newest task already in the file, else 0)."""
+        if self.path != "trunk+head":
+            raise UserError(f"{self.manifest.root}: {self.manifest.model} has no trunk latent; a replay buffer "
+                            "needs a PaSTe export (trunk + head)")
+        self._lat_q = self.latent_quantization()
+        path = Path(path)
+        shape = tuple(self.manifest.data["latent"]["shape_chw"])
+        if path.exists():
+            buf, report = open_buffer(path, budget)
+            if buf.codec.name != "int8-device":
+                raise UserError(f"{path}: codec {buf.codec.spec}; a device keeps int8-device buffers")
+            if buf.shape is not None and tuple(buf.shape) != shape:
+                raise UserError(f"{path}: holds latents of shape {buf.shape}, this model's are {shape} "
+                                "(a different backbone or image size); use another buffer file")
+        else:
+            if budget is None:
+                raise UserError(f"{path}: no buffer file yet; give --budget (e.g. 256KB) to create one")
+            buf, report = ReplayBuffer(budget, "int8-device", seed=seed, latent_shape=shape), None
+        if task is not None and int(task) < 0:
+            raise UserError(f"--task {task}: expected a task id of 0 or more")
+        self.task_id = int(task) if task is not None else max(buf.tasks, default=0)
+        self._sample_id = buf.stats()["offered_per_task"].get(self.task_id, 0)
+        self.buffer, self.buffer_path, self.buffer_report = buf, path, report
+        buf.save(path)  # the file exists (and fits its budget) from the start
+        return buf
+
+
+def open_buffer(path: str | os.PathLike, budget: int | str | None = None) -> tuple[ReplayBuffer, LoadReport]:
+    """Load a buffer file, refusing a missing one with a clear message."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no replay buffer file here")
+    return ReplayBuffer.load(path, budget)
