@@ -81,7 +81,10 @@ def section(path: Path) -> str | None:
         cols = ["metric", "best_s", "mean_s", "peak_extra_bytes", "memory_multiple_of_maps"]
         return f"## Pixel metrics speed and memory\n\n{_head(d)}\n\n{_table(rows, cols)}\n"
     if name.startswith("device"):
-        return f"## Device runtime\n\n{_head(d)}\n\n```json\n{json.dumps(d.get('summary', d), indent=1)[:3000]}\n```\n"
+        t = _table(d["latency"], ["model", "format", "runtime", "p50_ms", "p50_vs_tflite_int8"])
+        mem = d["memory"]
+        return (f"## Device runtime\n\n{_head(d)}. {d['settings'].get('note', '')}\n\n{t}\n\nResident memory "
+                f"growth over {mem['n']:,} inferences: {mem['growth']:,} B.\n\n{_checks(d)}\n")
     return None
 
 
