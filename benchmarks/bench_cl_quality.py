@@ -45,11 +45,15 @@ def configurations(memory_size: int, budget: int, codecs) -> list[dict]:
     for setting, kw in (("count", {"memory_size": memory_size}), ("budget", {"budget_bytes": budget})):
         confs.append({"setting": setting, "strategy": "replay", "codec": None, **kw})
         confs += [{"setting": setting, "strategy": "compressed-replay", "codec": c, **kw} for c in codecs]
+    # The smarter selection policy (k-center coverage of the latent space) against the seeded-random default.
+    confs += [{"setting": "budget-coverage", "strategy": "compressed-replay", "codec": c, "policy": "coverage",
+               "budget_bytes": budget} for c in codecs]
     return confs
 
 
 def label(c: dict) -> str:
-    return c["strategy"] if c["codec"] is None else f"latent-{c['codec']}"
+    name = c["strategy"] if c["codec"] is None else f"latent-{c['codec']}"
+    return name + ("-coverage" if c.get("policy") == "coverage" else "")
 
 
 def run_one(root: Path, tasks: list[str], conf: dict, *, image_size: int, epochs: int, seed: int,
@@ -57,7 +61,7 @@ def run_one(root: Path, tasks: list[str], conf: dict, *, image_size: int, epochs
     det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=image_size)
     cfg = TrainConfig(epochs=epochs, seed=seed, progress=False)
     out = Path(tempfile.mkdtemp(prefix="cl_", dir=tmp))
-    kw = {k: conf[k] for k in ("memory_size", "budget_bytes") if k in conf}
+    kw = {k: conf[k] for k in ("memory_size", "budget_bytes", "policy") if k in conf}
     t0 = time.perf_counter()
     try:
         res = run_stream(TaskStream(root, tasks), det, cfg, out, strategy=conf["strategy"], codec=conf["codec"],
@@ -118,6 +122,17 @@ def expectations(agg: list[dict]) -> list[dict]:
                          f"{i8['pixel_auroc']:.4f} vs {f32['pixel_auroc']:.4f}, diff {dp:+.4f}"))
         out.append(check("int8-channel at about a quarter of fp32's bytes (ratio in [0.2, 0.35])", 0.2 <= ratio <= 0.35,
                          f"{i8['additional_bytes']:,.0f} B vs {f32['additional_bytes']:,.0f} B, ratio {ratio:.3f}"))
+    if ft and rp:
+        out.append(check("fine-tuning forgets clearly more than replay (relative pixel-F1 forgetting, CLAD's "
+                         "default, by >= 0.05)", ft["pixf1_forget_rel"] >= rp["pixf1_forget_rel"] + 0.05,
+                         f"finetune {ft['pixf1_forget_rel']:.3f} vs replay {rp['pixf1_forget_rel']:.3f}; final "
+                         f"pixel AUROC {ft['pixel_auroc']:.3f} vs {rp['pixel_auroc']:.3f}"))
+    for (s, m), cov in by.items():
+        rnd = by.get(("budget", m.removesuffix("-coverage")))
+        if s == "budget-coverage" and rnd:
+            out.append(check(f"{m} vs random selection at the byte budget (reported, not a target)", True,
+                             f"image AUROC {cov['image_auroc']:.3f} vs {rnd['image_auroc']:.3f}, pixel AUROC "
+                             f"{cov['pixel_auroc']:.3f} vs {rnd['pixel_auroc']:.3f}"))
     rb = by.get(("budget", "replay"))
     comp = [r for (s, m), r in by.items() if s == "budget" and m.startswith("latent-")]
     if rb and comp:
@@ -166,21 +181,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-size", type=int, default=30, help="buffer samples for the same-count comparison")
     p.add_argument("--budget", type=int, default=2_460_000, help="byte budget for the equal-budget comparison")
     p.add_argument("--codecs", default=",".join(CODECS))
-    p.add_argument("--only", default="", help="run only these settings: comma list of none,count,budget")
+    p.add_argument("--only", default="", help="run only these settings: comma list of none,count,budget,budget-coverage")
     p.add_argument("--weights", default=os.environ.get("EDGEAD_WEIGHTS_DIR"))
     p.add_argument("--tag", default="")
     p.add_argument("--quick", action="store_true",
                    help="64 px, 2 tasks, 1 epoch, 1 seed; finetune, replay, fp32 and int8-channel at a sample count")
     p.add_argument("--from-json", default=None,
-                   help="recompute the summary and checks from the runs of a saved (possibly partial) results file")
+                   help="recompute the summary and checks from the runs of saved (possibly partial) results files, comma-separated")
     a = p.parse_args(argv)
     if a.from_json:
         import json
 
-        saved = json.loads(Path(a.from_json).read_text())
-        meta = {k: saved[k] for k in ("command", "date", "machine")}
-        args = argparse.Namespace(**saved["args"])
-        save(saved["runs"], meta, args, saved["tasks"], final=True, complete=saved.get("complete", False))
+        # Several files (e.g. one per seed, run in parallel) merge into one summary under --tag.
+        files = [json.loads(Path(f).read_text()) for f in a.from_json.split(",")]
+        saved = files[0]
+        meta = {"command": " | ".join(f["command"] for f in files), "date": saved["date"], "machine": saved["machine"]}
+        args = argparse.Namespace(**{**saved["args"], "tag": a.tag or saved["args"].get("tag", "")})
+        runs = [r for f in files for r in f["runs"]]
+        save(runs, meta, args, saved["tasks"], final=True, complete=all(f.get("complete", False) for f in files))
         return 0
     if a.quick:
         a.data, a.extra_data, a.tasks, a.image_size, a.train, a.test = None, None, "brick,nut", 64, 8, 4
