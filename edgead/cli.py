@@ -20,6 +20,7 @@ _COMMANDS = {
     "bench": ("edgead.cli_bench", "bench"),
     "export": ("edgead.cli_export", "export_cmd"),
     "device": ("edgead.cli_device", "device"),
+    "report": ("edgead.cli_report", "report"),
 }
 _HELP = {
     "data": "Make, convert and inspect datasets (MVTec AD layout).",
@@ -29,6 +30,7 @@ _HELP = {
     "bench": "Benchmarks: the thesis protocol and more (see benchmarks/).",
     "export": "Export a run for devices: int8 TFLite / ONNX, manifest.json, fidelity.json.",
     "device": "Run artifacts as a device would; replay buffer; latency/RAM/flash profile.",
+    "report": "Markdown report of runs: curves, m[i][j], memory, anomaly maps, results table.",
     "demo": "End to end on built-in synthetic data: generate, train PaSTe-MCUNet, evaluate.",
 }
 

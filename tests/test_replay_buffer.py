@@ -303,3 +303,20 @@ def test_device_modules_import_no_host_stack(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from firmware_sim.atomic import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        p = atomic_write_text(tmp_path / "a.json", "{}")
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644
+        os.chmod(p, 0o600)
+        atomic_write_text(p, "{}")  # an existing file keeps its mode
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600
+    finally:
+        os.umask(mask)
