@@ -137,11 +137,12 @@ def print_table(res: dict) -> None:
 @click.command("eval")
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--task", "task_index", type=int, default=None, help="Checkpoint after this task (default: last).")
-def eval_cmd(run_dir: Path, task_index: int | None):
+@click.option("--per-defect", is_flag=True, help="Also break the metrics down by defect type.")
+def eval_cmd(run_dir: Path, task_index: int | None, per_defect: bool):
     """Recompute the test metrics of a run's checkpoint on every task it has seen."""
     from edgead.data import TaskStream
     from edgead.engine.checkpoint import load_checkpoint
-    from edgead.engine.evaluate import evaluate_split
+    from edgead.engine.evaluate import evaluate_split, per_defect_metrics
 
     res_path = run_dir / "results.json"
     if not res_path.is_file():
@@ -155,5 +156,8 @@ def eval_cmd(run_dir: Path, task_index: int | None):
     out = {}
     for task in stream.tasks[: i + 1]:
         d = task.load(pre, val_fraction=res["config"]["train"]["val_fraction"], seed=res["config"]["train"]["seed"])
-        out[task.name] = evaluate_split(model, d.test, pre)
+        r = evaluate_split(model, d.test, pre, return_outputs=True)
+        out[task.name] = r["metrics"]
+        if per_defect:
+            out[task.name]["per_defect"] = per_defect_metrics(d.test, r["maps"], r["scores"])
     click.echo(json.dumps({"task_index": i, "metrics": out}, indent=2))

@@ -45,9 +45,13 @@ def test_data_synth_show_train_eval(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "image_auroc" in r.stdout
     saved = json.loads((run / "results.json").read_text())["metrics"]["image_auroc"]["matrix"][0][0]
-    r = _edgead("eval", "--run", str(run))
+    r = _edgead("eval", "--run", str(run), "--per-defect")
     assert r.returncode == 0, r.stderr
-    assert abs(json.loads(r.stdout)["metrics"]["nut"]["image_auroc"] - saved) < 1e-9
+    nut = json.loads(r.stdout)["metrics"]["nut"]
+    assert abs(nut["image_auroc"] - saved) < 1e-9
+    kinds = nut["per_defect"]
+    assert {"scratch", "hole"} <= set(kinds) and abs(sum(k["defect_pixel_share"] for k in kinds.values()) - 1) < 1e-6
+    assert all(0 <= k["image_auroc"] <= 1 and k["n"] > 0 for k in kinds.values())
 
 
 def test_bad_input_gives_clear_error_not_traceback(tmp_path):

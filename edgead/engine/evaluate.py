@@ -6,7 +6,7 @@ import numpy as np
 
 from edgead.data.loading import LoadedSplit
 from edgead.engine.tensors import predict_images
-from edgead.metrics import evaluate_all, image_auroc, image_f1_max
+from edgead.metrics import evaluate_all, image_auroc, image_f1_max, pixel_auroc
 from edgead.models.teacher_student import Calibration
 from firmware_sim.preprocess import Preprocess
 
@@ -32,6 +32,24 @@ def evaluate_split(model, split: LoadedSplit, pre: Preprocess, device: str = "cp
     if return_outputs:
         return {"metrics": metrics, "maps": maps, "scores": scores}
     return metrics
+
+
+def per_defect_metrics(split: LoadedSplit, maps: np.ndarray, scores: np.ndarray) -> dict:
+    """Per defect type: image AUROC against the good images, pixel AUROC on its images, its share of all
+    defect pixels (which type dominates the pixel metrics) and its count."""
+    types = np.asarray(split.defect_types)
+    good = split.labels == 0
+    total = max(int(split.masks.sum()), 1)
+    out = {}
+    for t in sorted(set(types[~good])):
+        mine = types == t
+        sel = good | mine
+        row = {"n": int(mine.sum()), "image_auroc": float(image_auroc(split.labels[sel], scores[sel]))}
+        if split.has_masks and split.masks[mine].any():
+            row["pixel_auroc"] = float(pixel_auroc(split.masks[mine], maps[mine]))
+            row["defect_pixel_share"] = float(split.masks[mine].sum() / total)
+        out[t] = row
+    return out
 
 
 def fit_calibration(model, val_images: np.ndarray, pre: Preprocess, device: str = "cpu",
