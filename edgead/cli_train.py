@@ -140,14 +140,12 @@ def print_table(res: dict) -> None:
 @click.option("--per-defect", is_flag=True, help="Also break the metrics down by defect type.")
 def eval_cmd(run_dir: Path, task_index: int | None, per_defect: bool):
     """Recompute the test metrics of a run's checkpoint on every task it has seen."""
+    from edgead.cl.results import read_results
     from edgead.data import TaskStream
     from edgead.engine.checkpoint import load_checkpoint
     from edgead.engine.evaluate import evaluate_split, per_defect_metrics
 
-    res_path = run_dir / "results.json"
-    if not res_path.is_file():
-        raise EdgeadError(f"{run_dir}: no results.json (not an edgead run folder, or no task completed)")
-    res = json.loads(res_path.read_text())
+    res = read_results(run_dir)
     i = res["completed_tasks"] - 1 if task_index is None else task_index
     if not 0 <= i < res["completed_tasks"]:
         raise EdgeadError(f"--task {task_index}: this run completed tasks 0..{res['completed_tasks'] - 1}")

@@ -8,7 +8,6 @@ anomaly maps of the overlay examples, from the run's last checkpoint.
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 
@@ -25,21 +24,9 @@ TABLE_METRICS = (("image AUROC", "image_auroc"), ("image F1", "image_f1"), ("pix
 
 def load_run(run_dir: str | Path) -> dict:
     """results.json of a run folder, checked for the keys the report reads."""
-    run_dir = Path(run_dir)
-    path = run_dir / "results.json"
-    if not run_dir.is_dir():
-        raise EdgeadError(f"{run_dir}: run folder not found")
-    if not path.is_file():
-        raise EdgeadError(f"{run_dir}: no results.json (not a run folder, or no task has completed yet)")
-    try:
-        res = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise EdgeadError(f"{path}: not readable JSON ({e})") from None
-    missing = [k for k in ("config", "tasks", "completed_tasks", "metrics", "memory")
-               if not isinstance(res, dict) or k not in res]
-    if missing:
-        raise EdgeadError(f"{path}: not an edgead results file (missing {missing})")
-    return res
+    from edgead.cl.results import read_results
+
+    return read_results(run_dir)
 
 
 def run_label(res: dict) -> str:

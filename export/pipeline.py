@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgead.cl.results import read_results
 from edgead.data.loading import LoadedSplit
 from edgead.data.stream import TaskStream
 from edgead.engine.checkpoint import load_checkpoint
@@ -76,19 +77,15 @@ class Run:
 def load_run(run_dir: str | os.PathLike, task: int | None) -> Run:
     root = Path(run_dir)
     res_path = root / "results.json"
-    if not root.is_dir():
-        raise EdgeadError(f"{root}: run folder not found")
-    if not res_path.is_file():
-        raise EdgeadError(f"{root}: no results.json (not an edgead run folder, or no task completed)")
+    res = read_results(root)
     try:
-        res = json.loads(res_path.read_text())
         det = DetectorConfig.from_dict(res["config"]["detector"])
         done, tasks = int(res["completed_tasks"]), list(res["tasks"])
         for keys in (("data_root",), ("train", "val_fraction"), ("train", "seed")):  # needed by load_data
             node = res["config"]
             for k in keys:
                 node = node[k]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise EdgeadError(f"{res_path}: unreadable or incomplete run results ({type(e).__name__}: {e})") from None
     if done < 1:
         raise EdgeadError(f"{root}: no task completed yet, nothing to export")

@@ -204,7 +204,7 @@ def test_bad_inputs_are_clear_errors(paste_run, tmp_path):
     with pytest.raises(EdgeadError, match="not the requested 'stfpm'"):
         export_run(bad, out, ExportOptions())
     (bad / "results.json").write_text("{broken")
-    with pytest.raises(EdgeadError, match="unreadable"):
+    with pytest.raises(EdgeadError, match="results.json: not readable JSON"):
         export_run(bad, out, ExportOptions())
     assert not out.exists()
 

@@ -14,10 +14,13 @@ Stable keys (documented in the README):
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 
+from edgead.errors import EdgeadError
 from edgead.metrics import forgetting
 
 METRICS = ("image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "pixel_ap", "aupro")
@@ -50,3 +53,22 @@ def summarise(rows: list[list[dict]]) -> dict:
             entry[f"forgetting_{mode}"] = float(forgetting(np.where(np.isnan(m), 0, m), mode)) if finite else None
         out[name] = entry
     return out
+
+
+def read_results(run_dir: str | Path) -> dict:
+    """A run folder's results.json, checked for the keys every reader (eval, export, report) relies on."""
+    run_dir = Path(run_dir)
+    path = run_dir / "results.json"
+    if not run_dir.is_dir():
+        raise EdgeadError(f"{run_dir}: run folder not found")
+    if not path.is_file():
+        raise EdgeadError(f"{run_dir}: no results.json (not an edgead run folder, or no task completed yet)")
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EdgeadError(f"{path}: not readable JSON ({e})") from None
+    missing = [k for k in ("config", "tasks", "completed_tasks", "metrics", "memory")
+               if not isinstance(res, dict) or k not in res]
+    if missing:
+        raise EdgeadError(f"{path}: not an edgead results file (missing {missing})")
+    return res
