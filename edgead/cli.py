@@ -21,6 +21,7 @@ _COMMANDS = {
     "export": ("edgead.cli_export", "export_cmd"),
     "device": ("edgead.cli_device", "device"),
     "report": ("edgead.cli_report", "report"),
+    "analyze": ("edgead.cli_analyze", "analyze"),
 }
 _HELP = {
     "data": "Make, convert and inspect datasets (MVTec AD layout).",
@@ -32,6 +33,7 @@ _HELP = {
     "device": "Run artifacts as a device would; replay buffer; latency/RAM/flash profile.",
     "report": "Markdown report of runs: curves, m[i][j], memory, anomaly maps, results table.",
     "demo": "End to end on built-in synthetic data: generate, train PaSTe-MCUNet, evaluate.",
+    "analyze": "Feature analysis: PCA channel importance, t-SNE, feature-selective fine-tuning.",
 }
 
 

@@ -21,7 +21,7 @@ from firmware_sim.errors import UserError
 from firmware_sim.manifest import Manifest, load_manifest
 from firmware_sim.preprocess import load_rgb, load_rgb_from
 from firmware_sim.replay_buffer import LoadReport, ReplayBuffer
-from firmware_sim.runtime import DeployedDetector, OnnxRunner, TFLiteRunner, edgetpu_delegate
+from firmware_sim.runtime import DeployedDetector, OnnxRunner, TFLiteRunner, edgetpu_delegate, image_feed
 
 FORMAT_PREFERENCE = ("tflite-int8", "onnx-int8", "onnx")
 DELEGATES = ("edgetpu",)
@@ -101,6 +101,7 @@ class Device:
         self.buffer_report: LoadReport | None = None
         self.task_id = 0
         self._sample_id = 0
+        self._lat_q: tuple | None = None  # (scale, zero point, dtype) of the latent, read on first use
 
     # -- inference ---------------------------------------------------------------------------------------
     @property
@@ -157,22 +158,42 @@ class Device:
         dtype = self.detector.runners["trunk"].outputs["latent"]["dtype"] if own else "float32"
         return np.asarray(q["scale"], np.float32), np.asarray(q["zero_point"], np.int32), dtype
 
-    def _keep(self, raw: np.ndarray | None) -> bool:
-        if raw is None:
-            raise UserError("this model has no trunk latent (full graph only): nothing to keep in a buffer")
+    def _as_stored(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The trunk's raw output for one image -> (int8 CHW latent as the buffer stores it, its zero point)."""
         scale, zp, dtype = self._lat_q
         z = raw[0]
         if self.detector.runners["trunk"].layout == "NHWC":
             z = np.moveaxis(z, -1, 0)  # the buffer holds CHW
         if dtype == "int8":
-            q = np.ascontiguousarray(z)
-        elif dtype == "uint8":  # --io uint8: the same numbers shifted by 128
-            q, zp = (z.astype(np.int16) - 128).astype(np.int8), zp - 128
-        else:  # a float format: quantise with the int8 export's parameters, clipped like the interpreter
-            s = scale.reshape(-1, 1, 1) if scale.size > 1 else scale
-            p = zp.reshape(-1, 1, 1) if zp.size > 1 else zp
-            q = np.clip(np.rint(z / s) + p, -128, 127).astype(np.int8)
-        stored = self.buffer.add_quantized(self.task_id, q, scale, zp, self._sample_id)
+            return np.ascontiguousarray(z), zp
+        if dtype == "uint8":  # --io uint8: the same numbers shifted by 128
+            return (z.astype(np.int16) - 128).astype(np.int8), zp - 128
+        # A float format: quantise with the int8 export's parameters, clipped like the interpreter.
+        s = scale.reshape(-1, 1, 1) if scale.size > 1 else scale
+        p = zp.reshape(-1, 1, 1) if zp.size > 1 else zp
+        return np.clip(np.rint(z / s) + p, -128, 127).astype(np.int8), zp
+
+    def trunk_latents(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """uint8 images (N, S, S, 3) -> (int8 latents (N, C, H, W) exactly as a device buffer keeps them,
+        scale, zero point): the trunk alone, for collecting replay data without scoring."""
+        if self.path != "trunk+head":
+            raise UserError(f"{self.manifest.root}: {self.manifest.model} has no trunk latent (full graph only)")
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise UserError(f"images {images.dtype} {images.shape}: expected uint8 (N, S, S, 3)")
+        self._lat_q = self._lat_q or self.latent_quantization()
+        trunk = self.detector.runners["trunk"]
+        out, zp = [], self._lat_q[1]
+        for i in range(len(images)):
+            q, zp = self._as_stored(trunk(**image_feed(trunk, self.pixels(images[i])))["latent"])
+            out.append(q)
+        shape = (0, *self.manifest.data["latent"]["shape_chw"])
+        return (np.stack(out) if out else np.zeros(shape, np.int8)), self._lat_q[0], zp
+
+    def _keep(self, raw: np.ndarray | None) -> bool:
+        if raw is None:
+            raise UserError("this model has no trunk latent (full graph only): nothing to keep in a buffer")
+        q, zp = self._as_stored(raw)
+        stored = self.buffer.add_quantized(self.task_id, q, self._lat_q[0], zp, self._sample_id)
         self._sample_id += 1
         if stored:
             self.buffer.save(self.buffer_path)

@@ -245,6 +245,11 @@ class ReplayBuffer:
                 used += records[i].nbytes
         return [records[i] for i in sorted(kept)]
 
+    def reseed(self, *entropy: int) -> None:
+        """Restart the selection's random stream from ``(seed, *entropy)``: a host that refits task i after a
+        resume passes i, so its choice depends only on (seed, i), not on what ran before."""
+        self._rng = np.random.default_rng([self.seed, *(int(e) for e in entropy)])
+
     def fit_task(self, task_id: int, latents: Iterable[np.ndarray | EncodedLatent],
                  sample_ids: Iterable[int] | None = None, policy: str | None = None) -> int:
         """Host batch path after a task: offer all its latents at once and keep a selection; returns kept count."""
@@ -380,5 +385,5 @@ class ReplayBuffer:
         buf._rebalance()
         # Continue with fresh but reproducible randomness: replaying the seed's draws after a reboot
         # would correlate the decisions before and after it.
-        buf._rng = np.random.default_rng([buf.seed, sum(buf._offered.values())])
+        buf.reseed(sum(buf._offered.values()))
         return buf, report

@@ -231,6 +231,43 @@ def test_whole_loop_device_host_device(host, tmp_path):
     assert len(list(after.records(1))) > 0
 
 
+def test_host_stream_keeps_the_device_trunks_int8_latents(host, tmp_path):
+    """--device-trunk: the host's replay buffer holds exactly what the device's int8 trunk outputs (one format,
+    one scale for every task), within the budget; a device interpreter and the host agree byte for byte."""
+    from edgead.cl.runner import run_stream
+    from edgead.data import TaskStream
+    from edgead.engine.trainer import TrainConfig
+    from edgead.errors import EdgeadError
+    from edgead.models.teacher_student import DetectorConfig
+    from firmware_sim.preprocess import Preprocess
+
+    det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=SIZE)
+    cfg = TrainConfig(epochs=1, batch_size=8, progress=False)
+    with pytest.raises(EdgeadError, match="--device-trunk ART"):
+        run_stream(TaskStream(host["data"], ["nut"]), det, cfg, tmp_path / "x", strategy="compressed-replay",
+                   codec="int8-device", log=lambda m: None)
+    with pytest.raises(EdgeadError, match="needs --codec int8-device"):
+        run_stream(TaskStream(host["data"], ["nut"]), det, cfg, tmp_path / "x", strategy="compressed-replay",
+                   codec="int8-channel", device_trunk=host["art"], log=lambda m: None)
+    res = run_stream(TaskStream(host["data"], ["nut", "brick"]), det, cfg, tmp_path / "r", weights=str(WEIGHTS),
+                     strategy="compressed-replay", codec="int8-device", device_trunk=host["art"],
+                     budget_bytes=30_000, log=lambda m: None)
+    assert 0 < res["memory"]["additional_bytes"] <= 30_000
+    buf, report = ReplayBuffer.load(tmp_path / "r" / "memory" / "after_task_01.edgeadrb")
+    assert report.dropped == 0 and buf.codec.name == "int8-device" and set(buf.tasks) == {0, 1}
+    device = Device(host["art"], format="tflite-int8")
+    stream = TaskStream(host["data"], ["nut", "brick"])
+    for task in stream.tasks:
+        train = task.load(Preprocess(image_size=SIZE), val_fraction=cfg.val_fraction, seed=cfg.seed).train
+        q, scale, zp = device.trunk_latents(train.images)
+        assert q.dtype == np.int8 and q.shape[1:] == tuple(device.manifest.data["latent"]["shape_chw"])
+        stored = list(buf.records(task.index))
+        assert stored
+        for r in stored:  # the sample id indexes the task's training images in the host's order
+            assert r.encoded.arrays["payload"].tobytes() == q[r.sample_id].tobytes()
+            np.testing.assert_array_equal(r.encoded.arrays["scale"], scale)
+
+
 def test_edgetpu_delegate_absent_is_clear(host, tmp_path):
     with pytest.raises(UserError, match="libedgetpu.so.1"):
         Device(host["art"], delegate="edgetpu")

@@ -95,6 +95,23 @@ class LatentMemory:
             per = RECORD_OVERHEAD + get_codec(codec).bytes_per_sample(tuple(latent_shape))
             budget_bytes = FILE_HEADER_SIZE + max_tasks * TASK_RECORD_SIZE + memory_size * per
         self.buffer = ReplayBuffer(budget_bytes, codec, seed=seed, policy=policy, latent_shape=latent_shape)
+        self.device = None
+
+    def use_device_trunk(self, artifact_dir: Path, latent_shape: tuple[int, ...], image_size: int) -> None:
+        """Collect latents as a device does: the export's int8 TFLite trunk, run by firmware_sim, stored byte
+        for byte (codec int8-device). The trunk is frozen, so one export serves every later task."""
+        from firmware_sim.device import Device
+
+        if self.buffer.codec.name != "int8-device":
+            raise EdgeadError(f"--device-trunk stores the trunk's own int8 output: use --codec int8-device "
+                              f"(not {self.codec_spec})")
+        dev = Device(artifact_dir, format="tflite-int8")
+        shape = tuple(dev.manifest.data.get("latent", {}).get("shape_chw", ()))
+        if shape != tuple(latent_shape) or dev.manifest.image_size != image_size:
+            raise EdgeadError(f"{artifact_dir}: its trunk gives latents {shape} at {dev.manifest.image_size} px; "
+                              f"this run needs {tuple(latent_shape)} at {image_size} px (same backbone, "
+                              "bootstrap level and image size)")
+        self.device = dev
 
     @classmethod
     def from_file(cls, path: Path, seed: int, budget_bytes: int | None = None) -> LatentMemory:
@@ -105,17 +122,22 @@ class LatentMemory:
             warnings.warn(f"{path}: dropped {report.dropped} damaged record(s)", stacklevel=2)
         mem = cls.__new__(cls)
         mem.codec_spec, mem.seed, mem.policy, mem.buffer = buf.codec.spec, seed, buf.policy, buf
+        mem.device = None
         # Tasks the device already holds keep their ids; this run's tasks are numbered after them.
         mem.task_offset = max(buf.tasks, default=-1) + 1
         return mem
 
     def update(self, task_index: int, model, images: np.ndarray, pre) -> None:
-        z = compute_latents(model, images, pre).cpu().numpy()
-        self.buffer._rng = np.random.default_rng([self.seed, task_index])  # selection depends on (seed, task)
-        items = list(z)
-        if self.buffer.codec.name == "int8-device":
-            items = self._as_device_int8(z)
-        self.buffer.fit_task(task_index + self.task_offset, items, sample_ids=range(len(z)), policy=self.policy)
+        self.buffer.reseed(task_index)  # the selection depends on (seed, task) only
+        if self.device is not None:
+            q, scale, zp = self.device.trunk_latents(images)
+            items = [self.buffer.codec.encode_quantized(x, scale, zp) for x in q]
+        elif self.buffer.codec.name == "int8-device":
+            items = self._as_device_int8(compute_latents(model, images, pre).cpu().numpy())
+        else:
+            items = list(compute_latents(model, images, pre).cpu().numpy())
+        self.buffer.fit_task(task_index + self.task_offset, items, sample_ids=range(len(items)),
+                             policy=self.policy)
 
     def _as_device_int8(self, z: np.ndarray) -> list:
         """A buffer that came from a device holds the trunk's own int8 output; host latents of a new task are

@@ -34,7 +34,8 @@ from firmware_sim.preprocess import Preprocess
 STRATEGIES = ("finetune", "joint", "replay", "compressed-replay")
 
 
-def validate_strategy(strategy: str, det: DetectorConfig, codec: str | None) -> None:
+def validate_strategy(strategy: str, det: DetectorConfig, codec: str | None, *, device_buffer=None,
+                      device_trunk=None) -> None:
     if strategy not in STRATEGIES:
         raise EdgeadError(f"unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
     if strategy == "compressed-replay" and det.model != "paste":
@@ -45,6 +46,12 @@ def validate_strategy(strategy: str, det: DetectorConfig, codec: str | None) -> 
         from firmware_sim.codecs import get_codec
 
         get_codec(codec)  # an unknown codec fails here, before any weights load or training starts
+    if codec == "int8-device" and device_buffer is None and device_trunk is None:
+        raise EdgeadError("--codec int8-device stores a device trunk's own int8 output: give --device-trunk ART "
+                          "(a PaSTe tflite-int8 export) or --device-buffer FILE")
+    if device_trunk is not None and codec != "int8-device":
+        raise EdgeadError(f"--device-trunk keeps the exported trunk's int8 output: it needs --codec int8-device "
+                          f"(not {codec})")
 
 
 def _make_memory(strategy, det, latent_shape, budget_bytes, memory_size, codec, seed, policy, n_tasks):
@@ -60,14 +67,15 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
                strategy: str = "finetune", codec: str | None = None, budget_bytes: int | None = None,
                memory_size: int = 100, policy: str = "random", weights: str | None = None,
                resume: bool = False, skip_bad: bool = False, device_buffer: Path | None = None,
-               command: str | None = None, log=print) -> dict:
-    validate_strategy(strategy, det, codec)
+               device_trunk: Path | None = None, command: str | None = None, log=print) -> dict:
+    validate_strategy(strategy, det, codec, device_buffer=device_buffer, device_trunk=device_trunk)
     out = Path(out)
     config = {"detector": det.to_dict(), "train": {k: v for k, v in train.to_dict().items() if k != "progress"},
               "strategy": strategy, "codec": codec, "budget_bytes": budget_bytes,
               "memory_size": None if budget_bytes is not None else memory_size, "policy": policy,
               "tasks": stream.names, "data_root": str(stream.root),
-              "device_buffer": None if device_buffer is None else str(device_buffer)}
+              "device_buffer": None if device_buffer is None else str(device_buffer),
+              "device_trunk": None if device_trunk is None else str(device_trunk)}
     state_path = out / "state.json"
     done = 0
     if resume:
@@ -91,6 +99,8 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
         if not isinstance(memory, LatentMemory):
             raise EdgeadError("--device-buffer needs --strategy compressed-replay")
         memory = LatentMemory.from_file(Path(device_buffer), train.seed, budget_bytes)
+    if device_trunk is not None:
+        memory.use_device_trunk(Path(device_trunk), tuple(cost["latent_shape"]), det.image_size)
     rows: list[list[dict]] = []
     timings: list[dict] = []
     if done:
