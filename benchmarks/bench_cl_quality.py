@@ -61,7 +61,7 @@ def run_one(root: Path, tasks: list[str], conf: dict, *, image_size: int, epochs
     det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=image_size)
     cfg = TrainConfig(epochs=epochs, seed=seed, progress=False)
     out = Path(tempfile.mkdtemp(prefix="cl_", dir=tmp))
-    kw = {k: conf[k] for k in ("memory_size", "budget_bytes", "policy") if k in conf}
+    kw = {k: conf[k] for k in ("memory_size", "budget_bytes", "policy", "device_trunk") if k in conf}
     t0 = time.perf_counter()
     try:
         res = run_stream(TaskStream(root, tasks), det, cfg, out, strategy=conf["strategy"], codec=conf["codec"],
