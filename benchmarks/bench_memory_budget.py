@@ -183,6 +183,40 @@ def expectations(summary: list[dict], ref_budget: int) -> list[dict]:
     return out
 
 
+def write_all(out_dir: Path, tag: str, meta: dict, runs: list[dict], final: bool) -> list[dict]:
+    """JSON + CSV (always: partial results survive an interruption); the checks and the plot when final."""
+    summary = summarise(runs)
+    args = meta["args"]
+    checks = expectations(summary, parse_size(args["reference"])) if final else []
+    name = f"memory_budget{'_' + tag if tag else ''}"
+    write_json(out_dir / f"{name}.json", {**meta, "complete": final, "summary": summary, "runs": runs,
+                                          "checks": checks})
+    write_csv(out_dir / f"{name}.csv",
+              [{k: v for k, v in r.items() if k not in ("buffer_per_task", "image_auroc_matrix")} for r in runs])
+    if final:
+        print_table(summary, ["method", "budget_bytes", "seeds", "image_auroc", "image_auroc_std", "pixel_auroc",
+                              "img_forget_abs", "additional_bytes", "buffer_samples", "saturated_from"])
+        title = (f"{len(meta['tasks'])} tasks ({', '.join(meta['tasks'])}), {args['image_size']} px, "
+                 f"{args['epochs']} epochs, seeds {sorted({r['seed'] for r in runs})}; PaSTe-MCUNet")
+        png = plot(summary, out_dir / f"{name}.png", title)
+        print(f"wrote {out_dir / name}.json, .csv and {png}")
+    return summary
+
+
+def merge(files: list[Path], out_dir: Path, tag: str) -> int:
+    import json
+
+    saved = [json.loads(f.read_text()) for f in files]
+    first = saved[0]
+    if any(s["tasks"] != first["tasks"] or s["args"]["image_size"] != first["args"]["image_size"] for s in saved):
+        raise SystemExit("error: --from-json files differ in tasks or image size; they cannot be merged")
+    meta = {k: first[k] for k in ("date", "machine", "tasks", "budgets", "methods")}
+    meta["command"] = " | ".join(s["command"] for s in saved)
+    meta["args"] = {**first["args"], "tag": tag, "seeds": ",".join(s["args"]["seeds"] for s in saved)}
+    write_all(out_dir, tag, meta, [r for s in saved for r in s["runs"]], final=all(s["complete"] for s in saved))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="MVTec-layout root holding --tasks (default: generate synthetic)")
@@ -199,14 +233,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="")
     p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--quick", action="store_true", help="64 px, 2 tasks, 1 epoch, 3 budgets, 3 methods")
+    p.add_argument("--from-json", default=None,
+                   help="merge the runs of saved results files (e.g. one per seed, run in parallel) under --tag")
     a = p.parse_args(argv)
+    if a.from_json:
+        return merge([Path(f) for f in a.from_json.split(",")], Path(a.out_dir), a.tag)
     if a.quick:
         a.data, a.tasks, a.image_size, a.train, a.test, a.epochs, a.seeds = None, "brick,nut", 64, 10, 4, 1, "0"
         a.budgets, a.methods, a.reference = "8kB,1MB,2MB", "replay,int8-channel,int8-device", "1MB"
         a.tag = a.tag or "quick"
     try:
         budgets = sorted({parse_size(b.strip()) for b in a.budgets.split(",") if b.strip()})
-        reference = parse_size(a.reference)
+        parse_size(a.reference)
     except UserError as e:
         raise SystemExit(f"error: {e}") from None
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
@@ -214,20 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     if not budgets or not methods or not seeds:
         raise SystemExit("error: --budgets, --methods and --seeds each need at least one value")
     tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
-    meta = header(argv)
+    meta = {**header(argv), "args": vars(a), "tasks": tasks, "budgets": budgets, "methods": methods}
     out_dir = Path(a.out_dir)
-    tag = f"_{a.tag}" if a.tag else ""
     runs: list[dict] = []
-
-    def save(final: bool) -> list[dict]:
-        summary = summarise(runs)
-        checks = expectations(summary, reference) if final else []
-        write_json(out_dir / f"memory_budget{tag}.json", {
-            **meta, "args": vars(a), "tasks": tasks, "budgets": budgets, "methods": methods, "complete": final,
-            "summary": summary, "runs": runs, "checks": checks})
-        write_csv(out_dir / f"memory_budget{tag}.csv",
-                  [{k: v for k, v in r.items() if k not in ("buffer_per_task", "image_auroc_matrix")} for r in runs])
-        return summary
 
     with tempfile.TemporaryDirectory(prefix="bench_mb_") as td:
         tmp = Path(td)
@@ -265,14 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                           flush=True)
                     if all(per_task.get(t, 0) >= n for t, n in counts.items()):
                         saturated = runs[-1]
-                save(final=False)  # partial results survive an interrupted sweep
-    summary = save(final=True)
-    print_table(summary, ["method", "budget_bytes", "seeds", "image_auroc", "image_auroc_std", "pixel_auroc",
-                          "img_forget_abs", "additional_bytes", "buffer_samples", "saturated_from"])
-    title = (f"{len(tasks)} tasks ({', '.join(tasks)}), {a.image_size} px, {a.epochs} epochs, seeds {a.seeds}; "
-             "PaSTe-MCUNet")
-    png = plot(summary, out_dir / f"memory_budget{tag}.png", title)
-    print(f"wrote {out_dir / f'memory_budget{tag}.json'}, .csv and {png}")
+                write_all(out_dir, a.tag, meta, runs, final=False)
+    write_all(out_dir, a.tag, meta, runs, final=True)
     return 0
 
 

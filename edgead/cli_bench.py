@@ -1,15 +1,61 @@
-"""`edgead bench ...`: the measurement scripts under benchmarks/."""
+"""`edgead bench ...`: the measurement scripts under benchmarks/.
+
+Each script is also runnable as `python benchmarks/bench_X.py`; `edgead bench NAME ARGS...` hands ARGS to
+the script's own parser, so the options and `--help` are the script's, in one place.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import click
 
+# command name -> (module under benchmarks/ with main(argv) -> int and a --quick mode, what it measures)
+SCRIPTS = {
+    "memory-budget": ("bench_memory_budget", "Quality and forgetting vs replay bytes, per codec; Pareto plot."),
+    "speed": ("bench_speed", "Latency, peak RAM, size, MACs of every model x format; training time per epoch."),
+    "scaling": ("bench_scaling", "Training time and memory per task as the number of tasks grows."),
+    "peer": ("bench_peer", "anomalib's STFPM beside ours on the same split (builds its own venv)."),
+    "cl-quality": ("bench_cl_quality", "Fine-tuning vs image replay vs compressed replay per codec."),
+    "cl-speed": ("bench_cl_speed", "Time per epoch: compressed replay vs image replay vs fine-tuning."),
+    "device": ("bench_device", "Device runtime: memory growth over 5,000 inferences, latency per format."),
+    "metrics": ("bench_metrics", "Pixel metrics: time and memory against scikit-learn."),
+    "single-task": ("bench_single_task", "PaSTe vs STFPM, ImageNet vs random teacher, one category."),
+}
 
-@click.group()
+
+class _BenchGroup(click.Group):
+    """The scripts become subcommands lazily: `edgead bench --help` imports none of them."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *SCRIPTS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in SCRIPTS:
+            return super().get_command(ctx, name)
+        module, what = SCRIPTS[name]
+
+        @click.command(name=name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                                    "help_option_names": []},
+                       short_help=what, help=f"{what} Runs benchmarks/{module}.py: ARGS (try --help) "
+                       "go to the script.")
+        @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+        def run(args: tuple[str, ...]) -> None:
+            main = importlib.import_module(f"benchmarks.{module}").main
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse's --help and usage errors
+                code = e.code
+            if code not in (0, None):
+                raise SystemExit(code)
+
+        return run
+
+
+@click.group(cls=_BenchGroup)
 def bench() -> None:
-    """Run benchmarks (results as JSON and Markdown)."""
+    """Run benchmarks (results as JSON, CSV and PNG in benchmarks/results/)."""
 
 
 @bench.command()

@@ -66,3 +66,21 @@ def test_bad_input_gives_clear_error_not_traceback(tmp_path):
         r = _edgead(*args)
         assert r.returncode == 2, (args, r.stderr)
         assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_bench_lists_every_script_and_forwards_arguments(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from edgead.cli_bench import SCRIPTS
+
+    root = Path(__file__).resolve().parents[1]
+    for name, (module, _) in SCRIPTS.items():
+        text = (root / "benchmarks" / f"{module}.py").read_text()
+        assert "def main(argv" in text and "--quick" in text, name
+        assert importlib.util.find_spec(f"benchmarks.{module}") is not None
+    r = _edgead("bench", "--help")
+    assert r.returncode == 0 and all(name in r.stdout for name in SCRIPTS)
+    r = _edgead("bench", "memory-budget", "--budgets", "", "--out-dir", str(tmp_path))
+    assert r.returncode != 0 and "--budgets" in r.stderr and "Traceback" not in r.stderr
+    assert not list(tmp_path.iterdir())  # refused before anything was written
