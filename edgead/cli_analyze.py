@@ -1,4 +1,4 @@
-"""`edgead analyze channels|tsne|selective`: the thesis's exploratory feature analysis (see edgead/analysis)."""
+"""`edgead analyze channels|tsne|selective`: the thesis's exploratory feature analysis (edgead/analysis)."""
 
 from __future__ import annotations
 
@@ -31,11 +31,13 @@ def _common(f):
     return f
 
 
-def _setup(root, tasks, percent, model, backbone, levels, bootstrap, image_size):
+def _setup(root, tasks, percent, model, backbone, levels, bootstrap, image_size, variance, max_patches):
     """Every check that needs no weights first, so bad input fails in a second, not after loading models."""
+    from edgead.analysis.channels import check_pca_options
     from edgead.analysis.features import parse_percents, task_stream
 
     percents = parse_percents(percent)
+    check_pca_options(variance, max_patches)
     det = _detector(model, backbone, levels, bootstrap, image_size)
     return task_stream(root, tasks), det, percents
 
@@ -53,17 +55,19 @@ def analyze() -> None:
 @_common
 @click.option("--percent", default="1,5,10,25,50,100", show_default=True,
               help="Top-channel shares (%) to select, each in (0, 100].")
-def channels(root, tasks, model, backbone, levels, bootstrap, image_size, out, seed, weights, val_fraction, variance,
-             max_patches, percent):
+def channels(root, tasks, model, backbone, levels, bootstrap, image_size, out, seed, weights, val_fraction,
+             variance, max_patches, percent):
     """Channel importance of each feature level by PCA over normal training patches; top p% per level."""
     from edgead.analysis.channels import analyze_channels
     from edgead.analysis.features import build_teacher_student, percent_key
     from firmware_sim.preprocess import Preprocess
 
-    stream, det, percents = _setup(root, tasks, percent, model, backbone, levels, bootstrap, image_size)
+    stream, det, percents = _setup(root, tasks, percent, model, backbone, levels, bootstrap, image_size,
+                                   variance, max_patches)
     ts = build_teacher_student(det, weights, seed)
-    res = analyze_channels(stream, ts, Preprocess(image_size=det.image_size), percents, out, variance=variance,
-                           max_patches=max_patches, val_fraction=val_fraction, seed=seed, log=_log)
+    res = analyze_channels(stream, ts, Preprocess(image_size=det.image_size), percents, out,
+                           variance=variance, max_patches=max_patches, val_fraction=val_fraction, seed=seed,
+                           log=_log)
     key = percent_key(percents[0])  # the smallest share: the thesis's plots are at 1%
     for name, cat in res["categories"].items():
         for rec in cat["levels"]:
@@ -75,23 +79,27 @@ def channels(root, tasks, model, backbone, levels, bootstrap, image_size, out, s
 
 @analyze.command()
 @_common
-@click.option("--percent", default="1", show_default=True, help="Top-channel shares (%) to plot, each in (0, 100].")
+@click.option("--percent", default="1", show_default=True,
+              help="Top-channel shares (%) to plot, each in (0, 100].")
 @click.option("--max-points", default=400, show_default=True, help="Patches per group (normal, anomalous).")
 @click.option("--min-coverage", default=0.5, show_default=True,
               help="Defect share of a patch's area for it to count as anomalous.")
 @click.option("--perplexity", default=30.0, show_default=True)
-def tsne(root, tasks, model, backbone, levels, bootstrap, image_size, out, seed, weights, val_fraction, variance,
-         max_patches, percent, max_points, min_coverage, perplexity):
+def tsne(root, tasks, model, backbone, levels, bootstrap, image_size, out, seed, weights, val_fraction,
+         variance, max_patches, percent, max_points, min_coverage, perplexity):
     """t-SNE of the top p% channels: normal against anomalous test patches, per category and level."""
     from edgead.analysis.features import build_teacher_student
-    from edgead.analysis.tsne import analyze_tsne
+    from edgead.analysis.tsne import analyze_tsne, check_tsne_options
     from firmware_sim.preprocess import Preprocess
 
-    stream, det, percents = _setup(root, tasks, percent, model, backbone, levels, bootstrap, image_size)
+    stream, det, percents = _setup(root, tasks, percent, model, backbone, levels, bootstrap, image_size,
+                                   variance, max_patches)
+    check_tsne_options(max_points, min_coverage, perplexity)
     ts = build_teacher_student(det, weights, seed)
-    res = analyze_tsne(stream, ts, Preprocess(image_size=det.image_size), percents, out, max_points=max_points,
-                       min_coverage=min_coverage, perplexity=perplexity, variance=variance, max_patches=max_patches,
-                       val_fraction=val_fraction, seed=seed, log=_log)
+    res = analyze_tsne(stream, ts, Preprocess(image_size=det.image_size), percents, out,
+                       max_points=max_points, min_coverage=min_coverage, perplexity=perplexity,
+                       variance=variance, max_patches=max_patches, val_fraction=val_fraction, seed=seed,
+                       log=_log)
     for name, per_p in res["categories"].items():
         for key, entry in per_p.items():
             cells = "  ".join(f"L{r['level']}: {r['n_normal']}/{r['n_anomalous']} sil "
@@ -118,7 +126,8 @@ def selective(root, tasks, model, backbone, levels, bootstrap, image_size, out, 
     from edgead.analysis.selective import run_selective
     from edgead.engine.trainer import TrainConfig
 
-    stream, det, percents = _setup(root, tasks, percent, model, backbone, levels, bootstrap, image_size)
+    stream, det, percents = _setup(root, tasks, percent, model, backbone, levels, bootstrap, image_size,
+                                   variance, max_patches)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                       select_every=select_every, val_fraction=val_fraction, progress=not quiet)
     res = run_selective(stream, det, cfg, percents, out, weights=weights, variance=variance,

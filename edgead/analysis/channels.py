@@ -51,15 +51,23 @@ class ChannelImportance:
         return np.argsort(-self.importance, kind="stable")
 
 
+def check_pca_options(variance: float, max_patches: int) -> None:
+    """Checked before any data or model loads, so a typo fails at once."""
+    if not 0.0 < variance <= 1.0:
+        raise EdgeadError(f"explained-variance fraction {variance}: expected a value in (0, 1]")
+    if max_patches < 2:
+        raise EdgeadError(f"max patches {max_patches}: expected at least 2")
+
+
 def pca_channel_importance(x: np.ndarray, variance: float = DEFAULT_VARIANCE) -> ChannelImportance:
     """Importance of the C columns of x (P patches, C channels); see the module docstring."""
     from sklearn.decomposition import PCA
 
-    if not 0.0 < variance <= 1.0:
-        raise EdgeadError(f"explained-variance fraction {variance}: expected a value in (0, 1]")
+    check_pca_options(variance, 2)
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
-        raise EdgeadError(f"PCA needs at least 2 patches of at least 1 channel; got an array of shape {x.shape}")
+        raise EdgeadError(f"PCA needs at least 2 patches of at least 1 channel; got an array of shape "
+                          f"{x.shape}")
     if not np.isfinite(x).all():
         raise EdgeadError("features contain NaN or infinite values")
     if float(x.var(axis=0).sum()) == 0.0:
@@ -88,8 +96,7 @@ def category_importance(model, images: np.ndarray, pre: Preprocess, *, variance:
                         max_patches: int = DEFAULT_MAX_PATCHES, seed: int = 0,
                         device: str = "cpu") -> list[ChannelImportance]:
     """Per detector level, the importance of its channels over patches of the given normal images."""
-    if max_patches < 2:
-        raise EdgeadError(f"max patches {max_patches}: expected at least 2")
+    check_pca_options(variance, max_patches)
     rng = np.random.default_rng(seed)
     out = []
     for feats in level_features(model, images, pre, device):
@@ -123,6 +130,7 @@ def analyze_channels(stream: TaskStream, model, pre: Preprocess, percents: list[
     from edgead.analysis.plots import plot_channel_importance
 
     percents = check_percents(percents)
+    check_pca_options(variance, max_patches)
     out = Path(out)
     levels = list(model.config.levels)
     categories, figures = {}, {}

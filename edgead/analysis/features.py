@@ -39,8 +39,8 @@ def check_percents(values: list[float]) -> list[float]:
         raise EdgeadError("no percentages given: expected at least one value in (0, 100]")
     bad = [v for v in values if not (math.isfinite(v) and 0.0 < v <= 100.0)]
     if bad:
-        raise EdgeadError(f"percentage {bad[0]:g} is outside (0, 100]: expected the share of channels to keep, "
-                          "e.g. 1 for the top 1%")
+        raise EdgeadError(f"percentage {bad[0]:g} is outside (0, 100]: expected the share of channels to "
+                          "keep, e.g. 1 for the top 1%")
     return sorted(set(float(v) for v in values))
 
 

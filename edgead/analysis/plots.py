@@ -21,7 +21,8 @@ def plot_channel_importance(category: str, records: list[dict], percents: list[f
         ax.bar(rank, imp, width=1.0, color="tab:blue", alpha=0.75)
         ax.set_xlabel("channel rank")
         ax.set_ylabel("PCA importance")
-        ax.set_title(f"level {rec['level']}: {rec['channels']} channels, {rec['n_components']} PCs", fontsize=9)
+        ax.set_title(f"level {rec['level']}: {rec['channels']} channels, {rec['n_components']} PCs",
+                     fontsize=9)
         cum = ax.twinx()
         cum.plot(rank, np.cumsum(imp), color="tab:orange", lw=1.5)
         cum.set_ylim(0, 1.02)

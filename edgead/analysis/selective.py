@@ -27,7 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgead.analysis.channels import DEFAULT_MAX_PATCHES, DEFAULT_VARIANCE, category_importance, top_channels
+from edgead.analysis.channels import (
+    DEFAULT_MAX_PATCHES,
+    DEFAULT_VARIANCE,
+    category_importance,
+    check_pca_options,
+    top_channels,
+)
 from edgead.analysis.features import build_teacher_student, check_percents, percent_key
 from edgead.data.stream import TaskData, TaskStream
 from edgead.engine.evaluate import evaluate_split
@@ -82,14 +88,18 @@ class ChannelSelectedDetector(TeacherStudent):
     def set_channels(self, channels: Sequence[Sequence[int]]) -> None:
         widths = self.level_widths()
         if len(channels) != len(widths):
-            raise EdgeadError(f"{len(channels)} channel lists for {len(widths)} levels {list(self.config.levels)}")
+            raise EdgeadError(f"{len(channels)} channel lists for {len(widths)} levels "
+                              f"{list(self.config.levels)}: expected one list per level")
         for i, (idx, width) in enumerate(zip(channels, widths, strict=True)):
             t = torch.as_tensor(np.asarray(idx), dtype=torch.long).reshape(-1)
-            if t.numel() == 0 or int(t.min()) < 0 or int(t.max()) >= width or len(set(t.tolist())) != t.numel():
+            bad = t.numel() == 0 or int(t.min()) < 0 or int(t.max()) >= width
+            if bad or len(set(t.tolist())) != t.numel():
                 raise EdgeadError(f"level {self.config.levels[i]}: channels {t.tolist()} must be distinct "
                                   f"indices in 0..{width - 1}, at least one")
+            # Kept in channel order (not importance order): with every channel selected the distance then
+            # sums in the standard order and is bit-identical to the unselected detector's.
             # A buffer, so .to(device) moves it with the model; not persistent: checkpoints stay standard.
-            self.register_buffer(f"channels_{i}", t, persistent=False)
+            self.register_buffer(f"channels_{i}", torch.sort(t).values, persistent=False)
         self._n_levels = len(widths)
 
     @property
@@ -101,13 +111,15 @@ class ChannelSelectedDetector(TeacherStudent):
         return selected_st_loss(t, self.student_features(z), self.channels)
 
     @torch.no_grad()
-    def predict_latent(self, z: torch.Tensor, out_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_latent(self, z: torch.Tensor,
+                       out_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         d = selected_level_distances(self.teacher_features(z), self.student_features(z), self.channels)
         amap = combine_levels(d, out_size or self.config.image_size)
         return amap, image_score(amap)
 
     @classmethod
-    def from_detector(cls, model: TeacherStudent, channels: Sequence[Sequence[int]]) -> ChannelSelectedDetector:
+    def from_detector(cls, model: TeacherStudent,
+                      channels: Sequence[Sequence[int]]) -> ChannelSelectedDetector:
         """A copy of `model` (same teacher, same student weights) restricted to `channels`."""
         new = cls(model.config, channels, load_teacher=False)
         new.load_state_dict(model.state_dict())
@@ -132,6 +144,7 @@ def run_selective(stream: TaskStream, det: DetectorConfig, train_cfg: TrainConfi
     from edgead.analysis.plots import plot_selective_f1
 
     percents = check_percents(percents)
+    check_pca_options(variance, max_patches)
     out = Path(out)
     pre = Preprocess(image_size=det.image_size)
     dev = train_cfg.device
@@ -144,8 +157,8 @@ def run_selective(stream: TaskStream, det: DetectorConfig, train_cfg: TrainConfi
         return cache[i]
 
     def importance(i: int):
-        return category_importance(base, data(i).train.images, pre, variance=variance, max_patches=max_patches,
-                                   seed=train_cfg.seed, device=dev)
+        return category_importance(base, data(i).train.images, pre, variance=variance,
+                                   max_patches=max_patches, seed=train_cfg.seed, device=dev)
 
     first_imps = importance(0)
     own_imps = {j: importance(j) for j in range(1, len(stream))}
@@ -154,8 +167,9 @@ def run_selective(stream: TaskStream, det: DetectorConfig, train_cfg: TrainConfi
     for p in percents:
         key = percent_key(p)
         chans = [top_channels(imp.importance, p) for imp in first_imps]
-        log(f"selective: top {key}% = {', '.join(f'{len(c)} of {len(i.importance)}' for c, i in zip(chans, first_imps, strict=True))} "
-            f"channels at levels {', '.join(levels)}")
+        counts = ", ".join(f"{len(c)} of {len(imp.importance)}"
+                           for c, imp in zip(chans, first_imps, strict=True))
+        log(f"selective: top {key}% = {counts} channels at levels {', '.join(levels)}")
         model = ChannelSelectedDetector.from_detector(base, chans)
         trained = []
         for task in stream:

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgead.analysis.channels import DEFAULT_MAX_PATCHES, DEFAULT_VARIANCE, category_importance, top_channels
+from edgead.analysis.channels import (
+    DEFAULT_MAX_PATCHES,
+    DEFAULT_VARIANCE,
+    category_importance,
+    check_pca_options,
+    top_channels,
+)
 from edgead.analysis.features import (
     check_percents,
     level_features,
@@ -35,13 +41,19 @@ DEFAULT_MIN_COVERAGE = 0.5
 DEFAULT_PERPLEXITY = 30.0
 
 
+def check_tsne_options(max_points: int, min_coverage: float, perplexity: float) -> None:
+    if max_points < 2:
+        raise EdgeadError(f"max points {max_points}: expected at least 2 patches per group")
+    if not 0.0 < min_coverage <= 1.0:
+        raise EdgeadError(f"minimum defect coverage {min_coverage}: expected a value in (0, 1]")
+    if not perplexity > 0:
+        raise EdgeadError(f"perplexity {perplexity}: expected a value > 0")
+
+
 def labelled_patches(features: np.ndarray, split: LoadedSplit, *, max_points: int, min_coverage: float,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(X, y) from one level's test features (N, C, H, W): y = 0 normal patch, 1 anomalous patch."""
-    if not 0.0 < min_coverage <= 1.0:
-        raise EdgeadError(f"minimum defect coverage {min_coverage}: expected a value in (0, 1]")
-    if max_points < 1:
-        raise EdgeadError(f"max points {max_points}: expected at least 1")
+    check_tsne_options(max_points, min_coverage, DEFAULT_PERPLEXITY)
     n, c, h, w = features.shape
     x = patches(features)
     image_of_row = np.repeat(np.arange(n), h * w)
@@ -55,7 +67,8 @@ def labelled_patches(features: np.ndarray, split: LoadedSplit, *, max_points: in
     return x[rows], y
 
 
-def embed_2d(x: np.ndarray, *, perplexity: float = DEFAULT_PERPLEXITY, seed: int = 0) -> tuple[np.ndarray, float]:
+def embed_2d(x: np.ndarray, *, perplexity: float = DEFAULT_PERPLEXITY,
+             seed: int = 0) -> tuple[np.ndarray, float]:
     """t-SNE to 2-D; returns the embedding and the perplexity used (capped below the point count)."""
     from sklearn.manifold import TSNE
 
@@ -88,6 +101,8 @@ def analyze_tsne(stream: TaskStream, model, pre: Preprocess, percents: list[floa
     from edgead.analysis.plots import plot_tsne
 
     percents = check_percents(percents)
+    check_pca_options(variance, max_patches)
+    check_tsne_options(max_points, min_coverage, perplexity)
     out = Path(out)
     levels = list(model.config.levels)
     categories, figures = {}, {}
