@@ -117,13 +117,9 @@ def summarise(runs: list[dict]) -> list[dict]:
 
 
 def plot(summary: list[dict], path: Path, title: str) -> Path:
-    import matplotlib
+    from edgead.plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from firmware_sim.atomic import atomic_write_bytes
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(PLOTTED), figsize=(5.2 * len(PLOTTED), 4.2))
     methods = sorted({r["method"] for r in summary}, key=lambda m: (m != "finetune", m != "replay", m))
     for ax, (key, label, higher) in zip(axes, PLOTTED, strict=True):
@@ -147,12 +143,7 @@ def plot(summary: list[dict], path: Path, title: str) -> Path:
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_png(fig, path)
 
 
 def expectations(summary: list[dict], ref_budget: int) -> list[dict]:

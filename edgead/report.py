@@ -7,14 +7,14 @@ anomaly maps of the overlay examples, from the run's last checkpoint.
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
 import numpy as np
 
 from edgead.errors import EdgeadError
-from firmware_sim.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from edgead.plotting import pyplot, save_png
+from firmware_sim.atomic import atomic_write_json, atomic_write_text
 
 CURVE_METRICS = ("image_auroc", "pixel_auroc")
 # Row label -> results.json metric, in the order of the thesis table (REFERENCE.md section 2).
@@ -72,28 +72,8 @@ def results_table(labels: list[str], sums: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _save(fig, path: Path) -> Path:
-    # Rendered to memory first so the PNG lands atomically: a killed report never leaves half a picture.
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def _pyplot():
-    # Imported lazily (and forced to Agg) so `edgead --help` stays fast and headless machines work.
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_curves(labels, sums, tasks, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(5.2 * len(CURVE_METRICS), 3.6), squeeze=False)
     x = np.arange(1, len(tasks) + 1)
     for ax, key in zip(axes[0], CURVE_METRICS, strict=True):
@@ -106,11 +86,11 @@ def plot_curves(labels, sums, tasks, path: Path) -> Path:
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="lower left")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_matrix(label, matrix, tasks, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     m = np.array([[_num(v) for v in row] for row in matrix], dtype=float)
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(tasks), 0.9 + 0.8 * len(tasks)))
     im = ax.imshow(np.ma.masked_invalid(m), vmin=0.0, vmax=1.0, cmap="viridis")
@@ -123,11 +103,11 @@ def plot_matrix(label, matrix, tasks, path: Path) -> Path:
     ax.set_ylabel("after training task i")
     ax.set_title(f"image AUROC m[i][j]\n{label}", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_memory(label, s, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 2.4))
     vals = [s["architecture_mb"], s["additional_mb"]]
     bars = ax.barh(["architecture (fp32)", "additional (replay)"], vals, color=["tab:blue", "tab:orange"])
@@ -135,7 +115,7 @@ def plot_memory(label, s, path: Path) -> Path:
     ax.set_xlim(0, max(vals) * 1.35 or 1.0)
     ax.set_xlabel("MB (10^6 B)")
     ax.set_title(label, fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _examples(run_dir: Path, res: dict) -> tuple[list[tuple], str | None]:
@@ -170,7 +150,7 @@ def _examples(run_dir: Path, res: dict) -> tuple[list[tuple], str | None]:
 
 
 def plot_overlays(label, examples, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(examples), 2, figsize=(5.0, 2.5 * len(examples)), squeeze=False)
     for row, (name, img_n, map_n, img_d, map_d, mask) in zip(axes, examples, strict=True):
         # One colour scale per task for both images, so a quiet normal map looks quiet next to the defect.
@@ -184,7 +164,7 @@ def plot_overlays(label, examples, path: Path) -> Path:
         if mask.any():
             row[1].contour(mask, levels=[0.5], colors="white", linewidths=0.8)
     fig.suptitle(f"anomaly maps, last checkpoint\n{label} (white: ground truth)", fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def make_report(run_dirs: list[str | Path], out: str | Path, log=print) -> dict:

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from edgead.analysis.features import percent_key
-from edgead.report import _pyplot, _save
+from edgead.plotting import pyplot, save_png
 
 
 def plot_channel_importance(category: str, records: list[dict], percents: list[float], path: Path) -> Path:
     """Per level: importance of the channels sorted high to low (bars), its cumulative share (line) and
     where each top-p% selection ends (dashed)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(records), figsize=(4.8 * len(records), 3.6), squeeze=False)
     for ax, rec in zip(axes[0], records, strict=True):
         imp = np.asarray(rec["importance"])[rec["ranking"]]
@@ -35,12 +35,12 @@ def plot_channel_importance(category: str, records: list[dict], percents: list[f
                         va="top", ha="right", color="gray")
     fig.suptitle(f"{category}: channel importance over normal training patches", fontsize=10)
     fig.tight_layout()  # twin y-axes otherwise overlap the neighbouring panel's labels
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_tsne(category: str, percent: float, panels: list[dict], path: Path) -> Path:
     """One panel per level: t-SNE of normal (blue) and anomalous (red) patches of the selected features."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.8), squeeze=False)
     for ax, rec in zip(axes[0], panels, strict=True):
         xy, y = np.asarray(rec["xy"], dtype=float).reshape(-1, 2), np.asarray(rec["label"], dtype=int)
@@ -57,12 +57,12 @@ def plot_tsne(category: str, percent: float, panels: list[dict], path: Path) -> 
         ax.set_yticks([])
         ax.legend(fontsize=7, loc="best", markerscale=2)
     fig.suptitle(f"{category}: t-SNE of the top {percent_key(percent)}% channels (test patches)", fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_selective_f1(tasks: list[str], det, curve: dict, path: Path) -> Path:
     """Final image and pixel F1 (averaged over tasks) against the share of channels trained on."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.4, 3.6))
     p = np.asarray(curve["percent"], dtype=float)
     for key, label, colour in (("image_f1", "image F1", "tab:blue"), ("pixel_f1", "pixel F1", "tab:orange")):
@@ -83,4 +83,4 @@ def plot_selective_f1(tasks: list[str], det, curve: dict, path: Path) -> Path:
                  f"{len(tasks)} tasks: {', '.join(tasks)}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
