@@ -245,6 +245,14 @@ class ReplayBuffer:
                 used += records[i].nbytes
         return [records[i] for i in sorted(kept)]
 
+    def cap_records(self, per_task: int) -> None:
+        """At most ``per_task`` records in every task, dropped at random: a sample-count memory (the thesis's
+        `memory size`) on top of the byte budget, for codecs whose records are smaller than their upper bound."""
+        for task_id, records in self._tasks.items():
+            if len(records) > per_task:
+                keep = sorted(int(i) for i in self._rng.permutation(len(records))[:max(per_task, 0)])
+                self._tasks[task_id] = [records[i] for i in keep]
+
     def reseed(self, *entropy: int) -> None:
         """Restart the selection's random stream from ``(seed, *entropy)``: a host that refits task i after a
         resume passes i, so its choice depends only on (seed, i), not on what ran before."""

@@ -320,3 +320,20 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
         assert stat.S_IMODE(p.stat().st_mode) == 0o600
     finally:
         os.umask(mask)
+
+
+def test_sample_count_mode_caps_variable_size_codecs():
+    """`--memory-size N`: every codec keeps N // tasks samples per task, pca included (its records are smaller
+    than the upper bound that sizes the byte budget, so the budget alone would keep more)."""
+    from edgead.cl.memory import LatentMemory
+    from edgead.models.teacher_student import DetectorConfig, TeacherStudent
+    from firmware_sim.preprocess import Preprocess
+
+    model = TeacherStudent(DetectorConfig.defaults("paste", "mcunet-in3", image_size=64)).eval()
+    pre = Preprocess(image_size=64)
+    rng = np.random.default_rng(0)
+    for codec in ("pca:0.9", "int8-channel"):
+        mem = LatentMemory(codec, model.latent_shape(), budget_bytes=None, memory_size=10, seed=0, max_tasks=3)
+        for t in range(3):
+            mem.update(t, model, rng.integers(0, 256, (12, 64, 64, 3), dtype=np.uint8), pre)
+            assert sorted(mem.samples_per_task().values()) == [10 // (t + 1)] * (t + 1), (codec, t)

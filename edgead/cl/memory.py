@@ -89,6 +89,7 @@ class LatentMemory:
                  memory_size: int | None, seed: int, policy: str = "random", max_tasks: int = 1):
         self.codec_spec = codec
         self.seed, self.policy = seed, policy
+        self.memory_size = memory_size if budget_bytes is None else None
         self.task_offset = 0
         if budget_bytes is None:
             # A sample count: size the byte budget so that each task gets its share of records.
@@ -122,7 +123,7 @@ class LatentMemory:
             warnings.warn(f"{path}: dropped {report.dropped} damaged record(s)", stacklevel=2)
         mem = cls.__new__(cls)
         mem.codec_spec, mem.seed, mem.policy, mem.buffer = buf.codec.spec, seed, buf.policy, buf
-        mem.device = None
+        mem.device, mem.memory_size = None, None
         # Tasks the device already holds keep their ids; this run's tasks are numbered after them.
         mem.task_offset = max(buf.tasks, default=-1) + 1
         return mem
@@ -138,6 +139,8 @@ class LatentMemory:
             items = list(compute_latents(model, images, pre).cpu().numpy())
         self.buffer.fit_task(task_index + self.task_offset, items, sample_ids=range(len(items)),
                              policy=self.policy)
+        if self.memory_size is not None:  # a count, shared equally like ImageMemory's, whatever the codec
+            self.buffer.cap_records(self.memory_size // len(self.buffer.tasks))
 
     def _as_device_int8(self, z: np.ndarray) -> list:
         """A buffer that came from a device holds the trunk's own int8 output; host latents of a new task are
