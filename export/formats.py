@@ -71,10 +71,16 @@ def _latent_samples(trunk, images: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def export_tflite(model: TeacherStudent, pre: Preprocess, calib: np.ndarray, folder: Path, io: str) -> FormatExport:
+def export_tflite(model: TeacherStudent, pre: Preprocess, calib: np.ndarray, folder: Path, io: str,
+                  granularity: str = "per-channel", compact: bool = True) -> FormatExport:
+    """``granularity``: weight scales (export.tflite.GRANULARITIES); ``compact``: write each graph with
+    export.tflite_size.compact_tflite (same values, ~20% fewer bytes: shared zero-point vectors, short
+    names)."""
     from export.tflite import check_fully_int8, convert_int8, keras_graph, quant_range
+    from export.tflite_size import compact_tflite
 
-    fx = FormatExport("tflite-int8", notes={"io": io, "layout": "NHWC"})
+    fx = FormatExport("tflite-int8", notes={"io": io, "layout": "NHWC", "weights": granularity,
+                                            "serialisation": "compact" if compact else "converter"})
     for spec in graph_specs(model):
         km = keras_graph(model, pre, spec)
         if spec.input == IMAGE:
@@ -85,7 +91,8 @@ def export_tflite(model: TeacherStudent, pre: Preprocess, calib: np.ndarray, fol
             lats = _latent_samples(trunk, calib)
             samples = lambda lats=lats: iter(lats)  # noqa: E731
             rng = quant_range(lat["quantization"]["scale"][0], lat["quantization"]["zero_point"][0], lat["dtype"])
-        fb = convert_int8(km, samples, io, rng)
+        fb = convert_int8(km, samples, io, rng, granularity)
+        fb = compact_tflite(fb) if compact else fb
         file = spec.name + FILE_SUFFIX[fx.name]
         check = check_fully_int8(fb, file)
         runner = TFLiteRunner(fb)

@@ -11,6 +11,12 @@ bright test pixels would saturate), and the head's latent input must carry exact
 scale and zero point so the device feeds (and stores in its replay buffer) the trunk's int8 output unchanged.
 The calibrate-only flag and mlir_quantize are the converter's own two steps, used as the converter uses them;
 they are not public API, so formats.py checks the result (input range as requested, fully int8) every time.
+
+Weight granularity (GRANULARITIES): per channel by default. Measured on Magnetic-Tile (export/study_size.py,
+issue #5), per-tensor weights cost 0.05 pixel AUROC; "mixed" (per-tensor 1x1 convs only) stays within the
+export tolerance but uses most of it, for 7% fewer bytes than per channel. The bytes that per-channel scales
+seemed to cost were mostly the converter's serialisation (an int64 zero-point vector per tensor), which
+export/tflite_size.compact_tflite removes without changing a value.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from export.graphs import IMAGE, GraphSpec, feature_names
 from export.keras_mirror import build_stages, pixel_normalisation
 
 FLOAT_TYPES = {"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"}
+# How weights are quantised: one scale per output channel (the default), one per tensor, or per channel
+# except for 1x1 convolutions (see _mixed).
+GRANULARITIES = ("per-channel", "per-tensor", "mixed")
 
 
 @contextlib.contextmanager
@@ -102,19 +111,32 @@ def quant_range(scale: float, zero_point: int, dtype: str = "int8") -> tuple[flo
 
 
 def convert_int8(keras_model, samples: Callable[[], Iterable[np.ndarray]], io: str,
-                 input_range: tuple[float, float]) -> bytes:
+                 input_range: tuple[float, float], granularity: str = "per-channel") -> bytes:
     """Full-integer TFLite flatbuffer. ``samples()`` yields NHWC float32 batch-1 inputs for calibration;
-    ``input_range`` replaces the calibrated range of the model's input."""
+    ``input_range`` replaces the calibrated range of the model's input; ``granularity`` (GRANULARITIES) is
+    how weights are quantised."""
+    if granularity not in GRANULARITIES:
+        raise EdgeadError(f"weight granularity {granularity!r}: expected one of {', '.join(GRANULARITIES)}")
     tf = import_tensorflow()
     with _captured_output():
-        return _convert(tf, keras_model, samples, io, input_range)
+        calibrated = _calibrate(tf, keras_model, samples, input_range)
+        io_type = {"int8": tf.int8, "uint8": tf.uint8}[io]
+        if granularity == "mixed":
+            return _mixed(_quantize(calibrated, io_type, True), _quantize(calibrated, io_type, False))
+        return _quantize(calibrated, io_type, granularity == "per-channel")
 
 
-def _convert(tf, keras_model, samples, io: str, input_range: tuple[float, float]) -> bytes:
+def _quantize(calibrated: bytes, io_type, per_channel: bool) -> bytes:
     from tensorflow.lite.python.convert import mlir_quantize
+
+    return bytes(mlir_quantize(calibrated, disable_per_channel=not per_channel, input_data_type=io_type,
+                               output_data_type=io_type))
+
+
+def _calibrate(tf, keras_model, samples, input_range: tuple[float, float]) -> bytes:
+    """The float model with calibrated min/max per tensor, the input's range replaced by ``input_range``."""
     from tensorflow.lite.tools import flatbuffer_utils as fbu
 
-    io_type = {"int8": tf.int8, "uint8": tf.uint8}[io]
     conv = tf.lite.TFLiteConverter.from_keras_model(keras_model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = lambda: ([x] for x in samples())
@@ -132,8 +154,65 @@ def _convert(tf, keras_model, samples, io: str, input_range: tuple[float, float]
     q = sg.tensors[sg.inputs[0]].quantization
     lo, hi = float(input_range[0]), float(input_range[1])
     q.min, q.max = [min(lo, 0.0)], [max(hi, 0.0)]
-    patched = bytes(fbu.convert_object_to_bytearray(fb))
-    return bytes(mlir_quantize(patched, input_data_type=io_type, output_data_type=io_type))
+    return bytes(fbu.convert_object_to_bytearray(fb))
+
+
+def _is_pointwise_conv(model, op, tensors) -> bool:
+    from tensorflow.lite.tools import flatbuffer_utils as fbu
+
+    return (fbu.opcode_to_name(model, op.opcodeIndex) == "CONV_2D"
+            and tuple(tensors[op.inputs[1]].shape[1:3]) == (1, 1))
+
+
+def _mixed(per_channel: bytes, per_tensor: bytes) -> bytes:
+    """The per-channel model with the weights and biases of its 1x1 convolutions taken from the per-tensor
+    one.
+
+    Both come from the same calibrated model, so their graphs and activation ranges are identical (checked:
+    any difference refuses the splice); only a 1x1 conv's weight scale (one instead of one per output channel)
+    and hence its bias scale differ. Depthwise and k x k convs, whose few weights per channel vary most in
+    range, stay per channel."""
+    from tensorflow.lite.tools import flatbuffer_utils as fbu
+
+    from export.tflite_size import pack_model
+
+    pc = fbu.read_model_from_bytearray(bytearray(per_channel))
+    pt = fbu.read_model_from_bytearray(bytearray(per_tensor))
+    users: dict[int, int] = {}
+    for sg in pc.subgraphs:
+        for t in sg.tensors:
+            users[t.buffer] = users.get(t.buffer, 0) + 1
+    for g, (a, b) in enumerate(zip(pc.subgraphs, pt.subgraphs, strict=True)):
+        same = len(a.operators) == len(b.operators) and len(a.tensors) == len(b.tensors) and all(
+            fbu.opcode_to_name(pc, x.opcodeIndex) == fbu.opcode_to_name(pt, y.opcodeIndex)
+            and list(x.inputs) == list(y.inputs) and list(x.outputs) == list(y.outputs)
+            for x, y in zip(a.operators, b.operators, strict=False))
+        if not same:
+            raise EdgeadError(f"internal: per-channel and per-tensor conversions differ in graph {g}; "
+                              "cannot mix")
+        for op in a.operators:
+            if not _is_pointwise_conv(pc, op, a.tensors):
+                continue
+            for i in op.inputs[1:3]:
+                ta, tb = a.tensors[i], b.tensors[i]
+                old, new = pc.buffers[ta.buffer].data, pt.buffers[tb.buffer].data
+                # A buffer the converter shares between tensors (e.g. all-zero biases) must keep its bytes.
+                shared_changed = users[ta.buffer] > 1 and not np.array_equal(old, new)
+                if shared_changed or tuple(ta.shape) != tuple(tb.shape) or ta.type != tb.type:
+                    raise EdgeadError(f"internal: cannot mix granularity for tensor {ta.name!r}")
+                ta.quantization = tb.quantization
+                pc.buffers[ta.buffer].data = new
+        for x, y in zip(a.tensors, b.tensors, strict=True):
+            activation = pc.buffers[x.buffer].data is None
+            if activation and not _same_activation_quant(x.quantization, y.quantization):
+                raise EdgeadError(f"internal: activation {x.name!r} is quantised differently per granularity")
+    return pack_model(pc)  # flatbuffer_utils' own writer would leave buffer data 1-byte aligned
+
+
+def _same_activation_quant(a, b) -> bool:
+    if (a is None) != (b is None):
+        return False
+    return a is None or (np.array_equal(a.scale, b.scale) and np.array_equal(a.zeroPoint, b.zeroPoint))
 
 
 def inspect(flatbuffer: bytes) -> dict[str, Any]:
