@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +90,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the full results here (JSON)")
     a = ap.parse_args()
     study = run_study(a.run_dir, a.task, a.calibration)
+    # Like every results file: what produced it, when, where.
+    study = {"command": "python -m export.study_size " + " ".join(sys.argv[1:]),
+             "date": datetime.now(UTC).isoformat(timespec="seconds"),
+             "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()}, **study}
     if a.out:
         atomic_write_json(a.out, study)
     else:
