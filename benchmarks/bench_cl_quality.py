@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         files = [json.loads(Path(f).read_text()) for f in a.from_json.split(",")]
         saved = files[0]
         meta = {"command": " | ".join(f["command"] for f in files), "date": saved["date"], "machine": saved["machine"]}
-        args = argparse.Namespace(**{**saved["args"], "tag": a.tag or saved["args"].get("tag", "")})
+        seeds = ",".join(str(f["args"]["seeds"]) for f in files)
+        args = argparse.Namespace(**{**saved["args"], "tag": a.tag or saved["args"].get("tag", ""), "seeds": seeds})
         runs = [r for f in files for r in f["runs"]]
         save(runs, meta, args, saved["tasks"], final=True, complete=all(f.get("complete", False) for f in files))
         return 0
