@@ -45,25 +45,26 @@ def main(argv: list[str] | None = None) -> dict:
     from edgead.engine.trainer import TrainConfig
     from edgead.models.teacher_student import DetectorConfig
 
-    work = Path(tempfile.mkdtemp(prefix="edgead-clspeed-"))
-    generate_dataset(work / "data", ("nut", "brick"), seed=0, image_size=args.image_size, n_train=args.train,
-                     n_test=4)
-    stream = TaskStream(work / "data", ["nut", "brick"])
-    det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=args.image_size)
-    cfg = TrainConfig(epochs=args.epochs, seed=0, progress=False, select_every=0)
-    runs = {
-        "finetune": dict(strategy="finetune"),
-        "replay": dict(strategy="replay", memory_size=args.memory_size),
-        "compressed-replay": dict(strategy="compressed-replay", codec="int8-channel", memory_size=args.memory_size),
-    }
-    rows = {}
-    for name, kw in runs.items():
-        res = run_stream(stream, det, cfg, work / name, weights=args.weights, log=lambda m: None, **kw)
-        second = res["timings"]["per_task"][1]
-        rows[name] = {"epoch_seconds_task2": float(np.median(second["epoch_seconds"])),
-                      "prepare_seconds_task2": second["prepare_seconds"],
-                      "replay_per_batch": second["replay_per_batch"],
-                      "additional_bytes": res["memory"]["additional_bytes"]}
+    with tempfile.TemporaryDirectory(prefix="edgead-clspeed-") as td:  # nothing left behind in /tmp
+        work = Path(td)
+        generate_dataset(work / "data", ("nut", "brick"), seed=0, image_size=args.image_size, n_train=args.train,
+                         n_test=4)
+        stream = TaskStream(work / "data", ["nut", "brick"])
+        det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=args.image_size)
+        cfg = TrainConfig(epochs=args.epochs, seed=0, progress=False, select_every=0)
+        runs = {
+            "finetune": dict(strategy="finetune"),
+            "replay": dict(strategy="replay", memory_size=args.memory_size),
+            "compressed-replay": dict(strategy="compressed-replay", codec="int8-channel", memory_size=args.memory_size),
+        }
+        rows = {}
+        for name, kw in runs.items():
+            res = run_stream(stream, det, cfg, work / name, weights=args.weights, log=lambda m: None, **kw)
+            second = res["timings"]["per_task"][1]
+            rows[name] = {"epoch_seconds_task2": float(np.median(second["epoch_seconds"])),
+                          "prepare_seconds_task2": second["prepare_seconds"],
+                          "replay_per_batch": second["replay_per_batch"],
+                          "additional_bytes": res["memory"]["additional_bytes"]}
     ratio = rows["replay"]["epoch_seconds_task2"] / rows["compressed-replay"]["epoch_seconds_task2"]
     out = {
         **header(argv),

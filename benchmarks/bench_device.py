@@ -24,12 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import RESULTS, check, header, print_table, write_json  # noqa: E402
+from benchmarks._latency import export_artifact, p50_ms, random_frames, torch_predict, train_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MEMORY_TARGET = 2 * 10**6
@@ -64,20 +63,13 @@ print(json.dumps({"n": n, "rss_after_warmup": start, "rss_end": end, "growth": e
 
 
 def make_artifact(work: Path, size: int, weights: str | None) -> Path:
-    from edgead.cl.runner import run_stream
-    from edgead.data import TaskStream
     from edgead.data.synth import generate_dataset
-    from edgead.engine.trainer import TrainConfig
     from edgead.models.teacher_student import DetectorConfig
-    from export.pipeline import ExportOptions, export_run
 
     data = generate_dataset(work / "data", ["nut"], seed=0, image_size=size, n_train=16, n_test=4)
     det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=size)
-    run_stream(TaskStream(data, ["nut"]), det, TrainConfig(epochs=1, batch_size=8, progress=False), work / "run",
-               weights=weights, log=lambda m: None)
-    export_run(work / "run", work / "art", ExportOptions(formats=["tflite-int8", "onnx-int8", "onnx"],
-                                                          calibration=8, allow_drift=True))
-    return work / "art"
+    train_run(data, "nut", det, work / "run", weights=weights)
+    return export_artifact(work / "run", work / "art", ["tflite-int8", "onnx-int8", "onnx"])
 
 
 def memory_growth(art: Path, n: int, work: Path) -> dict:
@@ -89,17 +81,6 @@ def memory_growth(art: Path, n: int, work: Path) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def _p50(fn, frames: list, runs: int, warmup: int = 3) -> float:
-    for i in range(warmup):
-        fn(frames[i % len(frames)])
-    ms = []
-    for i in range(runs):
-        t0 = time.perf_counter()
-        fn(frames[i % len(frames)])
-        ms.append(1000.0 * (time.perf_counter() - t0))
-    return float(np.percentile(ms, 50))
-
-
 def latencies(art: Path, size: int, runs: int, torch_runs: int, weights: str | None) -> list[dict]:
     import torch
 
@@ -107,31 +88,24 @@ def latencies(art: Path, size: int, runs: int, torch_runs: int, weights: str | N
     from export.pipeline import load_run
     from firmware_sim.device import Device
     from firmware_sim.manifest import load_manifest
-    from firmware_sim.preprocess import Preprocess
 
     torch.set_num_threads(1)
-    rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(8)]
+    frames = random_frames(size)
     rows = []
     for fmt, xnn in (("tflite-int8", True), ("tflite-int8", False), ("onnx-int8", True), ("onnx", True)):
         d = Device(art, format=fmt, threads=1, xnnpack=xnn)
         rows.append({"model": "PaSTe-MCUNet", "format": fmt + ("" if xnn else " (no XNNPACK)"),
-                     "runtime": d.interpreter, "p50_ms": _p50(d.infer, frames, runs)})
+                     "runtime": d.interpreter, "p50_ms": p50_ms(d.infer, frames, runs)})
     run = load_run(load_manifest(art).data["source"]["run"], None)
     pre = run.pre
 
-    def torch_fn(model, pre: Preprocess):
-        def f(img):
-            with torch.no_grad():
-                model.predict(torch.from_numpy(pre.normalize(img[None])))
-        return f
-
     rows.append({"model": "PaSTe-MCUNet", "format": "float torch", "runtime": f"torch {torch.__version__}",
-                 "p50_ms": _p50(torch_fn(run.model.eval(), pre), frames, torch_runs)})
+                 "p50_ms": p50_ms(torch_predict(run.model.eval(), pre), frames, torch_runs)})
     det = DetectorConfig.defaults("stfpm", "resnet18", image_size=size, pretrained=False)
     stfpm = TeacherStudent(det, download=False).eval()
     rows.append({"model": "STFPM-ResNet18 (random weights)", "format": "float torch",
-                 "runtime": f"torch {torch.__version__}", "p50_ms": _p50(torch_fn(stfpm, pre), frames, torch_runs)})
+                 "runtime": f"torch {torch.__version__}",
+                 "p50_ms": p50_ms(torch_predict(stfpm, pre), frames, torch_runs)})
     return rows
 
 

@@ -27,6 +27,8 @@ to `results/`. This page is regenerated from those files by `python benchmarks/s
 | `bench_single_task.py` | PaSTe vs STFPM (MCUNet-in3), ImageNet vs random teacher, on Magnetic-Tile and synthetic data |
 | `bench_cl_speed.py` | time per epoch: compressed replay vs image replay vs fine-tuning, one run |
 | `bench_cl_quality.py` | a 4-task stream: fine-tuning, image replay, compressed replay per codec; same count and 2.46 MB |
+| `bench_speed.py` | 3 models x float torch / onnx / onnx-int8 / tflite-int8: latency, memory, size, MACs |
+| `bench_scaling.py` | training time per task and memory vs number of tasks (2, 4, 8) at a fixed budget |
 | `thesis.py` (`edgead bench thesis`) | the seed thesis's table over MVTec AD (needs the dataset) |
 """
 
@@ -56,6 +58,64 @@ def _checks(d: dict) -> str:
     return "\n".join(f"- {'PASS' if c['pass'] else 'FAIL'}: {c['check']} ({c['detail']})" for c in d.get("checks", []))
 
 
+SPEED_COLS = ["model", "format", "runtime", "p50_ms", "p95_ms", "speedup_vs_base", "peak_rss_mib",
+              "rss_vs_base", "file_bytes", "size_vs_base", "macs", "macs_vs_base"]
+
+
+def _load(d: dict) -> str:
+    """How busy the machine was (1-minute load average at start and end), where the results record it."""
+    la = d.get("load_average")
+    if not la:
+        return ""
+    cpus = d.get("machine", {}).get("cpu_count", "?")
+    return (f" Load average (1 min) {la['start'][0]:.1f} at the start and {la['end'][0]:.1f} at the end, on "
+            f"{cpus} CPUs: other jobs shared the machine, so timings are noisy.")
+
+
+def _speed(d: dict, name: str) -> str:
+    rows = [r if r["supported"] else {**r, "p50_ms": "not supported"} for r in d["rows"]]
+    unsupported = "\n".join(f"- not supported: {r['model']} {r['format']}: {r['reason']}"
+                            for r in d["rows"] if not r["supported"])
+    models = [{"model": m["label"], "params": m["params"], "macs": m["macs"],
+               "architecture_bytes_fp32": m["architecture_bytes_fp32"], "train_epoch_s": m["train_epoch_s"],
+               "train_images": m["synthetic_train_images"]} for m in d["models"].values()]
+    parts = [f"## Speed: {name}\n\n{_head(d)}. {d.get('notes', '')}{_load(d)}\n",
+             "Ratios are against STFPM-ResNet18 float torch of the same run (speedup > 1: faster; rss, size, "
+             "MACs < 1: smaller).\n", _table(rows, SPEED_COLS), "", unsupported,
+             f"\n![speed](results/{name}.png)\n\nTraining time per epoch, per model (fine-tuning, "
+             f"{d['settings']['epochs']} epoch(s) at {d['settings']['image_size']} px, median):\n",
+             _table(models, ["model", "params", "macs", "architecture_bytes_fp32", "train_images",
+                             "train_epoch_s"])]
+    st = d.get("training_per_strategy")
+    if st:
+        srows = [{"strategy": k, **v} for k, v in st["per_strategy"].items()]
+        parts += [f"\nTraining time per epoch, per CL strategy (`{st['command']}`, PaSTe-MCUNet, task 2):\n",
+                  _table(srows, ["strategy", "epoch_seconds_task2", "prepare_seconds_task2",
+                                 "replay_per_batch", "additional_bytes"]),
+                  f"\nCompressed replay {st['speedup_compressed_vs_image_replay']:.2f}x faster per epoch "
+                  "than image replay."]
+    return "\n".join(parts) + f"\n\n{_checks(d)}\n"
+
+
+def _scaling(d: dict, name: str) -> str:
+    per_task = [{"strategy": s["strategy"], "n_tasks": s["n_tasks"],
+                 "train_s per task": ", ".join(f"{t['train_s']:.2f}" for t in s["per_task"]),
+                 "buffer_bytes per task": ", ".join(f"{t['buffer_bytes']:,}" for t in s["per_task"]),
+                 "peak_rss_mib per task": ", ".join(f"{t['peak_rss_bytes'] / 2**20:.0f}"
+                                                    for t in s["per_task"])}
+                for s in d["streams"]]
+    cfg = d["settings"]
+    cols = ["strategy", "n_tasks", "train_s_per_task", "epoch_s", "prepare_s", "eval_s_last",
+            "max_buffer_bytes", "budget_bytes", "peak_rss_first_task_mib", "peak_rss_mib", "wall_s"]
+    return (f"## Scaling with the number of tasks: {name}\n\n{_head(d)}. {d.get('notes', '')}. "
+            f"{cfg['image_size']} px, {cfg['train']} training images per task, {cfg['epochs']} epoch(s), "
+            f"budget {cfg['budget']:,} B; peak resident memory {d['streams'][0]['peak_rss_scope']}."
+            f"{_load(d)}\n\n"
+            f"{_table(d['summary'], cols)}"
+            f"\n\n(train_s_per_task, epoch_s, prepare_s: means over tasks 2+, the tasks that replay.)\n\n"
+            f"{_table(per_task, list(per_task[0]))}\n\n![scaling](results/{name}.png)\n\n{_checks(d)}\n")
+
+
 def section(path: Path) -> str | None:
     d = json.loads(path.read_text())
     name = path.stem
@@ -76,6 +136,10 @@ def section(path: Path) -> str | None:
         return (f"## Continual learning speed\n\n{_head(d)}\n\n{t}\n\n- {verdict}: compressed replay "
                 f"{d['speedup_compressed_vs_image_replay']:.2f}x faster per epoch than image replay "
                 f"(target >= {d['target']}x)\n")
+    if name.startswith("speed"):
+        return _speed(d, name)
+    if name.startswith("scaling"):
+        return _scaling(d, name)
     if name == "metrics":
         rows = [{"metric": k, **v} for k, v in d["results"].items()] if isinstance(d["results"], dict) else d["results"]
         cols = ["metric", "best_s", "mean_s", "peak_extra_bytes", "memory_multiple_of_maps"]
