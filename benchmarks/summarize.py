@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +28,9 @@ to `results/`. This page is regenerated from those files by `python benchmarks/s
 | `bench_single_task.py` | PaSTe vs STFPM (MCUNet-in3), ImageNet vs random teacher, on Magnetic-Tile and synthetic data |
 | `bench_cl_speed.py` | time per epoch: compressed replay vs image replay vs fine-tuning, one run |
 | `bench_cl_quality.py` | a 4-task stream: fine-tuning, image replay, compressed replay per codec; same count and 2.46 MB |
+| `bench_memory_budget.py` | budgets 0.1-19.66 MB x image replay / each codec / the device's int8 latents; Pareto plot |
+| `bench_peer.py` | anomalib's STFPM (own venv) beside edgead's PaSTe and STFPM on the same split |
+| `python -m export.study_size RUN` | int8 TFLite bytes broken down; per-channel / per-tensor / mixed |
 | `bench_speed.py` | 3 models x float torch / onnx / onnx-int8 / tflite-int8: latency, memory, size, MACs |
 | `bench_scaling.py` | training time per task and memory vs number of tasks (2, 4, 8) at a fixed budget |
 | `thesis.py` (`edgead bench thesis`) | the seed thesis's table over MVTec AD (needs the dataset) |
@@ -116,6 +120,36 @@ def _scaling(d: dict, name: str) -> str:
             f"{_table(per_task, list(per_task[0]))}\n\n![scaling](results/{name}.png)\n\n{_checks(d)}\n")
 
 
+def _memory_budget(d: dict, name: str) -> str:
+    rows = [{**r, "pareto (img)": "*" if r.get("pareto_image_auroc") else ""} for r in d["summary"]]
+    cols = ["method", "budget_bytes", "seeds", "image_auroc", "image_auroc_std", "pixel_auroc", "img_forget_abs",
+            "additional_bytes", "buffer_samples", "saturated_from", "pareto (img)"]
+    infeasible = sorted({(r["method"], r["budget_bytes"]) for r in d["runs"] if r.get("infeasible")})
+    skipped = ", ".join(f"{m} at {b:,} B" for m, b in infeasible) or "none"
+    return (f"## Memory-budget sweep: {name}\n\nTasks: {', '.join(d['tasks'])}. {_head(d)}\n\n"
+            f"{_table(rows, cols)}\n\nInfeasible (less than one sample per task, or nothing kept at the end): "
+            f"{skipped}. `saturated_from`: the budget already kept every training sample, so the row is that "
+            f"run's.\n\n![memory budget](results/{name}.png)\n\n{_checks(d)}\n")
+
+
+def _export_size(d: dict, name: str) -> str:
+    rows = [{"weights": v["weights"], "serialisation": v["serialisation"],
+             "trunk+head bytes": v["bytes"]["trunk+head"], "image AUROC delta": v["image_auroc"]["delta"],
+             "pixel AUROC delta": v["pixel_auroc"]["delta"], "within tolerance": v["within_tolerance"],
+             "<= bar": v["bytes"]["trunk+head"] <= d["bar_bytes"]} for v in d["variants"]]
+    return (f"## int8 TFLite size: {name}\n\n{_head(d)}. Bar: trunk + head <= {d['bar_bytes']:,} B; tolerance "
+            f"{d['tolerance']}.\n\n{_table(rows, list(rows[0]))}\n")
+
+
+def _peer(d: dict, name: str) -> str:
+    cols = ["model", "backbone", "framework", "teacher", "image_auroc", "pixel_auroc", "p50_ms", "params",
+            "param_bytes", "epoch_s", "status"]
+    notes = "\n".join(f"- {n}" for n in d.get("notes", []))
+    err = f"\n\nPeer environment error: {d['peer_error']}" if d.get("peer_error") else ""
+    return (f"## Peer: anomalib beside edgead: {name}\n\n{_head(d)}\n\n{_table(d['rows'], cols)}{err}\n\n"
+            f"{notes}\n\n![peer](results/{name}.png)\n\n{_checks(d)}\n")
+
+
 def section(path: Path) -> str | None:
     d = json.loads(path.read_text())
     name = path.stem
@@ -136,6 +170,12 @@ def section(path: Path) -> str | None:
         return (f"## Continual learning speed\n\n{_head(d)}\n\n{t}\n\n- {verdict}: compressed replay "
                 f"{d['speedup_compressed_vs_image_replay']:.2f}x faster per epoch than image replay "
                 f"(target >= {d['target']}x)\n")
+    if name.startswith("memory_budget"):
+        return _memory_budget(d, name)
+    if name.startswith("export_size"):
+        return _export_size(d, name)
+    if name.startswith("peer"):
+        return _peer(d, name)
     if name.startswith("speed"):
         return _speed(d, name)
     if name.startswith("scaling"):
@@ -155,7 +195,8 @@ def section(path: Path) -> str | None:
 def main() -> Path:
     parts = [INTRO]
     for path in sorted(RESULTS.glob("*.json")):
-        if path.stem.endswith("_quick"):
+        # --quick outputs, and per-seed parts (NAME_s0, NAME_s1, ...) that a merged file summarises
+        if path.stem.endswith("_quick") or re.search(r"_s\d+$", path.stem):
             continue
         s = section(path)
         if s:
