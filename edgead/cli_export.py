@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from export.tflite import GRANULARITIES  # no tensorflow at import; this module loads only for `edgead export`
+
 
 def _fmt(v, digits: int = 4) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
@@ -37,6 +39,9 @@ def print_summary(result: dict) -> None:
               help="Normal training images used to calibrate the int8 ranges (seeded; at least 8).")
 @click.option("--io", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
               help="TFLite input and output type (int8 keeps the latent byte-compatible with the replay buffer).")
+@click.option("--tflite-weights", type=click.Choice(GRANULARITIES), default="per-channel",
+              show_default=True, help="int8 weight scales: mixed = per-tensor 1x1 convs (about 7% smaller, "
+              "costs pixel AUROC; see python -m export.study_size).")
 @click.option("--allow-drift", is_flag=True, help="Publish even when a format's AUROC falls past the tolerance.")
 @click.option("--max-image-auroc-drop", default=0.02, show_default=True)
 @click.option("--max-pixel-auroc-drop", default=0.01, show_default=True)
@@ -44,7 +49,7 @@ def print_summary(result: dict) -> None:
               help="Dataset root, if it has moved since training.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out folder.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
-def export_cmd(run_dir, task_index, formats, out, calibration, io, allow_drift, max_image_auroc_drop,
+def export_cmd(run_dir, task_index, formats, out, calibration, io, tflite_weights, allow_drift, max_image_auroc_drop,
                max_pixel_auroc_drop, data_root, force, quiet):
     """Export a run's checkpoint for devices, check its fidelity on held-out test images, write a manifest."""
     from export.fidelity import Tolerance
@@ -52,6 +57,7 @@ def export_cmd(run_dir, task_index, formats, out, calibration, io, allow_drift, 
     from export.pipeline import ExportDrift, ExportOptions, export_run
 
     opts = ExportOptions(formats=parse_formats(formats), task=task_index, calibration=calibration, io=io,
+                         tflite_weights=tflite_weights,
                          tolerance=Tolerance(max_image_auroc_drop, max_pixel_auroc_drop), allow_drift=allow_drift,
                          data_root=data_root, force=force)
     try:

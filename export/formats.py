@@ -143,9 +143,9 @@ def export_onnx(model: TeacherStudent, pre: Preprocess, calib: np.ndarray, folde
 
 
 def export_format(fmt: str, model: TeacherStudent, pre: Preprocess, calib: np.ndarray, folder: Path,
-                  io: str) -> FormatExport:
+                  io: str, tflite_weights: str = "per-channel") -> FormatExport:
     if fmt == "tflite-int8":
-        return export_tflite(model, pre, calib, folder, io)
+        return export_tflite(model, pre, calib, folder, io, tflite_weights)
     if fmt in ("onnx", "onnx-int8"):
         return export_onnx(model, pre, calib, folder, quantized=fmt == "onnx-int8")
     raise EdgeadError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")

@@ -58,6 +58,7 @@ class ExportOptions:
     task: int | None = None
     calibration: int = DEFAULT_CALIBRATION
     io: str = "int8"
+    tflite_weights: str = "per-channel"  # export.tflite.GRANULARITIES: per-channel, per-tensor, mixed
     tolerance: Tolerance = field(default_factory=Tolerance)
     allow_drift: bool = False
     data_root: Path | None = None  # when the run's dataset has moved
@@ -226,6 +227,10 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
     formats = parse_formats(opts.formats)
     if opts.io not in ("int8", "uint8"):
         raise EdgeadError(f"--io {opts.io!r}: expected int8 or uint8")
+    from export.tflite import GRANULARITIES
+
+    if opts.tflite_weights not in GRANULARITIES:
+        raise EdgeadError(f"--tflite-weights {opts.tflite_weights!r}: expected one of {', '.join(GRANULARITIES)}")
     out = Path(out)
     _check_out(out, opts.force)
     run = load_run(run_dir, opts.task)
@@ -242,7 +247,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
         exports: dict[str, FormatExport] = {}
         for fmt in formats:
             log(f"exporting {fmt} ...")
-            exports[fmt] = export_format(fmt, run.model, run.pre, calib, tmp, opts.io)
+            exports[fmt] = export_format(fmt, run.model, run.pre, calib, tmp, opts.io, opts.tflite_weights)
         log(f"fidelity on {len(test)} test images of {tasks} ...")
         ref = reference(run.model, run.pre, test)
         fidelity = {"test_images": len(test), "tasks": tasks, "tolerance": asdict(opts.tolerance), "formats": {}}

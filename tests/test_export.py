@@ -186,6 +186,8 @@ def test_bad_inputs_are_clear_errors(paste_run, tmp_path):
         export_run(tmp_path / "nope", out, ExportOptions())
     with pytest.raises(EdgeadError, match="--task 3"):
         export_run(paste_run, out, ExportOptions(task=3))
+    with pytest.raises(EdgeadError, match="--tflite-weights 'per-row'"):
+        export_run(paste_run, out, ExportOptions(tflite_weights="per-row"))
     with pytest.raises(EdgeadError, match="too few calibration"):
         export_run(paste_run, out, ExportOptions(formats=["onnx"], calibration=2))
     with pytest.raises(EdgeadError, match="only .* normal training images"):
