@@ -158,13 +158,13 @@ def save(runs: list[dict], meta: dict, a, tasks: list[str], *, final: bool, comp
         print_table(agg, cols)
         checks = expectations(agg)
     tag = f"_{a.tag}" if a.tag else ""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / f"cl_quality{tag}.json", {**meta, "args": vars(a), "tasks": tasks, "complete": final if complete is None else complete,
+    Path(a.out_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(a.out_dir) / f"cl_quality{tag}.json", {**meta, "args": vars(a), "tasks": tasks, "complete": final if complete is None else complete,
                                                     "summary": agg, "runs": runs, "checks": checks})
-    write_csv(RESULTS / f"cl_quality{tag}.csv",
+    write_csv(Path(a.out_dir) / f"cl_quality{tag}.csv",
               [{k: v for k, v in r.items() if k not in ("buffer_per_task", "image_auroc_matrix")} for r in runs])
     if final:
-        print(f"wrote {RESULTS / f'cl_quality{tag}.json'} and .csv")
+        print(f"wrote {Path(a.out_dir) / f'cl_quality{tag}.json'} and .csv")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="run only these settings: comma list of none,count,budget,budget-coverage")
     p.add_argument("--weights", default=os.environ.get("EDGEAD_WEIGHTS_DIR"))
     p.add_argument("--tag", default="")
+    p.add_argument("--out-dir", default=str(RESULTS), help="folder for the results files")
     p.add_argument("--quick", action="store_true",
                    help="64 px, 2 tasks, 1 epoch, 1 seed; finetune, replay, fp32 and int8-channel at a sample count")
     p.add_argument("--from-json", default=None,
@@ -197,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         saved = files[0]
         meta = {"command": " | ".join(f["command"] for f in files), "date": saved["date"], "machine": saved["machine"]}
         seeds = ",".join(str(f["args"]["seeds"]) for f in files)
-        args = argparse.Namespace(**{**saved["args"], "tag": a.tag or saved["args"].get("tag", ""), "seeds": seeds})
+        args = argparse.Namespace(**{**saved["args"], "tag": a.tag or saved["args"].get("tag", ""), "seeds": seeds,
+                                     "out_dir": a.out_dir})
         runs = [r for f in files for r in f["runs"]]
         save(runs, meta, args, saved["tasks"], final=True, complete=all(f.get("complete", False) for f in files))
         return 0

@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default=os.environ.get("EDGEAD_WEIGHTS_DIR"),
                    help="MCUNet-in3 weights file or folder (default $EDGEAD_WEIGHTS_DIR)")
     p.add_argument("--tag", default="", help="suffix of the results file names")
+    p.add_argument("--out-dir", default=str(RESULTS), help="folder for the results files")
     p.add_argument("--quick", action="store_true", help="tiny synthetic data at 64 px, 1 epoch")
     p.add_argument("--from-json", default=None,
                    help="recompute the table and checks from the rows of a saved (possibly partial) results file")
@@ -172,10 +173,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _save(rows, meta, a, checks, *, final: bool) -> None:
     tag = f"_{a.tag}" if a.tag else ""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / f"single_task{tag}.json", {**meta, "args": vars(a), "complete": final,
+    Path(a.out_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(a.out_dir) / f"single_task{tag}.json", {**meta, "args": vars(a), "complete": final,
                                                      "rows": rows, "checks": checks})
-    write_csv(RESULTS / f"single_task{tag}.csv", rows)
+    write_csv(Path(a.out_dir) / f"single_task{tag}.csv", rows)
 
 
 def _mean(rows, key="image_auroc"):

@@ -47,7 +47,7 @@ class _BenchGroup(click.Group):
                 code = main(list(args))
             except SystemExit as e:  # argparse's --help and usage errors
                 code = e.code
-            if code not in (0, None):
+            if isinstance(code, str) or (isinstance(code, int) and code != 0):  # some mains return a dict
                 raise SystemExit(code)
 
         return run

@@ -42,3 +42,48 @@ def test_memory_budget_quick(tmp_path):
     assert front and min(r["additional_bytes"] for r in front) == min(r["additional_bytes"] for r in saved["summary"])
     assert (tmp_path / "memory_budget_quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {c["check"].split(" (")[0] for c in saved["checks"]}  # the head-to-head at the reference budget ran
+
+
+def test_metrics_quick(tmp_path):
+    from benchmarks import bench_metrics
+
+    assert bench_metrics.main(["--quick", "--out", str(tmp_path / "m.json")]) == 0
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["command"] and saved["date"] and saved["machine"]["cpu_count"] >= 1
+    res = saved["results"]
+    rows = res.values() if isinstance(res, dict) else res
+    assert all(r["best_s"] > 0 and r["peak_extra_bytes"] >= 0 for r in rows)
+
+
+def test_single_task_quick(tmp_path):
+    from benchmarks import bench_single_task
+
+    assert bench_single_task.main(["--quick", "--out-dir", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "single_task_quick.json").read_text())
+    assert saved["complete"] and saved["rows"]
+    for r in saved["rows"]:
+        assert 0.0 <= r["image_auroc"] <= 1.0 and r["params"] > 0 and r["macs"] > 0 and r["epochs"] == 1
+    assert (tmp_path / "single_task_quick.csv").read_text().startswith("dataset,")
+
+
+def test_cl_quality_quick(tmp_path):
+    from benchmarks import bench_cl_quality
+
+    assert bench_cl_quality.main(["--quick", "--out-dir", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "cl_quality_quick.json").read_text())
+    by = {(r["setting"], r["method"]): r for r in saved["summary"]}
+    assert by[("none", "finetune")]["additional_bytes"] == 0
+    f32, i8 = by[("count", "latent-fp32")], by[("count", "latent-int8-channel")]
+    assert f32["buffer_samples"] == i8["buffer_samples"] > 0
+    assert 0.2 <= i8["additional_bytes"] / f32["additional_bytes"] <= 0.35  # int8: a quarter of fp32's bytes
+    assert saved["checks"]
+
+
+def test_device_quick(tmp_path):
+    from benchmarks import bench_device
+
+    res = bench_device.main(["--quick", "--out", str(tmp_path / "device.json")])
+    assert res["memory"]["n"] == 200 and not res["memory"]["host_modules"]
+    assert {r["format"] for r in res["latency"]} >= {"tflite-int8", "onnx-int8", "onnx", "float torch"}
+    assert all(r["p50_ms"] > 0 for r in res["latency"])
+    assert json.loads((tmp_path / "device.json").read_text())["checks"][0]["check"] == "memory growth"
