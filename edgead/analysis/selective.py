@@ -48,7 +48,10 @@ FINAL_METRICS = ("image_f1", "pixel_f1", "image_auroc", "pixel_auroc")
 
 
 def _selected_difference(t: torch.Tensor, s: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return F.normalize(t, p=2, dim=1).index_select(1, idx) - F.normalize(s, p=2, dim=1).index_select(1, idx)
+    d = F.normalize(t, p=2, dim=1) - F.normalize(s, p=2, dim=1)
+    if idx.numel() == d.shape[1]:  # every channel: the plain detector's tensor, same layout and sum order
+        return d
+    return d.index_select(1, idx)
 
 
 def selected_level_distances(teacher: list[torch.Tensor], student: list[torch.Tensor],

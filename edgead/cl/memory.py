@@ -185,7 +185,7 @@ class _LatentSource:
         self.latents = torch.from_numpy(latents)
 
     def prepare(self, model, pre, device: str) -> None:
-        self.latents = self.latents.to(device)
+        self.latents = self.latents.to(device).contiguous(memory_format=torch.channels_last)  # as the trainer's
         self.teacher = compute_teacher_features(model, self.latents)
 
     def __len__(self) -> int:

@@ -81,9 +81,12 @@ def train_task(model, train_images: np.ndarray, val_images: np.ndarray, pre: Pre
     _seed_all(seed)
     rng = np.random.default_rng(seed)
     dev = cfg.device
-    model.to(dev)
+    # channels_last while training: PyTorch's CPU kernels for MCUNet's depthwise 5x5/7x7 convolutions are
+    # about 2x faster in it (measured: student forward+backward on 32 latents at 256 px 1007 -> 465 ms,
+    # trunk 363 -> 126 ms, one thread); the model goes back to the default format before it is returned.
+    model.to(dev, memory_format=torch.channels_last)
     t0 = time.perf_counter()
-    z_cur = compute_latents(model, train_images, pre, device=dev)
+    z_cur = compute_latents(model, train_images, pre, device=dev).contiguous(memory_format=torch.channels_last)
     t_cur = compute_teacher_features(model, z_cur) if _cacheable(model, z_cur) else None
     use_replay = replay is not None and len(replay) > 0 and cfg.replay_ratio > 0
     if use_replay:
@@ -130,6 +133,7 @@ def train_task(model, train_images: np.ndarray, val_images: np.ndarray, pre: Pre
         bar.set_postfix(loss=f"{rec['loss']:.4f}", sel=f"{rec.get('selection', float('nan')):.3f}")
     if best[1] is not None:
         model.student_tail.load_state_dict(best[1])
+    model.to(memory_format=torch.contiguous_format)
     model.eval()
     return {
         "epochs": cfg.epochs,
