@@ -38,6 +38,7 @@ from edgead.data.stream import split_validation  # noqa: E402
 from edgead.data.synth import generate_dataset  # noqa: E402
 from edgead.engine.trainer import TrainConfig  # noqa: E402
 from edgead.errors import EdgeadError  # noqa: E402
+from firmware_sim.codecs import get_codec  # noqa: E402
 from firmware_sim.errors import UserError  # noqa: E402
 from firmware_sim.sizes import format_size, parse_size  # noqa: E402
 
@@ -239,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         raise SystemExit(f"error: {e}") from None
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    try:  # a typo must fail here, not be reported as an infeasible point at every budget
+        [get_codec(m) for m in methods if m != "replay"]
+    except UserError as e:
+        raise SystemExit(f"error: --methods: {e}") from None
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     if not budgets or not methods or not seeds:
         raise SystemExit("error: --budgets, --methods and --seeds each need at least one value")
@@ -269,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                         r = run_one(root, tasks, conf_for(method, budget, trunk), image_size=a.image_size,
                                     epochs=a.epochs, seed=seed, weights=a.weights, tmp=tmp)
                     except (EdgeadError, UserError) as e:
+                        if "replay budget" not in str(e):  # only "less than one sample" is a result here
+                            raise
                         runs.append({**row, "infeasible": str(e)})
                         print(f"seed {seed} {method:13s} {format_size(budget):>9s}  infeasible: {e}", flush=True)
                         continue
