@@ -25,15 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import RESULTS, check, header, print_table, write_csv, write_json  # noqa: E402
-
-from edgead.cl.runner import run_stream  # noqa: E402
-from edgead.data import TaskStream  # noqa: E402
-from edgead.data.synth import generate_dataset  # noqa: E402
-from edgead.engine.trainer import TrainConfig  # noqa: E402
-from edgead.models.teacher_student import DetectorConfig  # noqa: E402
+from benchkit import RESULTS, check, header, print_table, write_csv, write_json
+from edgead.cl.runner import run_stream
+from edgead.data import TaskStream
+from edgead.data.synth import generate_dataset
+from edgead.engine.trainer import TrainConfig
+from edgead.models.teacher_student import DetectorConfig
 
 CODECS = ("fp32", "int8-channel", "int8-tensor", "int4-channel", "pca")
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "img_forget_rel", "img_forget_abs", "pixf1_forget_rel",

@@ -14,16 +14,12 @@ Writes benchmarks/results/cl_speed.json.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import RESULTS, header, write_json  # noqa: E402
+from benchkit import RESULTS, header, write_json
 
 TARGET = 1.3
 

@@ -24,11 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import RESULTS, check, header, print_table, write_json  # noqa: E402
-from benchmarks._latency import export_artifact, p50_ms, random_frames, torch_predict, train_run  # noqa: E402
+from benchkit import RESULTS, check, header, print_table, write_json
+from latency import export_artifact, p50_ms, random_frames, torch_predict, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 MEMORY_TARGET = 2 * 10**6
@@ -83,9 +80,9 @@ def memory_growth(art: Path, n: int, work: Path) -> dict:
 
 def latencies(art: Path, size: int, runs: int, torch_runs: int, weights: str | None) -> list[dict]:
     import torch
+    from edgead.export.pipeline import load_run
 
     from edgead.models.teacher_student import DetectorConfig, TeacherStudent
-    from export.pipeline import load_run
     from firmware_sim.device import Device
     from firmware_sim.manifest import load_manifest
 

@@ -28,19 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import RESULTS, check, header, print_table, write_csv, write_json  # noqa: E402
-from bench_cl_quality import METRIC_KEYS, run_one  # noqa: E402
-
-from edgead.data import TaskStream  # noqa: E402
-from edgead.data.stream import split_validation  # noqa: E402
-from edgead.data.synth import generate_dataset  # noqa: E402
-from edgead.engine.trainer import TrainConfig  # noqa: E402
-from edgead.errors import EdgeadError  # noqa: E402
-from firmware_sim.codecs import get_codec  # noqa: E402
-from firmware_sim.errors import UserError  # noqa: E402
-from firmware_sim.sizes import format_size, parse_size  # noqa: E402
+from bench_cl_quality import METRIC_KEYS, run_one
+from benchkit import RESULTS, check, header, print_table, write_csv, write_json
+from edgead.data import TaskStream
+from edgead.data.stream import split_validation
+from edgead.data.synth import generate_dataset
+from edgead.engine.trainer import TrainConfig
+from edgead.errors import EdgeadError
+from firmware_sim.codecs import get_codec
+from firmware_sim.errors import UserError
+from firmware_sim.sizes import format_size, parse_size
 
 BUDGETS = "0.1MB,0.25MB,0.6MB,1MB,2.46MB,5MB,9.83MB,19.66MB"
 METHODS = "replay,fp32,int8-channel,int8-tensor,int4-channel,pca,int8-device"
@@ -69,9 +66,10 @@ def train_counts(root: Path, tasks: list[str], val_fraction: float, seed: int) -
 def export_device_trunk(root: Path, task: str, image_size: int, weights: str | None, tmp: Path) -> Path:
     """The int8 trunk a device would run: a PaSTe run on the first task (1 epoch: the trunk is the frozen
     ImageNet one whatever the training) exported to tflite-int8, calibrated on that task's normals."""
+    from edgead.export.pipeline import ExportOptions, export_run
+
     from edgead.cl.runner import run_stream
     from edgead.models.teacher_student import DetectorConfig
-    from export.pipeline import ExportOptions, export_run
 
     det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=image_size)
     run_stream(TaskStream(root, [task]), det, TrainConfig(epochs=1, progress=False), tmp / "trunk_run",

@@ -25,10 +25,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from edgead.metrics import aupro, evaluate_all, pixel_ap, pixel_auroc, pixel_f1_max, pixel_metrics  # noqa: E402
-from firmware_sim.atomic import atomic_write_json  # noqa: E402
+from edgead.metrics import aupro, evaluate_all, pixel_ap, pixel_auroc, pixel_f1_max, pixel_metrics
+from firmware_sim.atomic import atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -32,19 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import RESULTS, check, header, print_table, write_csv, write_json  # noqa: E402
-from benchmarks._latency import random_frames, time_ms, torch_predict  # noqa: E402
-from benchmarks.bench_single_task import run_one, subsample  # noqa: E402
-from benchmarks.peer_anomalib import BACKBONES, RESULT_MARKER  # noqa: E402  (stdlib + numpy only)
-from benchmarks.peer_venv import PeerUnavailable, default_venv, ensure_peer_venv, venv_python  # noqa: E402
-from edgead.data.layout import scan_mvtec  # noqa: E402
-from edgead.data.stream import split_validation  # noqa: E402
-from edgead.data.synth import generate_dataset  # noqa: E402
-from edgead.engine.trainer import TrainConfig  # noqa: E402
-from edgead.errors import EdgeadError  # noqa: E402
+from bench_single_task import run_one, subsample
+from benchkit import RESULTS, check, header, print_table, write_csv, write_json
+from edgead.data.layout import scan_mvtec
+from edgead.data.stream import split_validation
+from edgead.data.synth import generate_dataset
+from edgead.engine.trainer import TrainConfig
+from edgead.errors import EdgeadError
+from latency import random_frames, time_ms, torch_predict
+from peer_anomalib import BACKBONES, RESULT_MARKER  # stdlib + numpy only
+from peer_venv import PeerUnavailable, default_venv, ensure_peer_venv, venv_python
 
 PEER_SCRIPT = Path(__file__).resolve().parent / "peer_anomalib.py"
 PEER_BACKBONES = tuple(BACKBONES)

@@ -36,12 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import RESULTS, check, header, print_table, write_csv, write_json  # noqa: E402
-from benchmarks._latency import ROOT, peak_rss_bytes  # noqa: E402
-from edgead.errors import EdgeadError  # noqa: E402
+from benchkit import RESULTS, check, header, print_table, write_csv, write_json
+from edgead.errors import EdgeadError
+from latency import ROOT, peak_rss_bytes
 
 TASK_NAMES = ("brick", "grass", "gravel", "nut", "pill", "bottle",
               "metal_nut", "capsule", "tile", "carpet", "grid")
@@ -135,7 +132,7 @@ def run_worker(spec: dict) -> dict:
 
 def run_in_subprocess(spec: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-m", "benchmarks.bench_scaling", "--worker", json.dumps(spec)],
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
                        cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise RuntimeError(f"{spec['strategy']} stream of {len(spec['tasks'])} tasks failed:\n"

@@ -23,15 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import RESULTS, check, header, print_table, write_csv, write_json  # noqa: E402
-
-from edgead.cl.runner import run_stream  # noqa: E402
-from edgead.data import TaskStream  # noqa: E402
-from edgead.data.synth import generate_dataset  # noqa: E402
-from edgead.engine.trainer import TrainConfig  # noqa: E402
-from edgead.models.teacher_student import DetectorConfig  # noqa: E402
+from benchkit import RESULTS, check, header, print_table, write_csv, write_json
+from edgead.cl.runner import run_stream
+from edgead.data import TaskStream
+from edgead.data.synth import generate_dataset
+from edgead.engine.trainer import TrainConfig
+from edgead.models.teacher_student import DetectorConfig
 
 COLS = ["dataset", "model", "teacher", "epochs", "train_images", "seed", "image_auroc", "pixel_auroc", "aupro",
         "epoch_s", "selected_epoch", "wall_s", "params", "macs"]

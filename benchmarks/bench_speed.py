@@ -28,17 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import RESULTS, check, header, print_table, write_csv, write_json  # noqa: E402
-from benchmarks._latency import (  # noqa: E402
+from benchkit import RESULTS, check, header, print_table, write_csv, write_json
+from edgead.errors import EdgeadError
+from latency import (
     INTERPRETER_FORMATS,
     export_artifact,
     measure_in_subprocess,
     train_run,
 )
-from edgead.errors import EdgeadError  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -156,7 +153,7 @@ def training_per_strategy(a, work: Path) -> dict | None:
     """bench_cl_speed's side-by-side epoch times (fine-tuning, image replay, compressed replay)."""
     if a.skip_strategies:
         return None
-    from benchmarks import bench_cl_speed
+    import bench_cl_speed
 
     argv = [*(["--quick"] if a.quick else ["--image-size", str(a.image_size)]),
             *(["--weights", a.weights] if a.weights else [])]

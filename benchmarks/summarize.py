@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import RESULTS  # noqa: E402
-from firmware_sim.atomic import atomic_write_text  # noqa: E402
+from benchkit import RESULTS
+from firmware_sim.atomic import atomic_write_text
 
 README = Path(__file__).resolve().parent / "README.md"
 INTRO = """# Benchmarks

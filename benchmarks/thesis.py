@@ -1,6 +1,6 @@
 """The seed thesis's protocol: its table's rows over the ten MVTec AD objects, measured here.
 
-Rows (REFERENCE.md section 2): STFPM-ResNet18 replay, STFPM-MCUNet replay, PaSTe fine-tuning, PaSTe
+Rows (docs/thesis.md): STFPM-ResNet18 replay, STFPM-MCUNet replay, PaSTe fine-tuning, PaSTe
 replay, PaSTe compressed replay (fp32), and compressed replay with 8-bit (the thesis's per-tensor scheme,
 int8-tensor) and PCA (98% variance). Thesis configuration: levels [6,10,14], bootstrap 5, 256 px, a
 replay memory of 100 samples. Writes results.json per row, thesis_table.json and thesis_table.md.
@@ -8,6 +8,7 @@ replay memory of 100 samples. Writes results.json per row, thesis_table.json and
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,3 +103,34 @@ def table_markdown(table: dict) -> str:
     lines.append("| average forgetting (relative, pixel F1) | "
                  + " | ".join(f(c["average_forgetting_relative_pixel_f1"]) for c in cols) + " |")
     return "\n".join(lines) + f"\n\nTasks, in order: {', '.join(table['tasks'])}. MB = 10^6 bytes.\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python benchmarks/thesis.py --mvtec PATH [...]` (also `edgead bench thesis`): prints the table."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="The thesis table's rows over the ten MVTec AD objects, in the "
+                                "thesis order.")
+    p.add_argument("--mvtec", required=True, type=Path, help="MVTec AD root.")
+    p.add_argument("--out", type=Path, default=None, help="Folder for the runs and the table (default: a temp dir).")
+    p.add_argument("--rows", default=None, help="Comma-separated row keys (default: all).")
+    p.add_argument("--tasks", default=None, help="Comma-separated categories (default: the thesis order).")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--memory-size", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights-dir", default=None, help="Folder with the backbones' ImageNet weight files.")
+    p.add_argument("--quick", action="store_true", help="Smoke run: 1 epoch, 64 px, 10 samples.")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.epochs, a.image_size, a.memory_size = 1, 64, 10
+    table = run_thesis(a.mvtec, a.out, rows=tuple(a.rows.split(",")) if a.rows else None,
+                       tasks=tuple(a.tasks.split(",")) if a.tasks else MVTEC_THESIS_ORDER, epochs=a.epochs,
+                       image_size=a.image_size, memory_size=a.memory_size, seed=a.seed, weights_dir=a.weights_dir,
+                       log=lambda m: print(m, file=sys.stderr))
+    print(table_markdown(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,7 @@ import numpy as np
 
 from edgead.data.loading import LoadedSplit
 from edgead.metrics import image_auroc, pixel_auroc
-from export.runtime import DeployedDetector, Prediction
+from firmware_sim.runtime import DeployedDetector, Prediction
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a.reshape(len(a), -1).astype(np.float64)
     b = b.reshape(len(b), -1).astype(np.float64)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
@@ -62,14 +62,14 @@ def latent_error(z: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     r = ref.reshape(len(ref), -1).astype(np.float64)
     rel = np.linalg.norm(d, axis=1) / np.maximum(np.linalg.norm(r, axis=1), 1e-12)
     return {"relative_l2_mean": float(rel.mean()), "relative_l2_max": float(rel.max()),
-            "cosine_mean": float(_cosines(z, ref).mean()), "max_abs_error": float(np.abs(d).max()),
+            "cosine_mean": float(row_cosines(z, ref).mean()), "max_abs_error": float(np.abs(d).max()),
             "reference_abs_max": float(np.abs(r).max())}
 
 
 def compare(test: LoadedSplit, ref: Reference, pred: Prediction, tol: Tolerance) -> dict:
     ref_img, ref_pix = _aurocs(test, ref.maps, ref.scores)
     img, pix = _aurocs(test, pred.maps, pred.scores)
-    cos = _cosines(pred.maps, ref.maps)
+    cos = row_cosines(pred.maps, ref.maps)
     out = {
         "image_auroc": {"float": ref_img, "format": img, "delta": None if img is None else img - ref_img},
         "pixel_auroc": {"float": ref_pix, "format": pix, "delta": None if pix is None else pix - ref_pix},

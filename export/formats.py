@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from edgead.export.graphs import IMAGE, GraphSpec, graph_specs, input_shape, torch_graph
 
 from edgead.errors import EdgeadError
 from edgead.models.teacher_student import TeacherStudent
-from export.graphs import IMAGE, GraphSpec, graph_specs, input_shape, torch_graph
-from export.runtime import (
+from firmware_sim.preprocess import Preprocess
+from firmware_sim.runtime import (
     DeployedDetector,
     OnnxRunner,
     TFLiteRunner,
@@ -25,7 +26,6 @@ from export.runtime import (
     image_feed,
     same_quantization,
 )
-from firmware_sim.preprocess import Preprocess
 
 FORMATS = ("tflite-int8", "onnx", "onnx-int8")
 FILE_SUFFIX = {"tflite-int8": ".int8.tflite", "onnx": ".onnx", "onnx-int8": ".int8.onnx"}
@@ -73,11 +73,11 @@ def _latent_samples(trunk, images: np.ndarray) -> list[np.ndarray]:
 
 def export_tflite(model: TeacherStudent, pre: Preprocess, calib: np.ndarray, folder: Path, io: str,
                   granularity: str = "per-channel", compact: bool = True) -> FormatExport:
-    """``granularity``: weight scales (export.tflite.GRANULARITIES); ``compact``: write each graph with
-    export.tflite_size.compact_tflite (same values, ~20% fewer bytes: shared zero-point vectors, short
+    """``granularity``: weight scales (edgead.export.tflite.GRANULARITIES); ``compact``: write each graph with
+    edgead.export.tflite_size.compact_tflite (same values, ~20% fewer bytes: shared zero-point vectors, short
     names)."""
-    from export.tflite import check_fully_int8, convert_int8, keras_graph, quant_range
-    from export.tflite_size import compact_tflite
+    from edgead.export.tflite import check_fully_int8, convert_int8, keras_graph, quant_range
+    from edgead.export.tflite_size import compact_tflite
 
     fx = FormatExport("tflite-int8", notes={"io": io, "layout": "NHWC", "weights": granularity,
                                             "serialisation": "compact" if compact else "converter"})
@@ -115,7 +115,7 @@ def export_tflite(model: TeacherStudent, pre: Preprocess, calib: np.ndarray, fol
 
 def export_onnx(model: TeacherStudent, pre: Preprocess, calib: np.ndarray, folder: Path,
                 quantized: bool) -> FormatExport:
-    from export.onnx_export import export_fp32, quantize_int8
+    from edgead.export.onnx_export import export_fp32, quantize_int8
 
     name = "onnx-int8" if quantized else "onnx"
     fx = FormatExport(name, notes={"layout": "NCHW", "io": "float32"})

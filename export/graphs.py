@@ -5,7 +5,7 @@ teacher and student features at every level) and ``full`` (image -> the same fea
 inference-only devices). STFPM: ``full`` only (its "latent" is the image itself).
 
 Every graph stops at the level features: the distance (normalise, squared difference, upsample, multiply)
-runs in the runtime with firmware_sim.anomaly_map, in float (measured in export/study_distance.py).
+runs in the runtime with firmware_sim.anomaly_map, in float (measured in benchmarks/study_distance.py).
 
 Image inputs are RGB pixels 0..255 (Preprocess.resize_uint8) and the graph normalises them itself, so a
 device feeds camera bytes directly; the int8 TFLite input then has scale 1 and is lossless.

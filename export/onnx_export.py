@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from export.graphs import IMAGE, GraphSpec
+from edgead.export.graphs import IMAGE, GraphSpec
 
 OPSET = 17
 

@@ -21,6 +21,9 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from edgead.export.fidelity import Reference, Tolerance, evaluate_format
+from edgead.export.formats import FormatExport, export_format, parse_formats
+from edgead.export.graphs import feature_names
 
 from edgead.cl.results import read_results
 from edgead.data.loading import LoadedSplit
@@ -30,9 +33,6 @@ from edgead.engine.tensors import compute_latents, predict_images
 from edgead.errors import EdgeadError
 from edgead.models.cost import detector_cost
 from edgead.models.teacher_student import DetectorConfig, TeacherStudent
-from export.fidelity import Reference, Tolerance, evaluate_format
-from export.formats import FormatExport, export_format, parse_formats
-from export.graphs import feature_names
 from firmware_sim.atomic import atomic_write_json
 from firmware_sim.manifest import MANIFEST_NAME, load_manifest, sha256_file, write_manifest
 from firmware_sim.preprocess import Preprocess
@@ -58,7 +58,7 @@ class ExportOptions:
     task: int | None = None
     calibration: int = DEFAULT_CALIBRATION
     io: str = "int8"
-    tflite_weights: str = "per-channel"  # export.tflite.GRANULARITIES: per-channel, per-tensor, mixed
+    tflite_weights: str = "per-channel"  # edgead.export.tflite.GRANULARITIES: per-channel, per-tensor, mixed
     tolerance: Tolerance = field(default_factory=Tolerance)
     allow_drift: bool = False
     data_root: Path | None = None  # when the run's dataset has moved
@@ -227,7 +227,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
     formats = parse_formats(opts.formats)
     if opts.io not in ("int8", "uint8"):
         raise EdgeadError(f"--io {opts.io!r}: expected int8 or uint8")
-    from export.tflite import GRANULARITIES
+    from edgead.export.tflite import GRANULARITIES
 
     if opts.tflite_weights not in GRANULARITIES:
         raise EdgeadError(f"--tflite-weights {opts.tflite_weights!r}: expected one of {', '.join(GRANULARITIES)}")

@@ -12,7 +12,7 @@ scale and zero point so the device feeds (and stores in its replay buffer) the t
 The calibrate-only flag and mlir_quantize are the converter's own two steps, used as the converter uses them;
 they are not public API, so formats.py checks the result (input range as requested, fully int8) every time.
 
-Weight granularity (GRANULARITIES): per channel by default. Measured on Magnetic-Tile (export/study_size.py,
+Weight granularity (GRANULARITIES): per channel by default. Measured on Magnetic-Tile (benchmarks/study_size.py,
 issue #5), per-tensor weights cost 0.05 pixel AUROC; "mixed" (per-tensor 1x1 convs only) stays within the
 export tolerance but uses most of it, for 7% fewer bytes than per channel. The bytes that per-channel scales
 seemed to cost were mostly the converter's serialisation (an int64 zero-point vector per tensor), which
@@ -30,10 +30,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
+from edgead.export.graphs import IMAGE, GraphSpec, feature_names
+from edgead.export.keras_mirror import build_stages, pixel_normalisation
 
 from edgead.errors import EdgeadError
-from export.graphs import IMAGE, GraphSpec, feature_names
-from export.keras_mirror import build_stages, pixel_normalisation
 
 FLOAT_TYPES = {"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"}
 # How weights are quantised: one scale per output channel (the default), one per tensor, or per channel
@@ -172,9 +172,8 @@ def _mixed(per_channel: bytes, per_tensor: bytes) -> bytes:
     any difference refuses the splice); only a 1x1 conv's weight scale (one instead of one per output channel)
     and hence its bias scale differ. Depthwise and k x k convs, whose few weights per channel vary most in
     range, stay per channel."""
+    from edgead.export.tflite_size import pack_model
     from tensorflow.lite.tools import flatbuffer_utils as fbu
-
-    from export.tflite_size import pack_model
 
     pc = fbu.read_model_from_bytearray(bytearray(per_channel))
     pt = fbu.read_model_from_bytearray(bytearray(per_tensor))

@@ -17,8 +17,9 @@ def _print(obj) -> None:
     print(json.dumps(obj, default=str), flush=True)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m firmware_sim", description="edgead on the device: run an exported "
+def parser(prog: str = "python -m firmware_sim") -> argparse.ArgumentParser:
+    """The one definition of the device commands (`edgead device` hands its arguments to it)."""
+    p = argparse.ArgumentParser(prog=prog, description="edgead on the device: run an exported "
                                 "model, keep the int8 replay buffer, profile latency and memory.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -63,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _profile_text(res: dict) -> None:
+def print_profile(res: dict) -> None:
     lat, ram, flash = res["latency_ms"], res["ram"], res["flash"]
     print(f"{res['format']} ({res['path']}) via {res['interpreter']}: p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} "
           f"ms, p99 {lat['p99']:.2f} ms over {lat['runs']} runs")
@@ -74,8 +75,9 @@ def _profile_text(res: dict) -> None:
               f"{row['ram_headroom']:,} B ({row['ram_basis']}), flash headroom {row['flash_headroom']:,} B")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m firmware_sim") -> int:
+    """Run one device command; returns the exit status (2 for bad input, printed as `error: ...`)."""
+    args = parser(prog).parse_args(argv)
     try:
         if args.cmd == "run":
             summary = commands.run(args.artifact, args.images, args.out, args.threads, args.delegate, args.buffer,
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             res = commands.profile(args.artifact, args.profile, args.profiles, args.budget, args.runs, args.warmup,
                                    args.threads, args.format, args.delegate, xnnpack=not args.no_xnnpack)
-            _print(res) if args.json else _profile_text(res)
+            _print(res) if args.json else print_profile(res)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,1 +1,0 @@
-"""Benchmarks: scripts that measure edgead, runnable as `python benchmarks/NAME.py` or `edgead bench NAME`."""

@@ -1,0 +1,67 @@
+"""`edgead train`: one task or a stream of tasks, with a continual-learning strategy."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from edgead.cli.options import detector_config, detector_options
+from edgead.cli.tables import print_table
+
+
+@click.command()
+@click.option("--data", "root", required=True, type=click.Path(path_type=Path), help="Dataset root (MVTec layout).")
+@click.option("--tasks", default=None, help="Comma-separated categories in order (default: all).")
+@detector_options
+@click.option("--strategy", type=click.Choice(["finetune", "joint", "replay", "compressed-replay"]),
+              default="finetune", show_default=True)
+@click.option("--codec", default=None, help="Latent codec for compressed-replay: fp32, fp16, int8-tensor, "
+              "int8-channel, int4-channel, pca[:VAR] (default fp32).")
+@click.option("--budget", default=None, help="Replay memory in bytes: 2.46MB, 500kB, 1.5MiB, 100000B.")
+@click.option("--memory-size", default=100, show_default=True, help="Replay samples when no --budget.")
+@click.option("--policy", type=click.Choice(["random", "coverage"]), default="random", show_default=True)
+@click.option("--replay-ratio", default=0.5, show_default=True, help="Fraction of each batch replayed.")
+@click.option("--epochs", default=20, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", default=0.4, show_default=True)
+@click.option("--momentum", default=0.9, show_default=True)
+@click.option("--weight-decay", default=1e-4, show_default=True)
+@click.option("--select-every", default=1, show_default=True,
+              help="Epochs between model-selection checks on held-out normals (0: keep the last epoch).")
+@click.option("--val-fraction", default=0.1, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--weights", default=None, type=click.Path(path_type=Path), help="Backbone ImageNet weights file.")
+@click.option("--no-pretrained", is_flag=True, help="Random teacher (experiments only).")
+@click.option("--device-buffer", default=None, type=click.Path(path_type=Path),
+              help="Start compressed replay from a buffer collected on a device.")
+@click.option("--device-trunk", default=None, type=click.Path(path_type=Path),
+              help="Keep latents as a device does: this PaSTe export's int8 TFLite trunk output (--codec int8-device).")
+@click.option("--resume", is_flag=True, help="Continue a killed run from its last completed task.")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images with a warning instead of stopping.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(root, tasks, model, backbone, levels, bootstrap, image_size, strategy, codec, budget, memory_size, policy,
+          replay_ratio, epochs, batch_size, lr, momentum, weight_decay, select_every, val_fraction, seed, device,
+          weights, no_pretrained, device_buffer, device_trunk, resume, skip_bad, out, quiet):
+    """Train over one task or a stream of tasks; writes checkpoints and OUT/results.json."""
+    from edgead.cl.runner import run_stream, validate_strategy
+    from edgead.data import TaskStream
+    from edgead.engine.trainer import TrainConfig
+    from firmware_sim.sizes import parse_size
+
+    det = detector_config(model, backbone, levels, bootstrap, image_size, pretrained=not no_pretrained)
+    validate_strategy(strategy, det, codec, device_buffer=device_buffer, device_trunk=device_trunk)
+    budget_bytes = parse_size(budget) if budget is not None else None
+    stream = TaskStream(root, [t.strip() for t in tasks.split(",")] if tasks else None)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                      seed=seed, device=device, replay_ratio=replay_ratio, select_every=select_every,
+                      val_fraction=val_fraction, progress=not quiet)
+    res = run_stream(stream, det, cfg, out, strategy=strategy, codec=codec, budget_bytes=budget_bytes,
+                     memory_size=memory_size, policy=policy, weights=weights, resume=resume, skip_bad=skip_bad,
+                     device_buffer=device_buffer, device_trunk=device_trunk, command="edgead " + shlex.join(sys.argv[1:]),
+                     log=lambda m: click.echo(m, err=True))
+    print_table(res)
