@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchkit import RESULTS, check, header, print_table, write_csv, write_json
+from edgead.cl.config import ReplayConfig
 from edgead.cl.runner import run_stream
 from edgead.data import TaskStream
 from edgead.data.synth import generate_dataset
@@ -61,8 +62,9 @@ def run_one(root: Path, tasks: list[str], conf: dict, *, image_size: int, epochs
     kw = {k: conf[k] for k in ("memory_size", "budget_bytes", "policy", "device_trunk") if k in conf}
     t0 = time.perf_counter()
     try:
-        res = run_stream(TaskStream(root, tasks), det, cfg, out, strategy=conf["strategy"], codec=conf["codec"],
-                         weights=weights, log=lambda m: None, command="bench_cl_quality", **kw)
+        replay = ReplayConfig(strategy=conf["strategy"], codec=conf["codec"], **kw)
+        res = run_stream(TaskStream(root, tasks), det, cfg, replay, out, weights=weights, log=lambda m: None,
+                         command="bench_cl_quality")
     finally:
         wall = time.perf_counter() - t0
         shutil.rmtree(out, ignore_errors=True)

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.image_size, args.train, args.epochs, args.memory_size, args.repeats = 64, 8, 1, 8, 1
 
+    from edgead.cl.config import ReplayConfig
     from edgead.cl.runner import run_stream
     from edgead.data import TaskStream
     from edgead.data.synth import generate_dataset
@@ -61,8 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
         for k in range(max(args.repeats, 1)):
             rows = {}
             for name in names[k % 3:] + names[:k % 3]:  # rotate so no strategy always runs first
-                res = run_stream(stream, det, cfg, work / f"{name}_{k}", weights=args.weights, log=lambda m: None,
-                                 **runs[name])
+                res = run_stream(stream, det, cfg, ReplayConfig(**runs[name]), work / f"{name}_{k}",
+                                 weights=args.weights, log=lambda m: None)
                 second = res["timings"]["per_task"][1]
                 rows[name] = {"epoch_seconds_task2": float(np.median(second["epoch_seconds"])),
                               "prepare_seconds_task2": second["prepare_seconds"],

@@ -68,12 +68,13 @@ def export_device_trunk(root: Path, task: str, image_size: int, weights: str | N
     ImageNet one whatever the training) exported to tflite-int8, calibrated on that task's normals."""
     from edgead.export.pipeline import ExportOptions, export_run
 
+    from edgead.cl.config import ReplayConfig
     from edgead.cl.runner import run_stream
     from edgead.models.teacher_student import DetectorConfig
 
     det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=image_size)
-    run_stream(TaskStream(root, [task]), det, TrainConfig(epochs=1, progress=False), tmp / "trunk_run",
-               weights=weights, log=lambda m: None)
+    run_stream(TaskStream(root, [task]), det, TrainConfig(epochs=1, progress=False), ReplayConfig(),
+               tmp / "trunk_run", weights=weights, log=lambda m: None)
     n = train_counts(root, [task], TrainConfig().val_fraction, 0)[task]
     export_run(tmp / "trunk_run", tmp / "trunk_art", ExportOptions(formats=["tflite-int8"], calibration=min(32, n),
                                                                   allow_drift=True))

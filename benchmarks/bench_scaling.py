@@ -88,6 +88,7 @@ def buffer_after(out: Path, i: int, strategy: str, image_size: int, budget: int)
 def run_worker(spec: dict) -> dict:
     import torch
 
+    from edgead.cl.config import ReplayConfig
     from edgead.cl.runner import run_stream
     from edgead.data import TaskStream
     from edgead.engine.trainer import TrainConfig
@@ -106,9 +107,9 @@ def run_worker(spec: dict) -> dict:
     cfg = TrainConfig(epochs=spec["epochs"], seed=spec["seed"], progress=False)
     out = Path(spec["out"])
     t0 = time.perf_counter()
-    res = run_stream(TaskStream(Path(spec["data"]), spec["tasks"]), det, cfg, out,
-                     budget_bytes=spec["budget"], weights=spec["weights"], log=log, command="bench_scaling",
-                     **STRATEGIES[spec["strategy"]])
+    replay = ReplayConfig(budget_bytes=spec["budget"], **STRATEGIES[spec["strategy"]])
+    res = run_stream(TaskStream(Path(spec["data"]), spec["tasks"]), det, cfg, replay, out, weights=spec["weights"],
+                     log=log, command="bench_scaling")
     marks.append((time.perf_counter(), peak_rss_bytes()))
     n = len(spec["tasks"])
     if len(marks) != n + 1:  # the log format is the only per-task hook: fail loudly if it changes

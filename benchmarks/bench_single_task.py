@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from benchkit import RESULTS, check, header, print_table, write_csv, write_json
+from edgead.cl.config import ReplayConfig
 from edgead.cl.runner import run_stream
 from edgead.data import TaskStream
 from edgead.data.synth import generate_dataset
@@ -72,7 +73,7 @@ def run_one(root: Path, category: str, *, model: str, pretrained: bool, epochs: 
     cfg = TrainConfig(epochs=epochs, seed=seed, progress=False)
     out = Path(tempfile.mkdtemp(prefix=f"run_{model}_", dir=tmp))
     t0 = time.perf_counter()
-    res = run_stream(TaskStream(root, [category]), det, cfg, out, strategy="finetune",
+    res = run_stream(TaskStream(root, [category]), det, cfg, ReplayConfig("finetune"), out,
                      weights=weights if pretrained else None, log=lambda m: None, command="bench_single_task")
     wall = time.perf_counter() - t0
     m = res["metrics"]

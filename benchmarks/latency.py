@@ -63,12 +63,14 @@ def torch_predict(model, pre) -> Callable:
 def train_run(data_root: Path, task: str, det, out: Path, *, epochs: int = 1,
               weights: str | None = None) -> dict:
     """One task of finetune training (batch 8): enough for a real checkpoint to export and time."""
+    from edgead.cl.config import ReplayConfig
     from edgead.cl.runner import run_stream
     from edgead.data import TaskStream
     from edgead.engine.trainer import TrainConfig
 
     cfg = TrainConfig(epochs=epochs, batch_size=8, progress=False)
-    return run_stream(TaskStream(data_root, [task]), det, cfg, out, weights=weights, log=lambda m: None)
+    return run_stream(TaskStream(data_root, [task]), det, cfg, ReplayConfig(), out, weights=weights,
+                      log=lambda m: None)
 
 
 def export_artifact(run_dir: Path, out: Path, formats: list[str], calibration: int = 8) -> Path:

@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgead.cl.config import ReplayConfig
 from edgead.cl.runner import run_stream
 from edgead.data import MVTEC_THESIS_ORDER, TaskStream
 from edgead.engine.trainer import TrainConfig
@@ -62,9 +63,9 @@ def run_thesis(mvtec: Path, out: Path | None = None, *, rows: tuple[str, ...] | 
             from edgead.models.backbones.registry import get_backbone_spec
 
             weights = str(Path(weights_dir) / get_backbone_spec(row.backbone).weights.filename)
-        res = run_stream(stream, det, TrainConfig(epochs=epochs, seed=seed, progress=False), out / row.key,
-                         strategy=row.strategy, codec=row.codec, memory_size=memory_size, weights=weights,
-                         log=log, resume=(out / row.key / "state.json").is_file())
+        replay = ReplayConfig(row.strategy, row.codec, memory_size=memory_size)
+        res = run_stream(stream, det, TrainConfig(epochs=epochs, seed=seed, progress=False), replay, out / row.key,
+                         weights=weights, log=log, resume=(out / row.key / "state.json").is_file())
         results[row.key] = res
     table = thesis_table(chosen, results)
     atomic_write_json(out / "thesis_table.json", table)

@@ -34,7 +34,8 @@ from edgead.errors import EdgeadError
 from edgead.models.cost import detector_cost
 from edgead.models.teacher_student import DetectorConfig, TeacherStudent
 from firmware_sim.atomic import atomic_write_json
-from firmware_sim.manifest import MANIFEST_NAME, load_manifest, sha256_file, write_manifest
+from firmware_sim.digest import sha256_file
+from firmware_sim.manifest import MANIFEST_NAME, load_manifest, write_manifest
 from firmware_sim.preprocess import Preprocess
 
 MIN_CALIBRATION = 8

@@ -90,15 +90,3 @@ def anomaly_map(teacher: Sequence[np.ndarray], student: Sequence[np.ndarray], ou
 def image_score(amap: np.ndarray) -> np.ndarray:
     """(N, S, S) -> (N,) the maximum of each map."""
     return amap.reshape(len(amap), -1).max(axis=1)
-
-
-def dequantize(q: np.ndarray, scale: float | Sequence[float], zero_point: int | Sequence[int],
-               axis: int | None = None) -> np.ndarray:
-    """Affine int8/uint8 -> float32: scale * (q - zero_point); per-channel along ``axis`` when given."""
-    scale_a = np.asarray(scale, np.float32)
-    zp_a = np.asarray(zero_point, np.int32)
-    if axis is not None and scale_a.size > 1:
-        shape = [1] * q.ndim
-        shape[axis] = scale_a.size
-        scale_a, zp_a = scale_a.reshape(shape), zp_a.reshape(shape)
-    return (scale_a * (q.astype(np.int32) - zp_a)).astype(np.float32)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from firmware_sim.errors import UserError
+from firmware_sim.quantization import dequantize, minmax_params, quantize
 
 _FORMAT_VERSION = 1
 _DTYPES: dict[int, np.dtype] = {
@@ -133,26 +134,6 @@ def _check_latent(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _affine_quantize(groups: np.ndarray, qmin: int, qmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Asymmetric min/max quantisation of each row of ``groups`` (G, N) -> (q, scale f32, zero_point i32)."""
-    lo, hi = groups.min(axis=1), groups.max(axis=1)
-    magnitude = np.maximum(np.abs(lo), np.abs(hi))
-    # A floor on the scale keeps lo/scale (hence the int32 zero point) bounded for constant or near-constant
-    # rows; their error is then ~1e-6 of their magnitude, below float32 resolution anyway.
-    scale = np.maximum((hi - lo) / (qmax - qmin), magnitude * 2.0**-20)
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    s64 = scale.astype(np.float64)[:, None]
-    zero_point = np.round(qmin - lo[:, None] / s64).astype(np.int64)  # unclamped: may lie outside [qmin, qmax]
-    q = np.clip(np.round(groups / s64) + zero_point, qmin, qmax)
-    return q, scale, zero_point[:, 0].astype(np.int32)
-
-
-def _affine_dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
-    """``scale * (q - zero_point)`` per row of ``q`` (G, N), in float32 as the TFLite reference does."""
-    centred = (q.astype(np.int64) - zero_point.astype(np.int64)[:, None]).astype(np.float32)
-    return centred * scale.astype(np.float32)[:, None]
-
-
 class Codec:
     """Encodes one (C, H, W) float32 latent; ``fixed_size`` says whether ``bytes_per_sample`` is exact."""
 
@@ -222,7 +203,9 @@ class AffineCodec(Codec):
     def encode(self, x: np.ndarray) -> EncodedLatent:
         x = _check_latent(x)
         groups = x.reshape(x.shape[0] if self.per_channel else 1, -1).astype(np.float64)
-        q, scale, zero_point = _affine_quantize(groups, self.qmin, self.qmax)
+        scale, zero_point = minmax_params(groups, self.qmin, self.qmax)
+        q = quantize(groups, scale, zero_point, self.qmin, self.qmax, axis=0)
+        zero_point = zero_point.astype(np.int32)
         if self.bits == 8:
             payload = q.astype(np.int8).reshape(x.shape)
         else:
@@ -243,7 +226,7 @@ class AffineCodec(Codec):
             q = q[:count]
         if q.size != count or scale.size not in (1, e.shape[0]) or zero_point.size != scale.size:
             raise UserError(f"encoded {self.name} latent has inconsistent array sizes for shape {e.shape}")
-        return _affine_dequantize(q.reshape(scale.size, -1), scale, zero_point).reshape(e.shape)
+        return dequantize(q.reshape(scale.size, -1), scale, zero_point, axis=0).reshape(e.shape)
 
     def _layout(self, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
         groups = shape[0] if self.per_channel else 1

@@ -10,7 +10,6 @@ size or hash differs, naming the file, so a device never runs a model other than
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware_sim.atomic import atomic_write_json
+from firmware_sim.digest import sha256_file
 from firmware_sim.errors import UserError
 from firmware_sim.preprocess import Preprocess
 
@@ -26,15 +26,6 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 REQUIRED_KEYS = ("schema", "schema_version", "model", "backbone", "levels", "input", "formats", "files",
                  "calibration", "tools")
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_record(path: str | os.PathLike) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from firmware_sim.atomic import atomic_write
-from firmware_sim.codecs import EncodedLatent, get_codec
+from firmware_sim.codecs import Codec, EncodedLatent, get_codec
 from firmware_sim.errors import UserError
 from firmware_sim.sizes import format_size, parse_size
 
@@ -126,10 +126,10 @@ def _k_center_order(desc: np.ndarray) -> list[int]:
 class ReplayBuffer:
     """Encoded latents of past tasks within ``budget_bytes`` (an int or a size string such as "2.46MB")."""
 
-    def __init__(self, budget_bytes: int | str, codec: str = "int8-channel", seed: int = 0,
+    def __init__(self, budget_bytes: int | str, codec: str | Codec = "int8-channel", seed: int = 0,
                  policy: str = "random", latent_shape: tuple[int, ...] | None = None) -> None:
         self.budget_bytes = parse_size(budget_bytes)
-        self.codec = get_codec(codec)
+        self.codec = codec if isinstance(codec, Codec) else get_codec(codec)
         policy = "random" if policy == "reservoir" else policy
         if policy not in POLICIES:
             raise UserError(f"replay policy {policy!r}: expected one of random (alias reservoir), coverage")

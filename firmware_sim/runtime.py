@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from firmware_sim import anomaly_map as amap_np
+from firmware_sim import quantization
 from firmware_sim.errors import UserError
 
 SIGNATURE = "serving_default"
@@ -156,15 +157,14 @@ def quantize(x: np.ndarray, entry: dict) -> np.ndarray:
     if q is None:
         return np.asarray(x, dtype)
     info = np.iinfo(dtype)
-    v = np.rint(np.asarray(x, np.float64) / q["scale"][0]) + q["zero_point"][0]
-    return np.clip(v, info.min, info.max).astype(dtype)
+    return quantization.quantize(x, q["scale"][0], q["zero_point"][0], info.min, info.max).astype(dtype)
 
 
 def dequantize(x: np.ndarray, entry: dict) -> np.ndarray:
     q = entry["quantization"]
     if q is None:
         return np.asarray(x, np.float32)
-    return amap_np.dequantize(x, q["scale"], q["zero_point"], axis=q["axis"])
+    return quantization.dequantize(x, q["scale"], q["zero_point"], axis=q["axis"])
 
 
 def same_quantization(a: dict, b: dict) -> bool:

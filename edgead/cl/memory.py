@@ -11,19 +11,60 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from edgead.engine.tensors import compute_latents, compute_teacher_features, to_input
+from edgead.engine.trainer import ReplaySource
 from edgead.errors import EdgeadError
 from firmware_sim.atomic import atomic_write
-from firmware_sim.codecs import get_codec
+from firmware_sim.codecs import Codec, get_codec
+from firmware_sim.quantization import quantize
 from firmware_sim.replay_buffer import FILE_HEADER_SIZE, RECORD_OVERHEAD, TASK_RECORD_SIZE, ReplayBuffer
 
 
+class ReplayMemory(Protocol):
+    """What the continual runner needs of a replay memory (images or latents).
+
+    ``update`` takes task ``task_index``'s training images after the task is trained (the budget is then
+    shared equally by the tasks seen); ``source`` gives what the trainer replays (None while empty);
+    ``nbytes`` is every byte stored, the "additional memory" of results.json; ``save``/``load`` write and read
+    ``file_suffix`` files atomically, for the checkpoint after each task and for resume.
+    """
+
+    kind: str
+    file_suffix: str
+
+    def update(self, task_index: int, model, images: np.ndarray, pre) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+    def samples_per_task(self) -> dict[int, int]: ...
+
+    def source(self) -> ReplaySource | None: ...
+
+    def save(self, path: Path) -> None: ...
+
+    def load(self, path: Path) -> None: ...
+
+
 class ImageMemory:
+    """Raw uint8 training images at the training resolution (classic replay).
+
+    Args:
+        image_size: the square training resolution; one sample is image_size^2 x 3 bytes.
+        budget_bytes: the memory's size in bytes, or None to keep ``memory_size`` samples.
+        memory_size: samples in all when there is no byte budget.
+        seed: the seeded choice of samples (depends on (seed, task) only).
+    """
+
     kind = "images"
+    file_suffix = "npz"
 
     def __init__(self, image_size: int, *, budget_bytes: int | None, memory_size: int | None, seed: int):
         self.sample_bytes = image_size * image_size * 3
@@ -83,20 +124,40 @@ class _ImageSource:
 
 
 class LatentMemory:
-    kind = "latents"
+    """The frozen trunk's latents in the device's replay buffer format (firmware_sim.replay_buffer).
 
-    def __init__(self, codec: str, latent_shape: tuple[int, ...], *, budget_bytes: int | None,
-                 memory_size: int | None, seed: int, policy: str = "random", max_tasks: int = 1):
-        self.codec_spec = codec
-        self.seed, self.policy = seed, policy
-        self.memory_size = memory_size if budget_bytes is None else None
-        self.task_offset = 0
+    Build one with `LatentMemory.new` (an empty buffer for a codec and a budget) or `LatentMemory.from_file`
+    (a buffer collected on a device); both go through this constructor.
+
+    Args:
+        buffer: the replay buffer that holds the records.
+        seed: the seeded choice of samples.
+        memory_size: a sample count shared equally by the tasks (None: the buffer's byte budget rules).
+        task_offset: this run's task i is stored as task i + task_offset (a device buffer's own tasks first).
+    """
+
+    kind = "latents"
+    file_suffix = "edgeadrb"
+
+    def __init__(self, buffer: ReplayBuffer, *, seed: int, memory_size: int | None = None, task_offset: int = 0):
+        self.buffer = buffer
+        self.codec_spec, self.policy = buffer.codec.spec, buffer.policy
+        self.seed, self.memory_size, self.task_offset = seed, memory_size, task_offset
+        self.device = None
+
+    @classmethod
+    def new(cls, codec: str | Codec, latent_shape: tuple[int, ...], *, budget_bytes: int | None, memory_size: int | None,
+            seed: int, policy: str = "random", max_tasks: int = 1) -> LatentMemory:
+        """An empty memory of ``budget_bytes`` (or room for ``memory_size`` records of ``codec``)."""
         if budget_bytes is None:
             # A sample count: size the byte budget so that each task gets its share of records.
-            per = RECORD_OVERHEAD + get_codec(codec).bytes_per_sample(tuple(latent_shape))
+            codec = get_codec(codec) if isinstance(codec, str) else codec
+            per = RECORD_OVERHEAD + codec.bytes_per_sample(tuple(latent_shape))
             budget_bytes = FILE_HEADER_SIZE + max_tasks * TASK_RECORD_SIZE + memory_size * per
-        self.buffer = ReplayBuffer(budget_bytes, codec, seed=seed, policy=policy, latent_shape=latent_shape)
-        self.device = None
+        else:
+            memory_size = None
+        buffer = ReplayBuffer(budget_bytes, codec, seed=seed, policy=policy, latent_shape=latent_shape)
+        return cls(buffer, seed=seed, memory_size=memory_size)
 
     def use_device_trunk(self, artifact_dir: Path, latent_shape: tuple[int, ...], image_size: int) -> None:
         """Collect latents as a device does: the export's int8 TFLite trunk, run by firmware_sim, stored byte
@@ -116,17 +177,14 @@ class LatentMemory:
 
     @classmethod
     def from_file(cls, path: Path, seed: int, budget_bytes: int | None = None) -> LatentMemory:
+        """A memory that starts from a device's buffer file; its tasks keep their ids and this run's tasks
+        are numbered after them."""
         buf, report = ReplayBuffer.load(path, budget_bytes)
         if report.dropped:
             import warnings
 
             warnings.warn(f"{path}: dropped {report.dropped} damaged record(s)", stacklevel=2)
-        mem = cls.__new__(cls)
-        mem.codec_spec, mem.seed, mem.policy, mem.buffer = buf.codec.spec, seed, buf.policy, buf
-        mem.device, mem.memory_size = None, None
-        # Tasks the device already holds keep their ids; this run's tasks are numbered after them.
-        mem.task_offset = max(buf.tasks, default=-1) + 1
-        return mem
+        return cls(buf, seed=seed, task_offset=max(buf.tasks, default=-1) + 1)
 
     def update(self, task_index: int, model, images: np.ndarray, pre) -> None:
         self.buffer.reseed(task_index)  # the selection depends on (seed, task) only
@@ -150,10 +208,8 @@ class LatentMemory:
             raise EdgeadError("a device buffer with no records carries no quantisation parameters to extend it")
         e = first.encoded
         scale, zp = e.arrays["scale"], e.arrays["zero_point"]
-        shape = (-1, 1, 1) if np.size(scale) > 1 else ()
-        s, p = np.reshape(scale, shape), np.reshape(zp, shape)
-        return [self.buffer.codec.encode_quantized(np.clip(np.rint(x / s) + p, -128, 127).astype(np.int8), scale, zp)
-                for x in z]
+        return [self.buffer.codec.encode_quantized(quantize(x, scale, zp, -128, 127, axis=0).astype(np.int8),
+                                                   scale, zp) for x in z]
 
     def __len__(self) -> int:
         return len(self.buffer)

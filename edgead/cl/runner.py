@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgead.cl.memory import ImageMemory, LatentMemory
+from edgead.cl.config import ReplayConfig
+from edgead.cl.memory import ImageMemory, LatentMemory, ReplayMemory
 from edgead.cl.results import SCHEMA, summarise
 from edgead.data.loading import LoadedSplit
 from edgead.data.stream import TaskData, TaskStream
@@ -31,51 +32,51 @@ from edgead.models.teacher_student import DetectorConfig, TeacherStudent
 from firmware_sim.atomic import atomic_write_json
 from firmware_sim.preprocess import Preprocess
 
-STRATEGIES = ("finetune", "joint", "replay", "compressed-replay")
 
-
-def validate_strategy(strategy: str, det: DetectorConfig, codec: str | None, *, device_buffer=None,
-                      device_trunk=None) -> None:
-    if strategy not in STRATEGIES:
-        raise EdgeadError(f"unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
-    if strategy == "compressed-replay" and det.model != "paste":
-        raise EdgeadError("compressed-replay stores the shared trunk's latents and needs --model paste")
-    if codec is not None and strategy != "compressed-replay":
-        raise EdgeadError(f"--codec {codec} applies only to --strategy compressed-replay (not {strategy})")
-    if codec is not None:
-        from firmware_sim.codecs import get_codec
-
-        get_codec(codec)  # an unknown codec fails here, before any weights load or training starts
-    if codec == "int8-device" and device_buffer is None and device_trunk is None:
-        raise EdgeadError("--codec int8-device stores a device trunk's own int8 output: give --device-trunk ART "
-                          "(a PaSTe tflite-int8 export) or --device-buffer FILE")
-    if device_trunk is not None and codec != "int8-device":
-        raise EdgeadError(f"--device-trunk keeps the exported trunk's int8 output: it needs --codec int8-device "
-                          f"(not {codec})")
-
-
-def _make_memory(strategy, det, latent_shape, budget_bytes, memory_size, codec, seed, policy, n_tasks):
-    if strategy == "replay":
-        return ImageMemory(det.image_size, budget_bytes=budget_bytes, memory_size=memory_size, seed=seed)
-    if strategy == "compressed-replay":
-        return LatentMemory(codec or "fp32", latent_shape, budget_bytes=budget_bytes, memory_size=memory_size,
-                            seed=seed, policy=policy, max_tasks=n_tasks)
+def _make_memory(replay: ReplayConfig, det: DetectorConfig, latent_shape: tuple[int, ...], seed: int,
+                 n_tasks: int) -> ReplayMemory | None:
+    if replay.device_buffer is not None:
+        return LatentMemory.from_file(replay.device_buffer, seed, replay.budget_bytes)
+    if replay.strategy == "replay":
+        return ImageMemory(det.image_size, budget_bytes=replay.budget_bytes, memory_size=replay.memory_size,
+                           seed=seed)
+    if replay.strategy == "compressed-replay":
+        return LatentMemory.new(replay.codec_obj, latent_shape,
+                                budget_bytes=replay.budget_bytes, memory_size=replay.memory_size, seed=seed,
+                                policy=replay.policy, max_tasks=n_tasks)
     return None
 
 
-def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out: Path, *,
-               strategy: str = "finetune", codec: str | None = None, budget_bytes: int | None = None,
-               memory_size: int = 100, policy: str = "random", weights: str | None = None,
-               resume: bool = False, skip_bad: bool = False, device_buffer: Path | None = None,
-               device_trunk: Path | None = None, command: str | None = None, log=print) -> dict:
-    validate_strategy(strategy, det, codec, device_buffer=device_buffer, device_trunk=device_trunk)
+def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, replay: ReplayConfig | None = None,
+               out: Path | str | None = None, *, weights: str | Path | None = None, resume: bool = False,
+               skip_bad: bool = False, command: str | None = None, log=print) -> dict:
+    """Train ``det`` over the tasks of ``stream`` in order, with the strategy and memory of ``replay``.
+
+    Args:
+        stream: the tasks (categories of one dataset root), in training order.
+        det: the detector's architecture (model, backbone, levels, bootstrap, image size).
+        train: the training loop's settings (epochs, batch, optimiser, seed, replay ratio, ...).
+        replay: the strategy and its replay memory (default: fine-tuning, nothing kept).
+        out: the run folder: checkpoints/, memory/, state.json and results.json are written there.
+        weights: the backbone's ImageNet weights file or folder (default: the usual search).
+        resume: continue a killed run from its last completed task (the configuration must match).
+        skip_bad: skip unreadable images with a warning instead of stopping.
+        command: the command line recorded in results.json (default: sys.argv).
+        log: called with one line of progress text at a time.
+
+    Returns:
+        results.json's content: the metric matrix m[i][j] and its summary (final averages, forgetting),
+        memory (architecture and additional bytes), cost and timings.
+    """
+    if out is None:
+        raise EdgeadError("run_stream needs an output folder (out)")
+    replay = replay or ReplayConfig()
+    replay.check_detector(det.model)
     out = Path(out)
     config = {"detector": det.to_dict(), "train": {k: v for k, v in train.to_dict().items() if k != "progress"},
-              "strategy": strategy, "codec": codec, "budget_bytes": budget_bytes,
-              "memory_size": None if budget_bytes is not None else memory_size, "policy": policy,
-              "tasks": stream.names, "data_root": str(stream.root),
-              "device_buffer": None if device_buffer is None else str(device_buffer),
-              "device_trunk": None if device_trunk is None else str(device_trunk)}
+              **replay.to_dict(), "tasks": stream.names, "data_root": str(stream.root)}
+    config = {k: config[k] for k in ("detector", "train", "strategy", "codec", "budget_bytes", "memory_size",
+                                     "policy", "tasks", "data_root", "device_buffer", "device_trunk")}
     state_path = out / "state.json"
     done = 0
     if resume:
@@ -93,21 +94,16 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
     torch.manual_seed(train.seed)
     model = TeacherStudent(det, weights=weights)
     cost = detector_cost(model)
-    memory = _make_memory(strategy, det, tuple(cost["latent_shape"]), budget_bytes, memory_size, codec,
-                          train.seed, policy, len(stream))
-    if device_buffer is not None:
-        if not isinstance(memory, LatentMemory):
-            raise EdgeadError("--device-buffer needs --strategy compressed-replay")
-        memory = LatentMemory.from_file(Path(device_buffer), train.seed, budget_bytes)
-    if device_trunk is not None:
-        memory.use_device_trunk(Path(device_trunk), tuple(cost["latent_shape"]), det.image_size)
+    memory = _make_memory(replay, det, tuple(cost["latent_shape"]), train.seed, len(stream))
+    if replay.device_trunk is not None:
+        memory.use_device_trunk(replay.device_trunk, tuple(cost["latent_shape"]), det.image_size)
     rows: list[list[dict]] = []
     timings: list[dict] = []
     if done:
         model, pre, meta = load_checkpoint(out / "checkpoints" / f"task_{done - 1:02d}.pt")
         rows, timings = meta["rows"], meta["timings"]
         if memory is not None:
-            memory.load(out / "memory" / f"after_task_{done - 1:02d}.{_suffix(memory)}")
+            memory.load(out / "memory" / f"after_task_{done - 1:02d}.{memory.file_suffix}")
         log(f"resuming {out} after task {done}/{len(stream)}")
 
     cache: dict[int, TaskData] = {}
@@ -121,13 +117,13 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
         i = task.index
         d = data(i)
         train_split, val_split = d.train, d.val
-        if strategy == "joint":
+        if replay.strategy == "joint":
             train_split = LoadedSplit.concat([data(k).train for k in range(i + 1)])
             val_split = LoadedSplit.concat([data(k).val for k in range(i + 1)])
         log(f"task {i + 1}/{len(stream)}: {task.name} ({len(train_split)} train, {len(val_split)} val, "
-            f"strategy {strategy})")
-        replay = memory.source() if memory is not None and i > 0 else None
-        report = train_task(model, train_split.images, val_split.images, pre, train, replay=replay,
+            f"strategy {replay.strategy})")
+        source = memory.source() if memory is not None and i > 0 else None
+        report = train_task(model, train_split.images, val_split.images, pre, train, replay=source,
                             seed=train.seed * 1000 + i, desc=f"{task.name}")
         model.calibration = fit_calibration(model, val_split.images, pre, train.device)
         if memory is not None:
@@ -142,7 +138,7 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
                              f"{(r['pixel_auroc'] or float('nan')):.3f}" for j, r in enumerate(row)))
         mem_path = None
         if memory is not None:
-            mem_path = out / "memory" / f"after_task_{i:02d}.{_suffix(memory)}"
+            mem_path = out / "memory" / f"after_task_{i:02d}.{memory.file_suffix}"
             memory.save(mem_path)
         save_checkpoint(out / "checkpoints" / f"task_{i:02d}.pt", model, pre, task_index=i, tasks=stream.names,
                         rows=rows, timings=timings)
@@ -151,10 +147,6 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
         atomic_write_json(state_path, {"config": config, "completed_tasks": i + 1, "memory_file":
                                        None if mem_path is None else str(mem_path.relative_to(out))})
     return json.loads((out / "results.json").read_text())
-
-
-def _suffix(memory) -> str:
-    return "edgeadrb" if isinstance(memory, LatentMemory) else "npz"
 
 
 def _results(config, stream, cost, memory, rows, timings, command) -> dict:

@@ -19,6 +19,7 @@ import click
 @click.option("--seed", default=0, show_default=True)
 def demo(out: Path, category: str, epochs: int, image_size: int, weights: Path | None, seed: int) -> None:
     """Generate synthetic data, train PaSTe-MCUNet on one category, evaluate and print the metrics."""
+    from edgead.cl.config import ReplayConfig
     from edgead.cl.runner import run_stream
     from edgead.cli.tables import print_table
     from edgead.data import TaskStream
@@ -36,7 +37,7 @@ def demo(out: Path, category: str, epochs: int, image_size: int, weights: Path |
         shutil.rmtree(run_dir)  # the demo always trains afresh
     det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=image_size)
     cfg = TrainConfig(epochs=epochs, seed=seed)
-    res = run_stream(TaskStream(data_dir, [category]), det, cfg, run_dir, weights=weights,
+    res = run_stream(TaskStream(data_dir, [category]), det, cfg, ReplayConfig(), run_dir, weights=weights,
                      command="edgead " + shlex.join(sys.argv[1:]), log=lambda m: click.echo(m, err=True))
     click.echo(f"\nPaSTe-MCUNet on synthetic '{category}' ({image_size} px, {epochs} epochs):")
     print_table(res)

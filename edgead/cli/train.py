@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from edgead.cl.config import STRATEGIES
 from edgead.cli.options import detector_config, detector_options
 from edgead.cli.tables import print_table
 
@@ -16,7 +17,7 @@ from edgead.cli.tables import print_table
 @click.option("--data", "root", required=True, type=click.Path(path_type=Path), help="Dataset root (MVTec layout).")
 @click.option("--tasks", default=None, help="Comma-separated categories in order (default: all).")
 @detector_options
-@click.option("--strategy", type=click.Choice(["finetune", "joint", "replay", "compressed-replay"]),
+@click.option("--strategy", type=click.Choice(STRATEGIES),
               default="finetune", show_default=True)
 @click.option("--codec", default=None, help="Latent codec for compressed-replay: fp32, fp16, int8-tensor, "
               "int8-channel, int4-channel, pca[:VAR] (default fp32).")
@@ -48,20 +49,18 @@ def train(root, tasks, model, backbone, levels, bootstrap, image_size, strategy,
           replay_ratio, epochs, batch_size, lr, momentum, weight_decay, select_every, val_fraction, seed, device,
           weights, no_pretrained, device_buffer, device_trunk, resume, skip_bad, out, quiet):
     """Train over one task or a stream of tasks; writes checkpoints and OUT/results.json."""
-    from edgead.cl.runner import run_stream, validate_strategy
+    from edgead.cl.config import ReplayConfig
+    from edgead.cl.runner import run_stream
     from edgead.data import TaskStream
     from edgead.engine.trainer import TrainConfig
-    from firmware_sim.sizes import parse_size
 
     det = detector_config(model, backbone, levels, bootstrap, image_size, pretrained=not no_pretrained)
-    validate_strategy(strategy, det, codec, device_buffer=device_buffer, device_trunk=device_trunk)
-    budget_bytes = parse_size(budget) if budget is not None else None
+    replay = ReplayConfig.from_options(strategy, codec, budget, memory_size, policy, device_buffer, device_trunk)
+    replay.check_detector(det.model)
     stream = TaskStream(root, [t.strip() for t in tasks.split(",")] if tasks else None)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                       seed=seed, device=device, replay_ratio=replay_ratio, select_every=select_every,
                       val_fraction=val_fraction, progress=not quiet)
-    res = run_stream(stream, det, cfg, out, strategy=strategy, codec=codec, budget_bytes=budget_bytes,
-                     memory_size=memory_size, policy=policy, weights=weights, resume=resume, skip_bad=skip_bad,
-                     device_buffer=device_buffer, device_trunk=device_trunk, command="edgead " + shlex.join(sys.argv[1:]),
-                     log=lambda m: click.echo(m, err=True))
+    res = run_stream(stream, det, cfg, replay, out, weights=weights, resume=resume, skip_bad=skip_bad,
+                     command="edgead " + shlex.join(sys.argv[1:]), log=lambda m: click.echo(m, err=True))
     print_table(res)

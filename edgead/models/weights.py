@@ -37,6 +37,7 @@ from torch import nn
 
 from edgead.errors import EdgeadError
 from edgead.models.backbones.registry import BackboneSpec, get_backbone_spec
+from firmware_sim.digest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,6 @@ def packaged_weights_path(spec: BackboneSpec) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _pip_name(module: str) -> str:

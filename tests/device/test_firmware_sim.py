@@ -54,6 +54,7 @@ def host(tmp_path_factory) -> dict:
         pytest.skip(f"MCUNet-in3 weights not found in {WEIGHTS}")
     from edgead.export.pipeline import ExportOptions, export_run
 
+    from edgead.cl.config import ReplayConfig
     from edgead.cl.runner import run_stream
     from edgead.data import TaskStream
     from edgead.data.synth import generate_dataset
@@ -65,8 +66,8 @@ def host(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("fwsim")
     data = generate_dataset(root / "data", ["nut", "brick"], seed=0, image_size=SIZE, n_train=12, n_test=4)
     det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=SIZE)
-    run_stream(TaskStream(data, ["nut"]), det, TrainConfig(epochs=1, batch_size=8, progress=False), root / "run",
-               log=lambda m: None)
+    run_stream(TaskStream(data, ["nut"]), det, TrainConfig(epochs=1, batch_size=8, progress=False), ReplayConfig(),
+               root / "run", log=lambda m: None)
     export_run(root / "run", root / "art", ExportOptions(formats=["tflite-int8", "onnx"], calibration=8,
                                                           allow_drift=True))
     mp.undo()
@@ -232,6 +233,7 @@ def test_whole_loop_device_host_device(host, tmp_path):
 def test_host_stream_keeps_the_device_trunks_int8_latents(host, tmp_path):
     """--device-trunk: the host's replay buffer holds exactly what the device's int8 trunk outputs (one format,
     one scale for every task), within the budget; a device interpreter and the host agree byte for byte."""
+    from edgead.cl.config import ReplayConfig
     from edgead.cl.runner import run_stream
     from edgead.data import TaskStream
     from edgead.engine.trainer import TrainConfig
@@ -242,14 +244,15 @@ def test_host_stream_keeps_the_device_trunks_int8_latents(host, tmp_path):
     det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=SIZE)
     cfg = TrainConfig(epochs=1, batch_size=8, progress=False)
     with pytest.raises(EdgeadError, match="--device-trunk ART"):
-        run_stream(TaskStream(host["data"], ["nut"]), det, cfg, tmp_path / "x", strategy="compressed-replay",
-                   codec="int8-device", log=lambda m: None)
+        run_stream(TaskStream(host["data"], ["nut"]), det, cfg, ReplayConfig("compressed-replay", "int8-device"),
+                   tmp_path / "x", log=lambda m: None)
     with pytest.raises(EdgeadError, match="needs --codec int8-device"):
-        run_stream(TaskStream(host["data"], ["nut"]), det, cfg, tmp_path / "x", strategy="compressed-replay",
-                   codec="int8-channel", device_trunk=host["art"], log=lambda m: None)
-    res = run_stream(TaskStream(host["data"], ["nut", "brick"]), det, cfg, tmp_path / "r", weights=str(WEIGHTS),
-                     strategy="compressed-replay", codec="int8-device", device_trunk=host["art"],
-                     budget_bytes=30_000, log=lambda m: None)
+        run_stream(TaskStream(host["data"], ["nut"]), det, cfg,
+                   ReplayConfig("compressed-replay", "int8-channel", device_trunk=host["art"]), tmp_path / "x",
+                   log=lambda m: None)
+    replay = ReplayConfig("compressed-replay", "int8-device", budget_bytes=30_000, device_trunk=host["art"])
+    res = run_stream(TaskStream(host["data"], ["nut", "brick"]), det, cfg, replay, tmp_path / "r",
+                     weights=str(WEIGHTS), log=lambda m: None)
     assert 0 < res["memory"]["additional_bytes"] <= 30_000
     buf, report = ReplayBuffer.load(tmp_path / "r" / "memory" / "after_task_01.edgeadrb")
     assert report.dropped == 0 and buf.codec.name == "int8-device" and set(buf.tasks) == {0, 1}

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from firmware_sim.digest import sha256_file
 from firmware_sim.errors import UserError
-from firmware_sim.manifest import MANIFEST_NAME, SCHEMA_VERSION, load_manifest, sha256_file, write_manifest
+from firmware_sim.manifest import MANIFEST_NAME, SCHEMA_VERSION, load_manifest, write_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 

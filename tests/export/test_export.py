@@ -18,6 +18,7 @@ from edgead.export import pipeline
 from edgead.export.pipeline import ExportDrift, ExportOptions, export_run, load_run
 from edgead.export.tflite import inspect
 
+from edgead.cl.config import ReplayConfig
 from edgead.cl.runner import run_stream
 from edgead.data import TaskStream
 from edgead.data.synth import generate_dataset
@@ -44,8 +45,8 @@ def paste_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("export")
     data = generate_dataset(root / "data", ["nut"], seed=0, image_size=SIZE, n_train=20, n_test=8)
     det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=SIZE)
-    run_stream(TaskStream(data, ["nut"]), det, TrainConfig(epochs=2, batch_size=8, progress=False), root / "run",
-               log=lambda m: None)
+    run_stream(TaskStream(data, ["nut"]), det, TrainConfig(epochs=2, batch_size=8, progress=False), ReplayConfig(),
+               root / "run", log=lambda m: None)
     mp.undo()
     return root / "run"
 

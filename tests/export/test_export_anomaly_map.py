@@ -8,6 +8,7 @@ import torch
 
 from edgead.models import anomaly_map as torch_map
 from firmware_sim import anomaly_map as np_map
+from firmware_sim.quantization import dequantize
 
 
 @pytest.mark.parametrize("out_size,shapes", [
@@ -45,9 +46,9 @@ def test_zero_features_follow_torch_normalize():
 
 def test_dequantize_per_tensor_and_per_channel():
     q = np.array([[-128, 0, 127]], np.int8)
-    np.testing.assert_allclose(np_map.dequantize(q, 0.5, -128), [[0.0, 64.0, 127.5]])
+    np.testing.assert_allclose(dequantize(q, 0.5, -128), [[0.0, 64.0, 127.5]])
     q2 = np.array([[1, 2], [3, 4]], np.int8)
-    np.testing.assert_allclose(np_map.dequantize(q2, [1.0, 2.0], [0, 1], axis=0), [[1, 2], [4, 6]])
+    np.testing.assert_allclose(dequantize(q2, [1.0, 2.0], [0, 1], axis=0), [[1, 2], [4, 6]])
 
 
 def test_bad_layout_and_levels():

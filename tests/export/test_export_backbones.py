@@ -9,6 +9,7 @@ import pytest
 from edgead.export.pipeline import ExportOptions, export_run
 from edgead.export.tflite import inspect
 
+from edgead.cl.config import ReplayConfig
 from edgead.cl.runner import run_stream
 from edgead.data import TaskStream
 from edgead.data.synth import generate_dataset
@@ -28,7 +29,7 @@ def test_stfpm_exports_one_full_graph(tmp_path, monkeypatch):
     data = generate_dataset(tmp_path / "data", ["brick"], seed=1, image_size=SIZE, n_train=12, n_test=4)
     det = DetectorConfig.defaults("stfpm", "mcunet-in3", image_size=SIZE)
     run_stream(TaskStream(data, ["brick"]), det, TrainConfig(epochs=1, batch_size=8, progress=False),
-               tmp_path / "run", log=lambda m: None)
+               ReplayConfig(), tmp_path / "run", log=lambda m: None)
     out = tmp_path / "art"
     result = export_run(tmp_path / "run", out, ExportOptions(formats=["tflite-int8"], calibration=8, io="uint8",
                                                               allow_drift=True))
@@ -45,7 +46,7 @@ def test_other_backbones_export_to_onnx(tmp_path):
     data = generate_dataset(tmp_path / "data", ["brick"], seed=2, image_size=SIZE, n_train=12, n_test=4)
     det = DetectorConfig.defaults("stfpm", "mobilenet_v2", image_size=SIZE, pretrained=False)
     run_stream(TaskStream(data, ["brick"]), det, TrainConfig(epochs=1, batch_size=8, progress=False),
-               tmp_path / "run", log=lambda m: None)
+               ReplayConfig(), tmp_path / "run", log=lambda m: None)
     with pytest.raises(EdgeadError, match="mcunet-in3 only"):
         export_run(tmp_path / "run", tmp_path / "t", ExportOptions(formats=["tflite-int8"]))
     out = tmp_path / "art"

@@ -152,6 +152,7 @@ def test_tsne_selected_patches_json_and_png(synth_root, tmp_path, base_model):
 
 def test_selective_curve_and_p100_reproduces_plain_finetuning(synth_root, tmp_path, det):
     from edgead.analysis.selective import run_selective
+    from edgead.cl.config import ReplayConfig
     from edgead.cl.runner import run_stream
     from edgead.data.stream import TaskStream
     from edgead.engine.trainer import TrainConfig
@@ -176,7 +177,7 @@ def test_selective_curve_and_p100_reproduces_plain_finetuning(synth_root, tmp_pa
     assert res["curve"]["image_f1"] == [res["percents"][k]["image_f1"] for k in ("5", "100")]
     # With every channel selected, the selective detector is the standard one: same final metrics as
     # `edgead train --strategy finetune` with the same seed.
-    ref = run_stream(stream, det, cfg, tmp_path / "ft", log=lambda m: None)
+    ref = run_stream(stream, det, cfg, ReplayConfig(), tmp_path / "ft", log=lambda m: None)
     for j, name in enumerate(stream.names):
         for m in ("image_f1", "pixel_f1", "image_auroc", "pixel_auroc"):
             assert res["percents"]["100"]["final"][name][m] == ref["metrics"][m]["matrix"][-1][j]

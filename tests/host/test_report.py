@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def runs(synth_root, tmp_path_factory):
+    from edgead.cl.config import ReplayConfig
     from edgead.cl.runner import run_stream
     from edgead.data.stream import TaskStream
     from edgead.engine.trainer import TrainConfig
@@ -33,7 +34,7 @@ def runs(synth_root, tmp_path_factory):
     out = []
     for name, kw in (("ft", {"strategy": "finetune"}),
                      ("cr", {"strategy": "compressed-replay", "codec": "int8-channel", "budget_bytes": 200_000})):
-        run_stream(stream, det, train, base / name, log=lambda m: None, **kw)
+        run_stream(stream, det, train, ReplayConfig(**kw), base / name, log=lambda m: None)
         out.append(base / name)
     return out
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from edgead.cl import runner as runner_mod
+from edgead.cl.config import ReplayConfig
 from edgead.cl.runner import run_stream
 from edgead.data import TaskStream
 from edgead.engine.trainer import TrainConfig
@@ -29,8 +30,8 @@ def _metrics(res):
 
 def test_single_task_results_and_determinism(synth_root, tmp_path):
     stream = TaskStream(synth_root, ["nut"])
-    a = run_stream(stream, DET, _cfg(), tmp_path / "a", log=lambda m: None)
-    b = run_stream(stream, DET, _cfg(), tmp_path / "b", log=lambda m: None)
+    a = run_stream(stream, DET, _cfg(), ReplayConfig(), tmp_path / "a", log=lambda m: None)
+    b = run_stream(stream, DET, _cfg(), ReplayConfig(), tmp_path / "b", log=lambda m: None)
     assert _metrics(a) == _metrics(b)  # deterministic for a seed on CPU
     for key in ("image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "pixel_ap", "aupro"):
         v = a["metrics"][key]["final_average"]
@@ -43,8 +44,9 @@ def test_single_task_results_and_determinism(synth_root, tmp_path):
 
 def test_resume_after_kill_matches_uninterrupted(synth_root, tmp_path, monkeypatch):
     stream = TaskStream(synth_root, ["nut", "brick"])
-    kw = dict(strategy="compressed-replay", codec="int8-channel", budget_bytes=200_000, log=lambda m: None)
-    full = run_stream(stream, DET, _cfg(), tmp_path / "full", **kw)
+    replay = ReplayConfig("compressed-replay", "int8-channel", budget_bytes=200_000)
+    kw = dict(log=lambda m: None)
+    full = run_stream(stream, DET, _cfg(), replay, tmp_path / "full", **kw)
 
     calls = {"n": 0}
     real = runner_mod.train_task
@@ -57,15 +59,15 @@ def test_resume_after_kill_matches_uninterrupted(synth_root, tmp_path, monkeypat
 
     monkeypatch.setattr(runner_mod, "train_task", dies_on_second_task)
     with pytest.raises(KeyboardInterrupt):
-        run_stream(stream, DET, _cfg(), tmp_path / "cut", **kw)
+        run_stream(stream, DET, _cfg(), replay, tmp_path / "cut", **kw)
     state = json.loads((tmp_path / "cut" / "state.json").read_text())
     assert state["completed_tasks"] == 1
     monkeypatch.setattr(runner_mod, "train_task", real)
     with pytest.raises(EdgeadError, match="already holds a run"):
-        run_stream(stream, DET, _cfg(), tmp_path / "cut", **kw)
+        run_stream(stream, DET, _cfg(), replay, tmp_path / "cut", **kw)
     with pytest.raises(EdgeadError, match="configuration differs"):
-        run_stream(stream, DET, _cfg(epochs=3), tmp_path / "cut", resume=True, **kw)
-    resumed = run_stream(stream, DET, _cfg(), tmp_path / "cut", resume=True, **kw)
+        run_stream(stream, DET, _cfg(epochs=3), replay, tmp_path / "cut", resume=True, **kw)
+    resumed = run_stream(stream, DET, _cfg(), replay, tmp_path / "cut", resume=True, **kw)
     assert _metrics(resumed) == _metrics(full)
     assert resumed["memory"] == full["memory"]
 
@@ -73,8 +75,8 @@ def test_resume_after_kill_matches_uninterrupted(synth_root, tmp_path, monkeypat
 def test_compressed_replay_stays_in_budget_and_writes_device_format(synth_root, tmp_path):
     stream = TaskStream(synth_root, ["nut", "brick", "pill"])
     budget = 150_000
-    res = run_stream(stream, DET, _cfg(epochs=1), tmp_path / "r", strategy="compressed-replay",
-                     codec="int8-channel", budget_bytes=budget, log=lambda m: None)
+    res = run_stream(stream, DET, _cfg(epochs=1), ReplayConfig("compressed-replay", "int8-channel", budget),
+                     tmp_path / "r", log=lambda m: None)
     mem = res["memory"]
     assert 0 < mem["additional_bytes"] <= budget
     counts = list(mem["buffer_samples"].values())
@@ -87,7 +89,7 @@ def test_compressed_replay_stays_in_budget_and_writes_device_format(synth_root, 
 
 def test_image_replay_counts_raw_bytes(synth_root, tmp_path):
     stream = TaskStream(synth_root, ["nut", "brick"])
-    res = run_stream(stream, DET, _cfg(epochs=1), tmp_path / "r", strategy="replay", memory_size=6,
+    res = run_stream(stream, DET, _cfg(epochs=1), ReplayConfig("replay", memory_size=6), tmp_path / "r",
                      log=lambda m: None)
     assert res["memory"]["additional_bytes"] == 6 * 64 * 64 * 3
     assert sorted(res["memory"]["buffer_samples"].values()) == [3, 3]
@@ -106,7 +108,7 @@ def test_image_replay_counts_raw_bytes(synth_root, tmp_path):
 def test_bad_configuration_fails_before_training(synth_root, tmp_path, kwargs, message):
     stream = TaskStream(synth_root, ["nut"])
     with pytest.raises(Exception, match=message) as e:
-        run_stream(stream, DET, _cfg(), tmp_path / "x", log=lambda m: None, **kwargs)
+        run_stream(stream, DET, _cfg(), ReplayConfig(**kwargs), tmp_path / "x", log=lambda m: None)
     assert isinstance(e.value, EdgeadError) or type(e.value).__name__ == "UserError"
     assert not (tmp_path / "x" / "checkpoints").exists()
 
@@ -114,7 +116,7 @@ def test_bad_configuration_fails_before_training(synth_root, tmp_path, kwargs, m
 def test_compressed_replay_needs_paste(synth_root, tmp_path):
     det = DetectorConfig.defaults("stfpm", "mcunet-in3", image_size=64)
     with pytest.raises(EdgeadError, match="needs --model paste"):
-        run_stream(TaskStream(synth_root, ["nut"]), det, _cfg(), tmp_path / "x", strategy="compressed-replay")
+        run_stream(TaskStream(synth_root, ["nut"]), det, _cfg(), ReplayConfig("compressed-replay"), tmp_path / "x")
 
 
 def test_host_continues_from_a_device_buffer(synth_root, tmp_path):
@@ -136,8 +138,8 @@ def test_host_continues_from_a_device_buffer(synth_root, tmp_path):
         device.add_quantized(0, np.clip(np.rint(x / scale), -128, 127).astype(np.int8), scale, 0, k)
     device.save(tmp_path / "device.edgeadrb")
     torch.manual_seed(0)
-    res = run_stream(TS(synth_root, ["brick"]), DET, _cfg(epochs=1), tmp_path / "r", strategy="compressed-replay",
-                     device_buffer=tmp_path / "device.edgeadrb", budget_bytes=60_000, log=lambda m: None)
+    replay = ReplayConfig("compressed-replay", device_buffer=tmp_path / "device.edgeadrb", budget_bytes=60_000)
+    res = run_stream(TS(synth_root, ["brick"]), DET, _cfg(epochs=1), replay, tmp_path / "r", log=lambda m: None)
     samples = res["memory"]["buffer_samples"]
     assert set(samples) == {"device-task-1", "brick"} and all(n > 0 for n in samples.values())
     back, _ = ReplayBuffer.load(tmp_path / "r" / "memory" / "after_task_00.edgeadrb")

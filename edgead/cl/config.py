@@ -1,0 +1,104 @@
+"""What a continual run replays: the strategy, its memory and where that memory comes from.
+
+A `ReplayConfig` is validated once, where it is built, and the codec spec is parsed once into a codec object.
+The fraction of each batch that is replayed stays in `TrainConfig.replay_ratio` (it is part of the training
+loop, and results.json records it under `config.train`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgead.errors import EdgeadError
+from firmware_sim.codecs import Codec, get_codec
+from firmware_sim.replay_buffer import POLICIES
+from firmware_sim.sizes import parse_size
+
+# The continual-learning strategies, in the order the CLI and the docs list them.
+STRATEGIES = ("finetune", "joint", "replay", "compressed-replay")
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """A strategy and its replay memory.
+
+    Args:
+        strategy: one of STRATEGIES. ``replay`` keeps raw images, ``compressed-replay`` the frozen trunk's
+            latents encoded by ``codec`` (PaSTe only), ``joint`` retrains on every task seen (upper bound),
+            ``finetune`` keeps nothing.
+        codec: latent codec spec for compressed-replay (fp32, fp16, int8-tensor, int8-channel, int4-channel,
+            pca[:VAR[:DTYPE]], int8-device); None means fp32.
+        budget_bytes: the replay memory's size in bytes (everything stored counts); None: use memory_size.
+        memory_size: replay samples in all (shared equally by the tasks) when there is no byte budget.
+        policy: which samples stay when a task's share shrinks (random or coverage).
+        device_buffer: start from a replay buffer file collected on a device (compressed-replay).
+        device_trunk: keep latents as a device does, from this PaSTe export's int8 TFLite trunk (int8-device).
+    """
+
+    strategy: str = "finetune"
+    codec: str | None = None
+    budget_bytes: int | None = None
+    memory_size: int = 100
+    policy: str = "random"
+    device_buffer: Path | None = None
+    device_trunk: Path | None = None
+    codec_obj: Codec | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise EdgeadError(f"unknown strategy {self.strategy!r}: expected one of {', '.join(STRATEGIES)}")
+        if self.codec is not None and self.strategy != "compressed-replay":
+            raise EdgeadError(f"--codec {self.codec} applies only to --strategy compressed-replay "
+                              f"(not {self.strategy})")
+        if self.policy not in POLICIES:
+            raise EdgeadError(f"replay policy {self.policy!r}: expected one of {', '.join(POLICIES)}")
+        if self.budget_bytes is not None and self.budget_bytes <= 0:
+            raise EdgeadError(f"replay budget {self.budget_bytes} B: expected a positive number of bytes")
+        if self.budget_bytes is None and (self.memory_size is None or self.memory_size < 1):
+            raise EdgeadError(f"--memory-size {self.memory_size}: expected at least 1 sample")
+        if self.device_buffer is not None and self.strategy != "compressed-replay":
+            raise EdgeadError("--device-buffer needs --strategy compressed-replay")
+        if self.strategy == "compressed-replay":
+            # An unknown codec fails here, before any weights load or training starts.
+            object.__setattr__(self, "codec_obj", get_codec(self.codec or "fp32"))
+        if self.codec == "int8-device" and self.device_buffer is None and self.device_trunk is None:
+            raise EdgeadError("--codec int8-device stores a device trunk's own int8 output: give --device-trunk "
+                              "ART (a PaSTe tflite-int8 export) or --device-buffer FILE")
+        if self.device_trunk is not None and self.codec != "int8-device":
+            raise EdgeadError(f"--device-trunk keeps the exported trunk's int8 output: it needs --codec "
+                              f"int8-device (not {self.codec})")
+
+    @classmethod
+    def from_options(cls, strategy: str = "finetune", codec: str | None = None, budget: str | int | None = None,
+                     memory_size: int = 100, policy: str = "random", device_buffer: Path | str | None = None,
+                     device_trunk: Path | str | None = None) -> ReplayConfig:
+        """From command-line style values: ``budget`` as text such as 2.46MB, 500kB or 100000B."""
+        budget_bytes = parse_size(budget) if isinstance(budget, str) else budget
+        return cls(strategy, codec, budget_bytes, memory_size, policy,
+                   None if device_buffer is None else Path(device_buffer),
+                   None if device_trunk is None else Path(device_trunk))
+
+    @property
+    def keeps_memory(self) -> bool:
+        return self.strategy in ("replay", "compressed-replay")
+
+    def check_detector(self, model: str) -> None:
+        """The strategy must suit the detector: latents exist only where a trunk is shared (PaSTe)."""
+        if self.strategy == "compressed-replay" and model != "paste":
+            raise EdgeadError("compressed-replay stores the shared trunk's latents and needs --model paste")
+
+    def to_dict(self) -> dict:
+        """The replay part of results.json's `config` (the keys and values it has always had)."""
+        return {"strategy": self.strategy, "codec": self.codec, "budget_bytes": self.budget_bytes,
+                "memory_size": None if self.budget_bytes is not None else self.memory_size,
+                "policy": self.policy,
+                "device_buffer": None if self.device_buffer is None else str(self.device_buffer),
+                "device_trunk": None if self.device_trunk is None else str(self.device_trunk)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ReplayConfig:
+        """Inverse of to_dict (for a run's recorded configuration)."""
+        return cls(d["strategy"], d.get("codec"), d.get("budget_bytes"), d.get("memory_size") or 100,
+                   d.get("policy", "random"), None if d.get("device_buffer") is None else Path(d["device_buffer"]),
+                   None if d.get("device_trunk") is None else Path(d["device_trunk"]))
