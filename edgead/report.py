@@ -17,7 +17,7 @@ from edgead.plotting import pyplot, save_png
 from firmware_sim.atomic import atomic_write_json, atomic_write_text
 
 CURVE_METRICS = ("image_auroc", "pixel_auroc")
-# Row label -> results.json metric, in the order of the thesis table (REFERENCE.md section 2).
+# Row label -> results.json metric, in the order of the thesis table (docs/thesis.md).
 TABLE_METRICS = (("image AUROC", "image_auroc"), ("image F1", "image_f1"), ("pixel AUROC", "pixel_auroc"),
                  ("pixel F1", "pixel_f1"), ("pixel PR-AUC", "pixel_ap"), ("AUPRO", "aupro"))
 

@@ -4,7 +4,7 @@ Built from ``MCUNET_IN3_BLOCKS`` / ``FIRST_CONV`` (the single spec of the archit
 only supply weights, and every copied tensor's shape is checked against the spec, so a spec/module drift
 fails loudly here instead of converting a wrong network.
 
-Why these choices (REFERENCE.md 4.1):
+Why these choices (docs/toolchain.md):
 - BatchNorm is folded into the preceding conv in float64 (eps from the torch module, 1e-5), which is what
   the converter would do anyway, and it avoids Keras' default eps of 1e-3.
 - Stride-2 convs get an explicit symmetric ZeroPadding2D + 'valid': TF's 'same' pads asymmetrically

@@ -1,4 +1,4 @@
-"""ONNX fp32 and static QDQ int8 (REFERENCE.md 4): legacy torch.onnx exporter, opset 17, batch 1;
+"""ONNX fp32 and static QDQ int8 (docs/toolchain.md): legacy torch.onnx exporter, opset 17, batch 1;
 onnxruntime quant_pre_process -> quantize_static (QDQ, per-channel int8 weights, int8 activations, MinMax).
 
 QDQ keeps float inputs and outputs, so the same runtime code feeds both. The image input's range is pinned

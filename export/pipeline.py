@@ -224,7 +224,24 @@ def _publish(tmp: Path, out: Path) -> None:
 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportOptions,
                log: Callable[[str], None] = lambda m: None) -> dict:
-    """Export, check and publish. Returns {'manifest': ..., 'fidelity': ..., 'out': Path}."""
+    """Export a run's checkpoint for devices, check every format's fidelity, and publish the artifact folder.
+
+    Args:
+        run_dir: a run folder written by `edgead train` / `run_stream` (results.json, checkpoints/).
+        out: the artifact folder to create (built elsewhere and renamed into place at the end; a non-empty
+            folder is refused unless ``opts.force``).
+        opts: formats (tflite-int8, onnx, onnx-int8), checkpoint task, calibration images, I/O type, weight
+            granularity, the fidelity tolerance and whether drift may be published.
+        log: called with one line of progress text at a time.
+
+    Returns:
+        {'manifest': the manifest written (files with sizes and sha256, preprocessing, graphs, threshold),
+         'fidelity': every format against the float model on held-out test images, 'out': Path}.
+
+    Raises:
+        ExportDrift: a format's image or pixel AUROC fell by more than the tolerance (nothing is published).
+        EdgeadError: bad input (no run, unsupported format for the backbone, too few calibration images, ...).
+    """
     formats = parse_formats(opts.formats)
     if opts.io not in ("int8", "uint8"):
         raise EdgeadError(f"--io {opts.io!r}: expected int8 or uint8")

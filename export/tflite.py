@@ -1,6 +1,6 @@
 """Full-int8 TFLite: Keras mirror -> calibrated float model -> int8 with the input ranges we know.
 
-Path (REFERENCE.md 4.1): the Keras mirror of keras_mirror.py, converted by tf.lite.TFLiteConverter with a
+Path (docs/toolchain.md): the Keras mirror of keras_mirror.py, converted by tf.lite.TFLiteConverter with a
 representative dataset and TFLITE_BUILTINS_INT8 (int8 weights per channel, int8 activations, static batch-1
 shapes): the form the Edge TPU compiler and TFLite Micro require.
 
@@ -12,10 +12,10 @@ scale and zero point so the device feeds (and stores in its replay buffer) the t
 The calibrate-only flag and mlir_quantize are the converter's own two steps, used as the converter uses them;
 they are not public API, so formats.py checks the result (input range as requested, fully int8) every time.
 
-Weight granularity (GRANULARITIES): per channel by default. Measured on Magnetic-Tile (benchmarks/study_size.py,
-issue #5), per-tensor weights cost 0.05 pixel AUROC; "mixed" (per-tensor 1x1 convs only) stays within the
-export tolerance but uses most of it, for 7% fewer bytes than per channel. The bytes that per-channel scales
-seemed to cost were mostly the converter's serialisation (an int64 zero-point vector per tensor), which
+Weight granularity (GRANULARITIES): per channel by default. Per-tensor weights cost pixel AUROC; "mixed"
+(per-tensor 1x1 convs only) stays within the export tolerance but uses most of it, for a few percent fewer
+bytes (benchmarks/study_size.py; numbers in benchmarks/README.md). The bytes that per-channel scales seemed to
+cost were mostly the converter's serialisation (an int64 zero-point vector per tensor), which
 export/tflite_size.compact_tflite removes without changing a value.
 """
 

@@ -1,14 +1,11 @@
 """The teacher-student anomaly map in numpy, for the device: the same definition as edgead.models.anomaly_map.
 
 The exported int8 models stop at the teacher's and student's level features; this function turns them into
-the anomaly map and image score, in float. Measured with export/study_distance.py (PaSTe-MCUNet, Magnetic-Tile,
-256 px, 200 test images, same int8 trunk): int8 features + this function gave map cosine 0.987 to the float
-model and image AUROC 0.777 (float 0.773); the same head with the distance inside the int8 graph
-(L2_NORMALIZATION, SUB, MUL, SUM, RESIZE_BILINEAR) gave 0.983 and 0.772, an int8 map of 256 levels whose range,
-calibrated on normal images, clipped 44 of the 200 test images at its ceiling (tied scores). The two cost
-about the same time (head 9.5 ms + 1.0 ms numpy vs 10.8 ms + 0.2 ms, on this host).
+the anomaly map and image score, in float. The alternative, the distance inside the int8 graph, makes an int8
+map of 256 levels whose range, calibrated on normal images, clips bright defects at its ceiling (tied scores)
+for no gain in time; benchmarks/study_distance.py measures both on a run.
 
-Definition (REFERENCE.md section 1): per level, features are L2-normalised over channels (x / max(||x||,
+Definition (docs/method.md): per level, features are L2-normalised over channels (x / max(||x||,
 1e-12), as torch's F.normalize); the level map is 0.5 * ||t - s||^2 over channels; each level map is
 upsampled bilinearly (align_corners=False, i.e. half-pixel centres, source index clamped at 0) to the output
 size; the level maps are multiplied; the image score is the map's maximum. A test holds this equal to the
@@ -42,7 +39,7 @@ def upsample(d: np.ndarray, out_size: int) -> np.ndarray:
     """(N, H, W) -> (N, S, S) bilinear, separable: rows then columns.
 
     Gathers and lerps rather than a matrix product on purpose: no BLAS call, so no BLAS thread pool that
-    would contend with the interpreter's threads (measured: 6 ms with a busy OpenBLAS pool vs < 1 ms)."""
+    would contend with the interpreter's threads and slow the map down several-fold."""
     i0, i1, w1 = bilinear_taps(d.shape[1], out_size)
     w1 = w1.astype(d.dtype)[None, :, None]
     rows = d[:, i0, :] * (1.0 - w1) + d[:, i1, :] * w1

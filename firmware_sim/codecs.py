@@ -7,7 +7,7 @@ Codec specs (``get_codec``):
 - ``int8-tensor``   the thesis's baseline: one scale = (max - min) / 255 and one zero point per sample.
 - ``int8-channel``  the same per channel. This latent is a BatchNorm output without activation, so channel
                     ranges differ widely and some exclude 0; the zero point is therefore NOT clamped to the
-                    int8 range (stored as int32) so every channel keeps its full 256 levels (REFERENCE 8).
+                    int8 range (stored as int32) so every channel keeps its full 256 levels (docs/memory.md).
 - ``int4-channel``  per channel with 16 levels, two values per byte (low nibble first).
 - ``pca[:V[:DT]]``  per-sample PCA of the (H*W, C) matrix keeping the fewest components whose explained
                     variance reaches V (default 0.98, as the thesis); stores that sample's mean (C), components

@@ -61,7 +61,19 @@ def _check_edgetpu(manifest: Manifest, fmt: str) -> None:
 
 
 class Device:
-    """One exported model on a device. ``format``: tflite-int8 | onnx-int8 | onnx (default: the first present)."""
+    """One exported model on a device: load it, score frames, keep its int8 latents in a replay buffer.
+
+    Args:
+        artifact_dir: a folder written by `edgead export` (its manifest is verified: schema, sizes, sha256).
+        format: tflite-int8 | onnx-int8 | onnx (default: the first of these that was exported).
+        threads: interpreter threads (default: the interpreter's choice).
+        delegate: "edgetpu" to run the TFLite model on a Coral Edge TPU (needs libedgetpu).
+        xnnpack: TFLite only; False uses the built-in int8 kernels without the XNNPACK delegate.
+
+    `infer(image)` returns the score, the normalised score, the decision and the anomaly map of one image;
+    `attach_buffer(path, budget, task)` makes every later `infer` offer its int8 trunk latent to a replay
+    buffer file; `trunk_latents(images)` returns those latents with their scale and zero point.
+    """
 
     def __init__(self, artifact_dir: str | os.PathLike, format: str | None = None, threads: int | None = None,
                  delegate: str | None = None, xnnpack: bool = True):

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 d = Path(sys.argv[1]); d.mkdir()
 rng = np.random.default_rng(0)
-# smooth blobs, not pixel noise: noise makes any int8 net chaotic (REFERENCE 4)
+# smooth blobs, not pixel noise: noise makes any int8 net chaotic (docs/toolchain.md)
 rgb = Image.fromarray(rng.integers(60, 200, (6, 8, 3), dtype=np.uint8)).resize((120, 90), Image.BILINEAR)
 rgb.save(d / "rgb.png"); rgb.convert("L").save(d / "gray.png"); rgb.convert("RGBA").save(d / "rgba.png")
 Image.fromarray(np.asarray(rgb.convert("L"), np.uint16) * 257).save(d / "gray16.png")

@@ -1,7 +1,6 @@
 """Model selection without the test set: pseudo-defects pasted into held-out normal images.
 
-The mean anomaly score of validation normals falls every epoch and so selects nothing (REFERENCE.md
-section 8). Instead each held-out normal gets pseudo-anomalous copies — a patch cut from another normal
+The mean anomaly score of validation normals falls every epoch and so selects nothing (docs/model-selection.md). Instead each held-out normal gets pseudo-anomalous copies — a patch cut from another normal
 image and pasted elsewhere (flipped), and a translucent coloured stain — whose masks are exactly the
 changed pixels. Image and pixel AUROC on this set track detection quality and never touch test data.
 """

@@ -82,8 +82,8 @@ def train_task(model, train_images: np.ndarray, val_images: np.ndarray, pre: Pre
     rng = np.random.default_rng(seed)
     dev = cfg.device
     # channels_last while training: PyTorch's CPU kernels for MCUNet's depthwise 5x5/7x7 convolutions are
-    # about 2x faster in it (measured: student forward+backward on 32 latents at 256 px 1007 -> 465 ms,
-    # trunk 363 -> 126 ms, one thread); the model goes back to the default format before it is returned.
+    # much faster in it (benchmarks/bench_cl_speed.py; benchmarks/README.md); the model goes back to the
+    # default format before it is returned.
     model.to(dev, memory_format=torch.channels_last)
     t0 = time.perf_counter()
     z_cur = compute_latents(model, train_images, pre, device=dev).contiguous(memory_format=torch.channels_last)

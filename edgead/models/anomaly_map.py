@@ -1,4 +1,4 @@
-"""The STFPM loss, anomaly map and image score (REFERENCE.md section 1), written once.
+"""The STFPM loss, anomaly map and image score (docs/method.md), written once.
 
 Per level the features are L2-normalised over channels. loss_l = 0.5/(H_l W_l) * sum (t - s)^2 (averaged
 over the batch), summed over levels. Map per level: 0.5 * ||t - s||^2 over channels, bilinearly upsampled;

@@ -42,7 +42,7 @@ def test_stfpm_exports_one_full_graph(tmp_path, monkeypatch):
 
 
 def test_other_backbones_export_to_onnx(tmp_path):
-    # A random MobileNetV2 (fidelity is not meaningful for random nets: REFERENCE.md 4); it must export and run.
+    # A random MobileNetV2 (fidelity is not meaningful for random nets: docs/toolchain.md); it must export and run.
     data = generate_dataset(tmp_path / "data", ["brick"], seed=2, image_size=SIZE, n_train=12, n_test=4)
     det = DetectorConfig.defaults("stfpm", "mobilenet_v2", image_size=SIZE, pretrained=False)
     run_stream(TaskStream(data, ["brick"]), det, TrainConfig(epochs=1, batch_size=8, progress=False),

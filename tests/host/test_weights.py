@@ -22,7 +22,7 @@ from edgead.models import weights as W
 from edgead.models.backbones import registry
 from edgead.models.backbones.registry import BackboneSpec, WeightSource
 
-MCUNET_SHARED = Path("/work/shared/weights/mcunet-in3/mcunet-320kb-1mb_imagenet.pth")
+MCUNET_SHARED = Path(__file__).resolve().parents[3] / "shared" / "weights" / "mcunet-in3" / "mcunet-320kb-1mb_imagenet.pth"
 
 
 class Tiny(nn.Module):

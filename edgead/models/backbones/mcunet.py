@@ -33,7 +33,7 @@ class BlockSpec:
         return self.mid_ch != self.in_ch
 
 
-# first_conv: 3->16, k3, stride 2, BN, ReLU6. Then the 18 inverted-residual blocks (REFERENCE.md section 3).
+# first_conv: 3->16, k3, stride 2, BN, ReLU6. Then the 18 inverted-residual blocks (docs/mcunet-in3.md).
 FIRST_CONV = BlockSpec(3, 16, 3, 2, 3, False)
 MCUNET_IN3_BLOCKS: tuple[BlockSpec, ...] = (
     BlockSpec(16, 8, 3, 1, 16, False),
