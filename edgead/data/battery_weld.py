@@ -87,7 +87,7 @@ def convert_battery_weld(src: str | Path, out: str | Path, *, variant: str = "or
         root = _root_in_zip(names, zip_path)
         scratch = w.scratch()
         for split in ("train", "test"):
-            for name, member in _members(names, f"{root}{split}/good/").items():
+            for member in _members(names, f"{root}{split}/good/").values():
                 w.add_image(_extract(zf, member, scratch), split, "good")
         masks = _members(names, f"{root}ground_truth/defective/")
         by_stem = {Path(n).stem.removesuffix("_mask"): n for n in masks}
