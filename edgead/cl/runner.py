@@ -71,6 +71,9 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
     if out is None:
         raise EdgeadError("run_stream needs an output folder (out)")
     replay = replay or ReplayConfig()
+    if not isinstance(replay, ReplayConfig):
+        raise TypeError(f"run_stream(stream, detector, train, replay, out): replay is a {type(replay).__name__}, "
+                        "expected a ReplayConfig")
     replay.check_detector(det.model)
     out = Path(out)
     config = {"detector": det.to_dict(), "train": {k: v for k, v in train.to_dict().items() if k != "progress"},
@@ -135,7 +138,8 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
         rows.append(row)
         timings.append(report)
         log("  " + "  ".join(f"{stream.names[j]}: img {r['image_auroc']:.3f} pix "
-                             f"{(r['pixel_auroc'] or float('nan')):.3f}" for j, r in enumerate(row)))
+                             + ("n/a" if r["pixel_auroc"] is None else f"{r['pixel_auroc']:.3f}")
+                             for j, r in enumerate(row)))
         mem_path = None
         if memory is not None:
             mem_path = out / "memory" / f"after_task_{i:02d}.{memory.file_suffix}"
