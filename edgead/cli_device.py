@@ -45,6 +45,7 @@ def buffer() -> None:
 @buffer.command("stats")
 @click.argument("file", type=click.Path())
 def buffer_stats(file):
+    """JSON: the buffer's records, bytes, tasks and load report (damaged records dropped)."""
     from firmware_sim import commands
 
     _echo(commands.buffer_stats(file))
@@ -54,6 +55,7 @@ def buffer_stats(file):
 @click.argument("file", type=click.Path())
 @click.argument("dest", type=click.Path())
 def buffer_export(file, dest):
+    """Write a clean copy of FILE to DEST (damaged records dropped) for the host's --device-buffer."""
     from firmware_sim import commands
 
     _echo(commands.buffer_export(file, dest))
@@ -65,6 +67,7 @@ def buffer_export(file, dest):
 @click.option("--mode", type=click.Choice(["merge", "replace"]), default="merge", show_default=True)
 @click.option("--budget", default=None)
 def buffer_import(src, file, mode, budget):
+    """Merge SRC's records into FILE within its budget, or replace FILE with SRC."""
     from firmware_sim import commands
 
     _echo(commands.buffer_import(src, file, mode, budget))
@@ -91,3 +94,28 @@ def profile_cmd(artifact, profile_names, profiles, budget, runs, warmup, threads
     res = commands.profile(artifact, list(profile_names) or None, profiles, budget, runs, warmup, threads, fmt,
                            delegate, xnnpack=not no_xnnpack)
     _echo(res) if as_json else _profile_text(res)
+
+
+@device.command("bundle", add_help_option=False, context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bundle_cmd(args):
+    """Folder + .tar.gz for a device: firmware_sim, the artifact, requirements-device.txt, README.
+    Same arguments as `python -m firmware_sim bundle ART OUT [--format F] [--force]`."""
+    _forward("bundle", args)
+
+
+@device.command("edgetpu", add_help_option=False, context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def edgetpu_cmd(args):
+    """Compile ART's tflite-int8 graphs for the Coral Edge TPU (or record ones compiled by hand).
+    Same arguments as `python -m firmware_sim edgetpu ART [--no-compile]`."""
+    _forward("edgetpu", args)
+
+
+def _forward(cmd: str, args) -> None:
+    # New device commands live in firmware_sim's argparse parser only; this forwards to it.
+    from firmware_sim.__main__ import main as fw_main
+
+    rc = fw_main([cmd, *args])
+    if rc:
+        raise SystemExit(rc)
