@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 from firmware_sim import __version__
-from firmware_sim.atomic import atomic_write, atomic_write_text
+from firmware_sim.atomic import _umask, atomic_write, atomic_write_text
+from firmware_sim.device import FORMAT_PREFERENCE
 from firmware_sim.edgetpu import FORMAT as EDGETPU_BASE
 from firmware_sim.errors import UserError
 from firmware_sim.manifest import MANIFEST_NAME, load_manifest, write_manifest
@@ -109,7 +110,7 @@ def has_edgetpu(manifest_data: dict) -> bool:
 
 def _readme(manifest_data: dict, keep: list[str], edgetpu: bool) -> str:
     onnx = any(f.startswith("onnx") for f in keep)
-    fmt = keep[0]
+    fmt = next(f for f in FORMAT_PREFERENCE if f in keep)
     tpu = ("\n## Coral Edge TPU\n\nThe tflite-int8 graphs come with their Edge TPU-compiled copies "
            "(`*_edgetpu.tflite`). Install the Edge TPU runtime (Debian package `libedgetpu1-std` from Coral's apt "
            "repository), attach the Coral, and add `--delegate edgetpu` to `run` or `profile`.\n") if edgetpu else ""
@@ -192,6 +193,7 @@ def make_bundle(artifact: str | os.PathLike, out: str | os.PathLike, formats: st
         reqs = requirements(keep)
         atomic_write_text(tmp / REQUIREMENTS, reqs)
         atomic_write_text(tmp / "README.md", _readme(written, keep, edgetpu))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only; a bundle is meant to be copied around
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
