@@ -71,7 +71,13 @@ def test_bundle_holds_only_the_formats_asked_for(art, tmp_path):
 
 @pytest.mark.slow
 def test_default_bundle_keeps_everything_with_edgetpu(art, tmp_path):
-    res = make_bundle(art["art"], tmp_path / "all", archive=False)
+    from click.testing import CliRunner
+
+    from edgead.cli_device import device
+
+    r = CliRunner().invoke(device, ["bundle", str(art["art"]), str(tmp_path / "all"), "--no-archive"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    res = json.loads(r.output)
     out = Path(res["bundle"])
     assert res["archive"] is None and not (tmp_path / "all.tar.gz").exists()
     m = load_manifest(out / "artifact")
@@ -154,3 +160,23 @@ def test_requirements_resolve_for_a_64bit_raspberry_pi(art, tmp_path):
         hits = [w for w in wheels if w.lower().startswith(dist)]
         assert hits, (dist, wheels)
         assert all("aarch64" in w or w.endswith("-any.whl") for w in hits), hits
+
+
+def _pip_download(spec: str, platforms: tuple[str, ...], dest: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+           *(a for p in platforms for a in ("--platform", p)), "--python-version", "3.11", "-d", str(dest), spec]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_interpreter_wheels_per_raspberry_pi_os(tmp_path):
+    """What the device README says: ai-edge-litert 2.3 has a manylinux_2_27 aarch64 wheel (so any glibc >= 2.27);
+    tflite-runtime 2.14.0 only manylinux_2_34 (glibc 2.34+: Bookworm's 2.36 yes, Bullseye's 2.31 no)."""
+    older = ("manylinux_2_31_aarch64", "manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux2014_aarch64")
+    r = _pip_download("ai-edge-litert==2.3.0", ("manylinux_2_27_aarch64",), tmp_path / "litert")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "litert").glob("*.whl")][0].endswith("manylinux_2_27_aarch64.whl")
+    r = _pip_download("tflite-runtime==2.14.0", older, tmp_path / "bullseye")
+    assert r.returncode != 0 and "tflite-runtime" in r.stderr
+    r = _pip_download("tflite-runtime==2.14.0", ("manylinux_2_34_aarch64",), tmp_path / "bookworm")
+    assert r.returncode == 0, r.stderr[-2000:]
