@@ -194,9 +194,7 @@ def profile(artifact: str | os.PathLike, profile_names: list[str] | None = None,
     peak_act = cost.get("peak_activation_bytes_int8")
     lat = m.data.get("latent")
     record = RECORD_OVERHEAD + int(np.prod(lat["shape_chw"])) + 64 if lat else 0  # payload + codec fields
-    model_files = {g["file"]: (m.root / g["file"]).stat().st_size
-                   for name, g in m.data["formats"][device.format]["graphs"].items()
-                   if name in device.detector.runners}
+    model_files = {p.name: p.stat().st_size for p in device.graph_files.values()}  # Edge TPU: the compiled ones
     manifest_bytes = (m.root / MANIFEST_NAME).stat().st_size
     flash = sum(model_files.values()) + manifest_bytes + budget_bytes
     mcu_ram = (arena if arena is not None else (peak_act or 0)) + (record if budget_bytes else 0)

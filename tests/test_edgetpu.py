@@ -104,6 +104,8 @@ def test_compile_by_hand_then_record(art, tmp_path):
     assert not any(f.endswith("_edgetpu.tflite") for f in m.data["files"])
     with pytest.raises(UserError, match="python -m firmware_sim edgetpu"):
         edgetpu_graph_files(m, "tflite-int8", ["trunk", "head"])
+    with pytest.raises(UserError, match="asks for the Edge TPU-compiled graphs, and this artifact has none"):
+        make_bundle(plain, tmp_path / "tpu", "edgetpu")
     no_compiler = _no_compiler_path()
     r = _fw("edgetpu", plain, path=no_compiler)
     assert r.returncode == 2 and "Traceback" not in r.stderr
