@@ -162,21 +162,35 @@ def test_requirements_resolve_for_a_64bit_raspberry_pi(art, tmp_path):
         assert all("aarch64" in w or w.endswith("-any.whl") for w in hits), hits
 
 
-def _pip_download(spec: str, platforms: tuple[str, ...], dest: Path) -> subprocess.CompletedProcess:
+def _pip_download(spec: str, platforms: tuple[str, ...], python: str, dest: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-           *(a for p in platforms for a in ("--platform", p)), "--python-version", "3.11", "-d", str(dest), spec]
+           *(a for p in platforms for a in ("--platform", p)), "--python-version", python, "-d", str(dest), spec]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+BULLSEYE_64 = ("manylinux_2_31_aarch64", "manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux2014_aarch64")
+BOOKWORM_64 = ("manylinux_2_34_aarch64", *BULLSEYE_64)
+BOOKWORM_32 = ("manylinux_2_34_armv7l", "manylinux_2_31_armv7l", "manylinux_2_27_armv7l", "manylinux2014_armv7l")
+# (requirement, platform tags the OS accepts, Python, whether a wheel exists): the device README's OS table.
+WHEELS = [
+    ("ai-edge-litert==2.3.0", ("manylinux_2_27_aarch64",), "3.11", True),  # any glibc >= 2.27
+    ("tflite-runtime==2.14.0", ("manylinux_2_34_aarch64",), "3.11", True),  # Bookworm 64-bit
+    ("tflite-runtime==2.14.0", BULLSEYE_64, "3.11", False),  # glibc 2.31 is too old for it
+    ("ai-edge-litert==2.3.0", BOOKWORM_64, "3.13", True),  # Trixie
+    ("tflite-runtime", BOOKWORM_64, "3.13", False),
+    ("tflite-runtime==2.14.0", BOOKWORM_32, "3.11", True),  # 32-bit Raspberry Pi OS
+    ("ai-edge-litert", BOOKWORM_32, "3.11", False),
+    ("onnxruntime", BOOKWORM_32, "3.11", False),
+]
 
 
 @pytest.mark.slow
 def test_interpreter_wheels_per_raspberry_pi_os(tmp_path):
-    """What the device README says: ai-edge-litert 2.3 has a manylinux_2_27 aarch64 wheel (so any glibc >= 2.27);
-    tflite-runtime 2.14.0 only manylinux_2_34 (glibc 2.34+: Bookworm's 2.36 yes, Bullseye's 2.31 no)."""
-    older = ("manylinux_2_31_aarch64", "manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux2014_aarch64")
-    r = _pip_download("ai-edge-litert==2.3.0", ("manylinux_2_27_aarch64",), tmp_path / "litert")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert [p.name for p in (tmp_path / "litert").glob("*.whl")][0].endswith("manylinux_2_27_aarch64.whl")
-    r = _pip_download("tflite-runtime==2.14.0", older, tmp_path / "bullseye")
-    assert r.returncode != 0 and "tflite-runtime" in r.stderr
-    r = _pip_download("tflite-runtime==2.14.0", ("manylinux_2_34_aarch64",), tmp_path / "bookworm")
-    assert r.returncode == 0, r.stderr[-2000:]
+    """What the device README's OS table says, asked of the package index: which interpreter has a wheel for
+    which Raspberry Pi OS (its glibc's manylinux tags, its Python)."""
+    for i, (spec, platforms, python, exists) in enumerate(WHEELS):
+        r = _pip_download(spec, platforms, python, tmp_path / str(i))
+        assert (r.returncode == 0) == exists, (spec, platforms, python, r.stderr[-1500:])
+        if exists:
+            wheel = next((tmp_path / str(i)).glob("*.whl")).name
+            assert any(wheel.endswith(f"{p}.whl") for p in platforms), wheel
