@@ -288,7 +288,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
             report = out.with_name(f"{out.name}.fidelity-failed.json")
             atomic_write_json(report, fidelity)
             ctx = ExportContext(len(calib), len(pool), opts.tflite_weights, int((test.labels == 0).sum()),
-                                int((test.labels == 1).sum()))
+                                int((test.labels != 0).sum()))
             detail = {fmt: {path: r["drift_detail"] for path, r in per.items() if r["drift_detail"]}
                       for fmt, per in fidelity["formats"].items()}
             message = drift_message({f: d for f, d in detail.items() if d}, ctx)
