@@ -81,12 +81,17 @@ def compare(test: LoadedSplit, ref: Reference, pred: Prediction, tol: Tolerance)
                    if pred.latents is not None and ref.latents is not None else None),
         "latency_ms_per_image": {k: round(v, 3) for k, v in pred.latency_ms.items()},
     }
-    drift = []
+    detail = []  # each AUROC that fell past its limit: the measured drop against the limit
     if img is not None and img - ref_img < -tol.image_auroc:
-        drift.append(f"image AUROC {ref_img:.4f} -> {img:.4f}")
+        detail.append({"metric": "image AUROC", "float": ref_img, "format": img, "drop": ref_img - img,
+                       "limit": tol.image_auroc})
     if pix is not None and pix - ref_pix < -tol.pixel_auroc:
-        drift.append(f"pixel AUROC {ref_pix:.4f} -> {pix:.4f}")
+        detail.append({"metric": "pixel AUROC", "float": ref_pix, "format": pix, "drop": ref_pix - pix,
+                       "limit": tol.pixel_auroc})
+    drift = [f"{d['metric']} {d['float']:.4f} -> {d['format']:.4f} (drop {d['drop']:.4f}, limit {d['limit']:.4f})"
+             for d in detail]
     out["drift"] = drift
+    out["drift_detail"] = detail
     out["within_tolerance"] = not drift
     return out
 

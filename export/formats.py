@@ -28,6 +28,7 @@ from firmware_sim.runtime import (
 )
 
 FORMATS = ("tflite-int8", "onnx", "onnx-int8")
+EDGETPU = "edgetpu"  # not a format of its own: tflite-int8 compiled for the Coral Edge TPU (firmware_sim.edgetpu)
 FILE_SUFFIX = {"tflite-int8": ".int8.tflite", "onnx": ".onnx", "onnx-int8": ".int8.onnx"}
 
 
@@ -155,8 +156,8 @@ def parse_formats(text: str | list[str] | tuple[str, ...]) -> list[str]:
     items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
     if not items:
         raise EdgeadError(f"--format {text!r}: expected a comma-separated list of {', '.join(FORMATS)}")
-    unknown = [t for t in items if t not in FORMATS]
+    unknown = [t for t in items if t not in (*FORMATS, EDGETPU)]
     if unknown:
         raise EdgeadError(f"unknown format{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
-                          f"expected one or more of {', '.join(FORMATS)}")
+                          f"expected one or more of {', '.join((*FORMATS, EDGETPU))}")
     return list(dict.fromkeys(items))

@@ -21,8 +21,9 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from edgead.export.drift_advice import ExportContext, drift_message
 from edgead.export.fidelity import Reference, Tolerance, evaluate_format
-from edgead.export.formats import FormatExport, export_format, parse_formats
+from edgead.export.formats import EDGETPU, FILE_SUFFIX, FormatExport, export_format, parse_formats
 from edgead.export.graphs import feature_names
 
 from edgead.cl.results import read_results
@@ -35,6 +36,7 @@ from edgead.models.cost import detector_cost
 from edgead.models.teacher_student import DetectorConfig, TeacherStudent
 from firmware_sim.atomic import atomic_write_json
 from firmware_sim.digest import sha256_file
+from firmware_sim.edgetpu import COMPILER, add_edgetpu, find_compiler, manual_steps
 from firmware_sim.manifest import MANIFEST_NAME, load_manifest, write_manifest
 from firmware_sim.preprocess import Preprocess
 
@@ -122,14 +124,23 @@ def load_data(run: Run, data_root: Path | None) -> tuple[np.ndarray, LoadedSplit
     return np.concatenate(train), LoadedSplit.concat(test), tasks
 
 
-def select_calibration(pool: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """n normal training images, drawn without replacement with a fixed seed."""
-    if n < MIN_CALIBRATION:
-        raise EdgeadError(f"--calibration {n}: too few calibration images for stable int8 ranges; "
-                          f"use at least {MIN_CALIBRATION} (default {DEFAULT_CALIBRATION})")
+def select_calibration(pool: np.ndarray, n: int, seed: int, warn: Callable[[str], None] = lambda m: None
+                       ) -> np.ndarray:
+    """n normal training images (all of them, with a warning, when fewer exist), drawn without replacement with
+    a fixed seed. Fewer than MIN_CALIBRATION images are used with a warning: the fidelity gate then says
+    whether the ranges they give are good enough."""
+    if n < 1:
+        raise EdgeadError(f"--calibration {n}: expected a number of normal images, 1 or more "
+                          f"(default {DEFAULT_CALIBRATION})")
+    if len(pool) == 0:
+        raise EdgeadError("no normal training images in this run's tasks to calibrate the int8 ranges with")
     if n > len(pool):
-        raise EdgeadError(f"--calibration {n}: only {len(pool)} normal training images are available in this "
-                          f"run's tasks; lower --calibration (at least {MIN_CALIBRATION})")
+        warn(f"--calibration {n}: only {len(pool)} normal training images in this run's tasks; calibrating "
+             f"with all {len(pool)}")
+        n = len(pool)
+    if n < MIN_CALIBRATION:
+        warn(f"calibrating the int8 ranges on {n} image(s), fewer than {MIN_CALIBRATION}: they may not cover "
+             f"the images the device sees; check the fidelity table")
     idx = np.sort(np.random.default_rng([seed, 0x5CA1E]).choice(len(pool), n, replace=False))
     return pool[idx]
 
@@ -223,7 +234,7 @@ def _publish(tmp: Path, out: Path) -> None:
 
 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportOptions,
-               log: Callable[[str], None] = lambda m: None) -> dict:
+               log: Callable[[str], None] = lambda m: None, warn: Callable[[str], None] | None = None) -> dict:
     """Export a run's checkpoint for devices, check every format's fidelity, and publish the artifact folder.
 
     Args:
@@ -233,6 +244,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
         opts: formats (tflite-int8, onnx, onnx-int8), checkpoint task, calibration images, I/O type, weight
             granularity, the fidelity tolerance and whether drift may be published.
         log: called with one line of progress text at a time.
+        warn: called with warnings (default: ``log`` with a 'warning:' prefix).
 
     Returns:
         {'manifest': the manifest written (files with sizes and sha256, preprocessing, graphs, threshold),
@@ -242,7 +254,13 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
         ExportDrift: a format's image or pixel AUROC fell by more than the tolerance (nothing is published).
         EdgeadError: bad input (no run, unsupported format for the backbone, too few calibration images, ...).
     """
+    warn = warn or (lambda m: log(f"warning: {m}"))
     formats = parse_formats(opts.formats)
+    # 'edgetpu': the tflite-int8 graphs, compiled by edgetpu_compiler; checked before any work.
+    edgetpu = EDGETPU in formats
+    formats = [f for f in formats if f != EDGETPU]
+    if edgetpu and "tflite-int8" not in formats:
+        formats.insert(0, "tflite-int8")
     if opts.io not in ("int8", "uint8"):
         raise EdgeadError(f"--io {opts.io!r}: expected int8 or uint8")
     from edgead.export.tflite import GRANULARITIES
@@ -255,9 +273,14 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
     if "tflite-int8" in formats and run.model.config.backbone != "mcunet-in3":
         raise EdgeadError(f"tflite-int8 needs the Keras mirror, which exists for mcunet-in3 only (this run is "
                           f"{run.model.config.backbone}); use --format onnx,onnx-int8")
+    if edgetpu and find_compiler() is None:
+        t = FILE_SUFFIX["tflite-int8"]
+        groups = [[f"full{t}"]] if run.model.trunk is None else [[f"trunk{t}", f"head{t}"], [f"full{t}"]]
+        raise EdgeadError(f"--format edgetpu: {COMPILER} is not on PATH. Export with --format "
+                          f"{','.join(formats)} now, then " + manual_steps(out, groups))
     pool, test, tasks = load_data(run, opts.data_root)
     seed = int(run.results["config"]["train"]["seed"])
-    calib = select_calibration(pool, opts.calibration, seed)
+    calib = select_calibration(pool, opts.calibration, seed, warn)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -282,10 +305,16 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
         if drift and not opts.allow_drift:
             report = out.with_name(f"{out.name}.fidelity-failed.json")
             atomic_write_json(report, fidelity)
-            raise ExportDrift(f"accuracy drifted past tolerance: {' | '.join(drift)}. Nothing was written to "
-                              f"{out}; the fidelity report is in {report}. Pass --allow-drift to export anyway.",
+            ctx = ExportContext(len(calib), len(pool), opts.tflite_weights, int((test.labels == 0).sum()),
+                                int((test.labels != 0).sum()))
+            detail = {fmt: {path: r["drift_detail"] for path, r in per.items() if r["drift_detail"]}
+                      for fmt, per in fidelity["formats"].items()}
+            message = drift_message({f: d for f, d in detail.items() if d}, ctx)
+            raise ExportDrift(f"{message} Nothing was written to {out}; the fidelity report is in {report}.",
                               {"out": out, "manifest": json.loads((tmp / MANIFEST_NAME).read_text()),
                                "fidelity": fidelity})
+        if edgetpu:
+            add_edgetpu(tmp, log=log)
         _publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""`python -m firmware_sim run | buffer | profile`: the device CLI (argparse only, no click on a device).
+"""`python -m firmware_sim run | buffer | profile | bundle | edgetpu`: the device CLI (argparse only, no click on a
+device).
 
 Bad input is a UserError: printed as `error: ...` with exit status 2, never a traceback.
 """
@@ -9,8 +10,9 @@ import argparse
 import json
 import sys
 
-from firmware_sim import commands
+from firmware_sim import __version__, commands
 from firmware_sim.errors import UserError
+from firmware_sim.sizes import format_size
 
 
 def _print(obj) -> None:
@@ -21,6 +23,7 @@ def parser(prog: str = "python -m firmware_sim") -> argparse.ArgumentParser:
     """The one definition of the device commands (`edgead device` hands its arguments to it)."""
     p = argparse.ArgumentParser(prog=prog, description="edgead on the device: run an exported "
                                 "model, keep the int8 replay buffer, profile latency and memory.")
+    p.add_argument("--version", action="version", version=f"firmware_sim {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="Score images: one JSON line per image; overlays with --out.")
@@ -28,8 +31,9 @@ def parser(prog: str = "python -m firmware_sim") -> argparse.ArgumentParser:
     r.add_argument("--images", required=True, help="An image file or a folder of images.")
     r.add_argument("--out", default=None, help="Folder for one anomaly-map overlay PNG per image.")
     r.add_argument("--format", default=None, help="tflite-int8 | onnx-int8 | onnx (default: the first exported).")
-    r.add_argument("--threads", type=int, default=None)
-    r.add_argument("--delegate", choices=["edgetpu"], default=None)
+    r.add_argument("--threads", type=int, default=None, help="Interpreter threads (default: the interpreter's).")
+    r.add_argument("--delegate", choices=["edgetpu"], default=None,
+                   help="edgetpu: run the Edge TPU-compiled graphs on a Coral (needs libedgetpu1-std).")
     r.add_argument("--no-xnnpack", action="store_true", help="TFLite: built-in kernels without XNNPACK.")
     r.add_argument("--buffer", default=None, help="Replay buffer file to keep the int8 trunk latents in.")
     r.add_argument("--budget", default=None, help="Buffer budget, e.g. 256KB (needed to create a buffer file).")
@@ -38,41 +42,85 @@ def parser(prog: str = "python -m firmware_sim") -> argparse.ArgumentParser:
 
     b = sub.add_parser("buffer", help="Inspect, export or import a replay buffer file.")
     bsub = b.add_subparsers(dest="action", required=True)
-    s = bsub.add_parser("stats", help="JSON: the buffer's statistics and its load report.")
-    s.add_argument("file")
-    e = bsub.add_parser("export", help="Validate and copy a buffer for the host.")
-    e.add_argument("file")
-    e.add_argument("dest")
-    i = bsub.add_parser("import", help="Merge a buffer file into FILE, or replace FILE with it.")
-    i.add_argument("src")
-    i.add_argument("file")
-    i.add_argument("--mode", choices=["merge", "replace"], default="merge")
-    i.add_argument("--budget", default=None)
+    s = bsub.add_parser("stats", help="JSON: the buffer's statistics and its load report.",
+                        description="Print the buffer's records, bytes, tasks and load report (damaged records "
+                                    "dropped) as JSON.")
+    s.add_argument("file", help="Replay buffer file (.edgeadrb).")
+    e = bsub.add_parser("export", help="Validate and copy a buffer for the host.",
+                        description="Write a clean copy of FILE to DEST (damaged records dropped) for the host's "
+                                    "`edgead train --device-buffer`.")
+    e.add_argument("file", help="The device's replay buffer file.")
+    e.add_argument("dest", help="Where to write the copy for the host.")
+    i = bsub.add_parser("import", help="Merge a buffer file into FILE, or replace FILE with it.",
+                        description="merge: offer SRC's records to FILE's buffer task by task within FILE's budget; "
+                                    "replace: FILE becomes SRC (re-fitted to --budget if given).")
+    i.add_argument("src", help="Buffer file to import (e.g. from the host).")
+    i.add_argument("file", help="The device's buffer file (created if missing).")
+    i.add_argument("--mode", choices=["merge", "replace"], default="merge", help="merge (default) or replace.")
+    i.add_argument("--budget", default=None, help="Budget of the result, e.g. 256KB (default: FILE's own).")
 
     f = sub.add_parser("profile", help="Latency (p50/p95/p99), RAM and flash; fit to device profiles.")
-    f.add_argument("--artifact", required=True)
+    f.add_argument("--artifact", required=True, help="Artifact folder (edgead export --out).")
     f.add_argument("--profile", action="append", default=None, help="Profile name (repeatable; default: all).")
     f.add_argument("--profiles", default=None, help="Extra profiles JSON file (same format as profiles.json).")
     f.add_argument("--budget", default=None, help="Replay buffer budget to count in flash, e.g. 2.46MB.")
-    f.add_argument("--runs", type=int, default=50)
-    f.add_argument("--warmup", type=int, default=5)
-    f.add_argument("--threads", type=int, default=None)
-    f.add_argument("--format", default=None)
-    f.add_argument("--delegate", choices=["edgetpu"], default=None)
+    f.add_argument("--runs", type=int, default=50, help="Timed inferences (default 50).")
+    f.add_argument("--warmup", type=int, default=5, help="Untimed inferences first (default 5).")
+    f.add_argument("--threads", type=int, default=None, help="Interpreter threads (default: the interpreter's).")
+    f.add_argument("--format", default=None, help="Format to profile (default: the first exported).")
+    f.add_argument("--delegate", choices=["edgetpu"], default=None,
+                   help="edgetpu: profile the Edge TPU-compiled graphs on a Coral.")
     f.add_argument("--no-xnnpack", action="store_true", help="TFLite: built-in kernels without XNNPACK.")
+    f.add_argument("--no-compare", action="store_true", help="Do not time the other exported formats (by default "
+                   "every format is timed here and the fastest recommended).")
     f.add_argument("--json", action="store_true", help="Print JSON (otherwise a short text summary).")
+
+    d = sub.add_parser("bundle", help="Write a folder and a .tar.gz to copy to a device: firmware_sim, the "
+                       "artifact, requirements-device.txt and a README.",
+                       description="Package ART for a Raspberry Pi / Coral: OUT/firmware_sim, OUT/artifact (only the "
+                                   "formats asked for, manifest re-verified), OUT/requirements-device.txt, "
+                                   "OUT/README.md, and OUT.tar.gz beside the folder.")
+    d.add_argument("artifact", help="Artifact folder (edgead export --out).")
+    d.add_argument("out", help="Bundle folder to write (OUT.tar.gz is written beside it).")
+    d.add_argument("--format", default=None, help="Comma-separated formats to keep (default: all in ART; "
+                   "edgetpu = tflite-int8 with its compiled graphs).")
+    d.add_argument("--no-archive", action="store_true", help="Write the folder only, no .tar.gz.")
+    d.add_argument("--force", action="store_true", help="Replace an existing OUT and OUT.tar.gz.")
+
+    t = sub.add_parser("edgetpu", help="Compile ART's tflite-int8 graphs for the Coral Edge TPU (or record ones "
+                       "compiled by hand) in its manifest.",
+                       description="With edgetpu_compiler on PATH: compile the tflite-int8 graphs and record each "
+                                   "<name>_edgetpu.tflite beside its original in the manifest. Without it: record "
+                                   "*_edgetpu.tflite files already copied into ART, or say how to compile by hand.")
+    t.add_argument("artifact", help="Artifact folder with a tflite-int8 format.")
+    t.add_argument("--no-compile", action="store_true", help="Only record compiled files already in ART.")
     return p
+
+
+def _size(n) -> str:
+    return "n/a" if n is None else format_size(n)
 
 
 def print_profile(res: dict) -> None:
     lat, ram, flash = res["latency_ms"], res["ram"], res["flash"]
     print(f"{res['format']} ({res['path']}) via {res['interpreter']}: p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} "
           f"ms, p99 {lat['p99']:.2f} ms over {lat['runs']} runs")
-    print(f"RAM: peak RSS {ram['peak_rss_bytes']:,} B, arena {ram['interpreter_arena_bytes']}, int8 peak "
-          f"activation {ram['analytic_peak_activation_int8_bytes']}; flash {flash['total_bytes']:,} B")
+    print(f"RAM: peak RSS {_size(ram['peak_rss_bytes'])}, interpreter tensors "
+          f"{_size(ram['interpreter_arena_bytes'])}, int8 peak activation "
+          f"{_size(ram['analytic_peak_activation_int8_bytes'])}")
+    print(f"flash: {_size(flash['total_bytes'])} (models {_size(sum(flash['model_files'].values()))}, manifest "
+          f"{_size(flash['manifest_bytes'])}, buffer budget {_size(flash['buffer_budget_bytes'])})")
     for row in res["profiles"]:
         print(f"  {row['profile']:<16} {'fits' if row['fits'] else 'DOES NOT FIT':<13} RAM headroom "
-              f"{row['ram_headroom']:,} B ({row['ram_basis']}), flash headroom {row['flash_headroom']:,} B")
+              f"{_size(row['ram_headroom'])} ({row['ram_basis']}), flash headroom {_size(row['flash_headroom'])}")
+    cmp = res.get("format_comparison")
+    if cmp and cmp["recommended"]:
+        timed = [f"{f} {r['p50_ms']:.2f} ms" for f, r in cmp["formats"].items() if r["available"]]
+        absent = [f"{f} (cannot load here)" for f, r in cmp["formats"].items() if not r["available"]]
+        print(f"fastest format here: {cmp['recommended']} (median per image, measured now over {cmp['runs']} "
+              f"interleaved runs: {', '.join(timed + absent)}); use --format {cmp['recommended']}")
+    elif cmp:
+        print("no exported format could be timed here: " + "; ".join(r["reason"] for r in cmp["formats"].values()))
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m firmware_sim") -> int:
@@ -91,10 +139,20 @@ def main(argv: list[str] | None = None, prog: str = "python -m firmware_sim") ->
                 _print(commands.buffer_export(args.file, args.dest))
             else:
                 _print(commands.buffer_import(args.src, args.file, args.mode, args.budget))
-        else:
+        elif args.cmd == "profile":
             res = commands.profile(args.artifact, args.profile, args.profiles, args.budget, args.runs, args.warmup,
-                                   args.threads, args.format, args.delegate, xnnpack=not args.no_xnnpack)
+                                   args.threads, args.format, args.delegate, xnnpack=not args.no_xnnpack,
+                                   compare=not args.no_compare)
             _print(res) if args.json else print_profile(res)
+        elif args.cmd == "bundle":
+            from firmware_sim.bundle import make_bundle
+
+            _print(make_bundle(args.artifact, args.out, args.format, archive=not args.no_archive, force=args.force))
+        elif args.cmd == "edgetpu":
+            from firmware_sim.edgetpu import add_edgetpu
+
+            _print(add_edgetpu(args.artifact, run_compiler=not args.no_compile,
+                               log=lambda m: print(m, file=sys.stderr, flush=True)))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

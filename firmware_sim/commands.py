@@ -18,6 +18,7 @@ from PIL import Image
 
 from firmware_sim.device import Device, open_buffer
 from firmware_sim.errors import UserError
+from firmware_sim.format_speed import compare_formats
 from firmware_sim.manifest import MANIFEST_NAME
 from firmware_sim.overlay import save_overlay
 from firmware_sim.preprocess import is_image_file
@@ -154,8 +155,12 @@ def _percentiles(ms: list[float]) -> dict:
 def profile(artifact: str | os.PathLike, profile_names: list[str] | None = None,
             profiles_file: str | os.PathLike | None = None, budget: str | int | None = None, runs: int = 50,
             warmup: int = 5, threads: int | None = None, format: str | None = None,
-            delegate: str | None = None, image: str | os.PathLike | None = None, xnnpack: bool = True) -> dict:
-    """Latency percentiles, RAM (peak RSS, interpreter arena, analytic int8 peak) and flash; fit per profile."""
+            delegate: str | None = None, image: str | os.PathLike | None = None, xnnpack: bool = True,
+            compare: bool = True) -> dict:
+    """Latency percentiles, RAM (peak RSS, interpreter arena, analytic int8 peak) and flash; fit per profile.
+    ``compare``: also time every exported format here (interleaved, after the RAM figures are taken) and name
+    the fastest in 'recommended_format' (firmware_sim.format_speed); skipped with a delegate, which applies to
+    one format only."""
     if runs < 1 or warmup < 0:
         raise UserError(f"--runs {runs} / warm-up {warmup}: expected runs >= 1 and warm-up >= 0")
     budget_bytes = parse_size(budget) if budget is not None else 0
@@ -189,9 +194,7 @@ def profile(artifact: str | os.PathLike, profile_names: list[str] | None = None,
     peak_act = cost.get("peak_activation_bytes_int8")
     lat = m.data.get("latent")
     record = RECORD_OVERHEAD + int(np.prod(lat["shape_chw"])) + 64 if lat else 0  # payload + codec fields
-    model_files = {g["file"]: (m.root / g["file"]).stat().st_size
-                   for name, g in m.data["formats"][device.format]["graphs"].items()
-                   if name in device.detector.runners}
+    model_files = {p.name: p.stat().st_size for p in device.graph_files.values()}  # Edge TPU: the compiled ones
     manifest_bytes = (m.root / MANIFEST_NAME).stat().st_size
     flash = sum(model_files.values()) + manifest_bytes + budget_bytes
     mcu_ram = (arena if arena is not None else (peak_act or 0)) + (record if budget_bytes else 0)
@@ -214,4 +217,6 @@ def profile(artifact: str | os.PathLike, profile_names: list[str] | None = None,
         "flash": {"model_files": model_files, "manifest_bytes": manifest_bytes, "buffer_budget_bytes": budget_bytes,
                   "total_bytes": flash},
         "profiles": fits,
+        "format_comparison": (compare_formats(artifact, m.formats, frame, runs, warmup, threads, xnnpack)
+                              if compare and delegate is None and len(m.formats) > 1 else None),
     }

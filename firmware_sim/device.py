@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from firmware_sim.edgetpu import edgetpu_graph_files
 from firmware_sim.errors import UserError
 from firmware_sim.manifest import Manifest, load_manifest
 from firmware_sim.preprocess import load_rgb, load_rgb_from
@@ -96,9 +97,12 @@ class Device:
         else:
             delegates = None
         names = ["trunk", "head"] if self.path == "trunk+head" else ["full"]
+        # The Edge TPU runs the compiled copies recorded beside the originals (firmware_sim.edgetpu).
+        self.graph_files = (edgetpu_graph_files(self.manifest, format, names) if delegate == "edgetpu" else
+                            {name: self.manifest.graph_path(format, name) for name in names})
         runners = {}
         for name in names:
-            file = self.manifest.graph_path(format, name)
+            file = self.graph_files[name]
             if format.startswith("tflite"):
                 runners[name] = TFLiteRunner(file, threads, delegates, xnnpack)
             else:

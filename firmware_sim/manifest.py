@@ -127,6 +127,11 @@ def validate(data: Any, where: str) -> dict[str, Any]:
             if g.get("file") not in data["files"]:
                 raise UserError(f"{where}: graph {fmt}/{gname} names file {g.get('file')!r}, which is not listed "
                                 f"in 'files'")
+            tpu = g.get("edgetpu") or {}  # the Edge TPU-compiled copy, recorded beside the original
+            for extra in (tpu.get("file"), tpu.get("log")):
+                if extra is not None and extra not in data["files"]:
+                    raise UserError(f"{where}: graph {fmt}/{gname} names Edge TPU file {extra!r}, which is not "
+                                    f"listed in 'files'")
     return data
 
 

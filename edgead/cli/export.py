@@ -34,10 +34,12 @@ def print_summary(result: dict) -> None:
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run folder (edgead train --out).")
 @click.option("--task", "task_index", type=int, default=None, help="Checkpoint after this task (default: the last).")
 @click.option("--format", "formats", default="tflite-int8,onnx,onnx-int8", show_default=True,
-              help="Comma-separated: tflite-int8 (mcunet-in3 only), onnx, onnx-int8.")
+              help="Comma-separated: tflite-int8 (mcunet-in3 only), onnx, onnx-int8, edgetpu (tflite-int8 compiled "
+              "for the Coral Edge TPU; needs edgetpu_compiler on PATH).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Artifact folder.")
 @click.option("--calibration", default=32, show_default=True,
-              help="Normal training images used to calibrate the int8 ranges (seeded; at least 8).")
+              help="Normal training images used to calibrate the int8 ranges (seeded; all there are when fewer "
+              "exist; a warning below 8).")
 @click.option("--io", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
               help="TFLite input and output type (int8 keeps the latent byte-compatible with the replay buffer).")
 @click.option("--tflite-weights", type=click.Choice(GRANULARITIES), default="per-channel",
@@ -48,10 +50,13 @@ def print_summary(result: dict) -> None:
 @click.option("--max-pixel-auroc-drop", default=0.01, show_default=True)
 @click.option("--data", "data_root", default=None, type=click.Path(path_type=Path),
               help="Dataset root, if it has moved since training.")
-@click.option("--force", is_flag=True, help="Replace a non-empty --out folder.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out folder (and an existing --bundle).")
+@click.option("--bundle", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Also write a device bundle here (folder + .tar.gz: firmware_sim, the artifact, "
+              "requirements-device.txt, README); same as `edgead device bundle ART OUT`.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
 def export_cmd(run_dir, task_index, formats, out, calibration, io, tflite_weights, allow_drift, max_image_auroc_drop,
-               max_pixel_auroc_drop, data_root, force, quiet):
+               max_pixel_auroc_drop, data_root, force, bundle, quiet):
     """Export a run's checkpoint for devices, check its fidelity on held-out test images, write a manifest."""
     from edgead.export.fidelity import Tolerance
     from edgead.export.formats import parse_formats
@@ -61,10 +66,20 @@ def export_cmd(run_dir, task_index, formats, out, calibration, io, tflite_weight
                          tflite_weights=tflite_weights,
                          tolerance=Tolerance(max_image_auroc_drop, max_pixel_auroc_drop), allow_drift=allow_drift,
                          data_root=data_root, force=force)
+    if bundle is not None:
+        from firmware_sim.bundle import check_out
+
+        check_out(bundle, bundle.with_name(bundle.name + ".tar.gz"), force)  # before a minute of export work
     try:
-        result = export_run(run_dir, out, opts, log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+        result = export_run(run_dir, out, opts, log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)),
+                            warn=lambda m: click.echo(f"warning: {m}", err=True))
     except ExportDrift as e:
         print_summary(e.result)
         raise
     print_summary(result)
     click.echo(f"wrote {out} ({len(result['manifest']['files'])} files, manifest verified)")
+    if bundle is not None:
+        from firmware_sim.bundle import make_bundle
+
+        b = make_bundle(out, bundle, formats, force=force)
+        click.echo(f"wrote device bundle {b['bundle']} and {b['archive']} ({b['files']} files)")

@@ -1,0 +1,212 @@
+"""A device bundle: everything a Raspberry Pi or Coral board needs, in one folder and one .tar.gz.
+
+OUT/firmware_sim/            this package, as is (numpy, pillow and an interpreter are all it imports)
+OUT/artifact/                the artifact with only the formats asked for; its manifest rewritten for them and
+                             re-verified (sizes and sha256 of every file)
+OUT/requirements-device.txt  what `pip install -r` needs on the device: numpy, pillow, a TFLite interpreter,
+                             onnxruntime only when an ONNX format is inside
+OUT/README.md                how to install and run it, and which interpreter suits which OS
+
+The folder is built in a temporary sibling and renamed into place, the archive written to a temporary name and
+renamed, so an interrupted bundle never leaves a half-written OUT or OUT.tar.gz.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+from firmware_sim import __version__
+from firmware_sim.atomic import _umask, atomic_write, atomic_write_text
+from firmware_sim.device import FORMAT_PREFERENCE
+from firmware_sim.edgetpu import FORMAT as EDGETPU_BASE
+from firmware_sim.errors import UserError
+from firmware_sim.manifest import MANIFEST_NAME, load_manifest, write_manifest
+
+PACKAGE = Path(__file__).resolve().parent
+REQUIREMENTS = "requirements-device.txt"
+ARTIFACT = "artifact"
+EDGETPU = "edgetpu"  # a bundle 'format': tflite-int8 with its Edge TPU-compiled graphs
+
+# Python 3.10+ (firmware_sim's own floor). numpy < 2 up to Python 3.11 so that tflite-runtime 2.14 (built
+# against numpy 1) stays a drop-in alternative; there is no numpy < 2 wheel for Python 3.13 (Trixie).
+# ai-edge-litert has aarch64 and x86-64 wheels only; 32-bit Raspberry Pi OS (armv7l) gets tflite-runtime.
+_BASE_REQUIREMENTS = """\
+numpy>=1.23.2,<2; python_version < "3.12"
+numpy>=1.23.2; python_version >= "3.12"
+pillow>=9.0
+ai-edge-litert>=2.1; platform_machine != "armv7l"
+tflite-runtime>=2.13; platform_machine == "armv7l"
+"""
+_ONNX_REQUIREMENT = 'onnxruntime>=1.16; platform_machine != "armv7l"\n'
+
+
+def requirements(formats: list[str]) -> str:
+    """requirements-device.txt for an artifact holding ``formats``."""
+    onnx = any(f.startswith("onnx") for f in formats)
+    head = (f"# edgead device runtime (firmware_sim {__version__}) for the formats {', '.join(formats)}.\n"
+            "# pip install -r requirements-device.txt   (Python 3.10 or newer; see README.md for each OS)\n")
+    return head + _BASE_REQUIREMENTS + (_ONNX_REQUIREMENT if onnx else "")
+
+
+def _choose(have: list[str], asked: str | list[str] | None, where: Path) -> tuple[list[str], bool | None]:
+    """(formats to keep, whether the Edge TPU-compiled graphs are asked for: None = keep them if present)."""
+    if asked is None:
+        return list(have), None
+    items = [t.strip() for t in (asked.split(",") if isinstance(asked, str) else asked)
+                                        if t.strip()]
+    if not items:
+        raise UserError(f"--format {asked!r}: expected a comma-separated list of {', '.join(have)}")
+    edgetpu = EDGETPU in items
+    keep = list(dict.fromkeys(EDGETPU_BASE if f == EDGETPU else f for f in items))
+    unknown = [f for f in keep if f not in have]
+    if unknown:
+        raise UserError(f"{where}: format(s) {', '.join(unknown)} not exported here (has {', '.join(have)})")
+    return keep, edgetpu
+
+
+def _subset(src: Path, dest: Path, keep: list[str], edgetpu: bool | None) -> dict:
+    """Copy the files of ``keep`` into dest and write its manifest for those formats only (without the Edge
+    TPU-compiled graphs when ``edgetpu`` is False); returns the manifest data written."""
+    manifest = load_manifest(src)  # the source is intact before it is copied
+    data = json.loads(json.dumps({k: v for k, v in manifest.data.items()
+                                  if k not in ("schema", "schema_version", "files")}))  # a deep copy
+    data["formats"] = {f: v for f, v in data["formats"].items() if f in keep}
+    if edgetpu is False and EDGETPU_BASE in data["formats"]:
+        entry = data["formats"][EDGETPU_BASE]
+        entry.pop("edgetpu", None)
+        for g in entry["graphs"].values():
+            g.pop("edgetpu", None)
+    if edgetpu and not has_edgetpu(data):
+        from firmware_sim.edgetpu import manual_steps
+
+        raise UserError(f"{src}: --format edgetpu asks for the Edge TPU-compiled graphs, and this artifact has none; "
+                        + manual_steps(src))
+    files = []
+    for entry in data["formats"].values():
+        for g in entry["graphs"].values():
+            tpu = g.get("edgetpu") or {}
+            files += [f for f in (g["file"], tpu.get("file"), tpu.get("log")) if f]
+    extra = manifest.data.get("fidelity", {}).get("file")  # the fidelity report travels with the model
+    if extra and extra in manifest.data["files"]:
+        files.append(extra)
+    files = list(dict.fromkeys(files))
+    dest.mkdir(parents=True)
+    for f in files:
+        shutil.copy2(src / f, dest / f)
+    write_manifest(dest, data, files)
+    return load_manifest(dest).data  # what the device will read: schema, sizes and hashes
+
+
+def has_edgetpu(manifest_data: dict) -> bool:
+    """Whether the manifest records Edge TPU-compiled graphs."""
+    entry = manifest_data["formats"].get(EDGETPU_BASE, {})
+    return any((g.get("edgetpu") or {}).get("file") for g in entry.get("graphs", {}).values())
+
+
+def _readme(manifest_data: dict, keep: list[str], edgetpu: bool) -> str:
+    onnx = any(f.startswith("onnx") for f in keep)
+    fmt = next(f for f in FORMAT_PREFERENCE if f in keep)
+    tpu = ("\n## Coral Edge TPU\n\nThe tflite-int8 graphs come with their Edge TPU-compiled copies "
+           "(`*_edgetpu.tflite`). Install the Edge TPU runtime (Debian package `libedgetpu1-std` from Coral's apt "
+           "repository), attach the Coral, and add `--delegate edgetpu` to `run` or `profile`.\n") if edgetpu else ""
+    return f"""# edgead on the device
+
+{manifest_data['model']} on {manifest_data['backbone']}, {manifest_data['input']['image_size']} px input;
+formats: {', '.join(keep)}. `firmware_sim` needs numpy, pillow and an interpreter only (no torch, no tensorflow).
+
+## Install (Raspberry Pi OS 64-bit, Python 3.10 or newer)
+
+```bash
+python3 -m venv ~/edgead-venv
+~/edgead-venv/bin/pip install -r requirements-device.txt
+```
+
+## Run (from this folder)
+
+```bash
+~/edgead-venv/bin/python -m firmware_sim run --artifact artifact --images IMAGE_OR_FOLDER [--out overlays]
+~/edgead-venv/bin/python -m firmware_sim profile --artifact artifact --profile rpi4
+~/edgead-venv/bin/python -m firmware_sim --help
+```
+
+`run` prints one JSON line per image (score, normalised score, decision, latency); `--buffer FILE --budget 256KB`
+keeps the int8 trunk latents for replay on the host. `profile` times every format inside and names the fastest on
+this board. The default format is {fmt}.
+
+## Which TFLite interpreter for which OS
+
+`firmware_sim` takes the first of ai-edge-litert, tflite-runtime, tensorflow.lite that is installed.
+
+| OS | Python | interpreter |
+| --- | --- | --- |
+| Raspberry Pi OS Bookworm 64-bit (glibc 2.36) | 3.11 | ai-edge-litert 2.3 (manylinux_2_27 aarch64 wheel; the default here); or tflite-runtime 2.14.0 (manylinux_2_34 aarch64, needs glibc 2.34+, and numpy < 2) |
+| Raspberry Pi OS Trixie 64-bit | 3.13 | ai-edge-litert (with numpy 2; tflite-runtime has no Python 3.13 wheel) |
+| Raspberry Pi OS Bullseye | 3.9 | too old: firmware_sim needs Python 3.10+, and tflite-runtime 2.14 needs glibc 2.34+ (Bullseye has 2.31). Upgrade to Bookworm |
+| 32-bit Raspberry Pi OS (armv7l) | 3.11 | tflite-runtime (no ai-edge-litert or onnxruntime wheels for armv7l; tflite-int8 only) |
+
+To use tflite-runtime instead of ai-edge-litert on Bookworm: `pip install "numpy<2" pillow tflite-runtime==2.14.0`.
+{"ONNX formats need onnxruntime (in requirements-device.txt; aarch64 and x86-64 wheels)." if onnx else
+ "No ONNX format is inside, so onnxruntime is not needed."}
+{tpu}"""
+
+
+def check_out(out: Path, archive: Path | None, force: bool) -> None:
+    """Refuse an existing bundle folder or archive unless ``force``."""
+    for p in (out, archive):
+        if p is not None and p.exists() and not force:
+            raise UserError(f"{p}: already exists (choose another OUT or pass --force)")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+
+
+def make_bundle(artifact: str | os.PathLike, out: str | os.PathLike, formats: str | list[str] | None = None,
+                archive: bool = True, force: bool = False) -> dict:
+    """Write the bundle folder OUT (and OUT.tar.gz).
+
+    Args:
+        artifact: the artifact folder (verified before it is copied).
+        out: the bundle folder to write.
+        formats: formats to keep (comma-separated or a list; default all; 'edgetpu' = tflite-int8 with its
+            compiled graphs).
+        archive: also write OUT.tar.gz (one top-level folder named like OUT).
+        force: replace an existing OUT / OUT.tar.gz.
+    Returns:
+        {'bundle', 'archive', 'formats', 'files', 'bytes', 'requirements'}.
+    """
+    src = Path(artifact)
+    manifest = load_manifest(src)
+    keep, edgetpu = _choose(manifest.formats, formats, src)
+    out = Path(out)
+    tgz = out.with_name(out.name + ".tar.gz") if archive else None
+    check_out(out, tgz, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        shutil.copytree(PACKAGE, tmp / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        written = _subset(src, tmp / ARTIFACT, keep, edgetpu)
+        edgetpu = has_edgetpu(written)
+        reqs = requirements(keep)
+        atomic_write_text(tmp / REQUIREMENTS, reqs)
+        atomic_write_text(tmp / "README.md", _readme(written, keep, edgetpu))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only; a bundle is meant to be copied around
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if tgz is not None:
+        def write(f):
+            with tarfile.open(fileobj=f, mode="w:gz") as tar:
+                tar.add(out, arcname=out.name)
+
+        atomic_write(tgz, write)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    return {"bundle": str(out), "archive": str(tgz) if tgz else None, "formats": keep,
+            "edgetpu": edgetpu, "files": len(files), "bytes": sum(p.stat().st_size for p in files),
+            "archive_bytes": tgz.stat().st_size if tgz else None, "requirements": reqs.splitlines()[2:],
+            "manifest": str(out / ARTIFACT / MANIFEST_NAME)}
