@@ -15,6 +15,9 @@ import bench_speed
 import summarize
 from edgead.errors import EdgeadError
 
+# Trains and exports real models: minutes on a 2-core machine (CI runs it; -m 'not slow' skips it).
+pytestmark = pytest.mark.slow
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

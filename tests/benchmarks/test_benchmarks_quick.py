@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import bench_cl_speed
 
 
@@ -19,6 +21,7 @@ def test_cl_speed_quick(tmp_path):
     assert out["speedup_compressed_vs_image_replay"] == saved["speedup_compressed_vs_image_replay"] > 0
 
 
+@pytest.mark.slow
 def test_memory_budget_quick(tmp_path):
     import bench_memory_budget
 
@@ -95,6 +98,7 @@ def test_cl_quality_quick(tmp_path):
     assert saved["checks"]
 
 
+@pytest.mark.slow
 def test_device_quick(tmp_path):
     import bench_device
 

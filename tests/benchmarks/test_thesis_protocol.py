@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from edgead.data import MVTEC_THESIS_ORDER
@@ -12,6 +13,8 @@ from edgead.models.backbones.resnet import resnet18
 from tests.conftest import MCUNET_DIR
 from thesis import ROWS, run_thesis
 
+# Trains and exports real models: minutes on a 2-core machine (CI runs it; -m 'not slow' skips it).
+pytestmark = pytest.mark.slow
 
 def test_thesis_protocol_runs_every_row(tmp_path):
     data = tmp_path / "mvtec"

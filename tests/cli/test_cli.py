@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import MCUNET_DIR
 
 
@@ -32,6 +34,7 @@ def test_info_json_paper_configuration():
     assert d["latent_shape"] == [24, 28, 28]
 
 
+@pytest.mark.slow
 def test_data_synth_show_train_eval(tmp_path):
     data = tmp_path / "data"
     r = _edgead("data", "synth", str(data), "--categories", "nut,grass", "--image-size", "64", "--train", "8",
@@ -54,6 +57,7 @@ def test_data_synth_show_train_eval(tmp_path):
     assert all(0 <= k["image_auroc"] <= 1 and k["n"] > 0 for k in kinds.values())
 
 
+@pytest.mark.slow
 def test_bad_input_gives_clear_error_not_traceback(tmp_path):
     cases = [
         (("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")), "dataset root not found"),

@@ -49,6 +49,7 @@ def tiny_run(base: Path) -> Path:
     run = base / "run"
     if (run / "results.json").is_file():
         return run
+    from edgead.cl.config import ReplayConfig
     from edgead.cl.runner import run_stream
     from edgead.data import TaskStream
     from edgead.data.synth import generate_dataset
@@ -59,8 +60,8 @@ def tiny_run(base: Path) -> Path:
         mp.setenv("EDGEAD_WEIGHTS_DIR", str(MCUNET_DIR))
         data = generate_dataset(base / "data", ["nut"], seed=0, image_size=64, n_train=12, n_test=4)
         det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=64)
-        run_stream(TaskStream(data, ["nut"]), det, TrainConfig(epochs=1, batch_size=8, progress=False), run,
-                   log=lambda m: None)
+        run_stream(TaskStream(data, ["nut"]), det, TrainConfig(epochs=1, batch_size=8, progress=False),
+                   ReplayConfig(), run, log=lambda m: None)
     return run
 
 

@@ -29,6 +29,9 @@ from firmware_sim.device import Device
 from firmware_sim.errors import UserError
 from firmware_sim.replay_buffer import ReplayBuffer
 
+# Trains and exports real models: minutes on a 2-core machine (CI runs it; -m 'not slow' skips it).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = ROOT.parent / "shared" / "weights" / "mcunet-in3"
 SIZE = 64

@@ -33,6 +33,9 @@ from firmware_sim.preprocess import load_rgb
 from firmware_sim.runtime import OnnxRunner, TFLiteRunner, dequantize, image_feed
 from tests.conftest import MCUNET_DIR
 
+# Trains and exports real models: minutes on a 2-core machine (CI runs it; -m 'not slow' skips it).
+pytestmark = pytest.mark.slow
+
 WEIGHTS = MCUNET_DIR
 SIZE = 64
 

@@ -19,6 +19,9 @@ from edgead.models.teacher_student import DetectorConfig
 from firmware_sim.manifest import load_manifest
 from tests.conftest import MCUNET_DIR
 
+# Trains and exports real models: minutes on a 2-core machine (CI runs it; -m 'not slow' skips it).
+pytestmark = pytest.mark.slow
+
 WEIGHTS = MCUNET_DIR
 SIZE = 64
 

@@ -27,6 +27,9 @@ from firmware_sim.preprocess import Preprocess, load_rgb
 from firmware_sim.runtime import TFLiteRunner, image_feed
 from tests.conftest import MCUNET_DIR
 
+# Trains and exports real models: minutes on a 2-core machine (CI runs it; -m 'not slow' skips it).
+pytestmark = pytest.mark.slow
+
 SIZE = 64
 
 
