@@ -54,11 +54,21 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgead")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Show library INFO lines (TensorFlow, absl) and all warnings.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars; warnings and errors only.")
+def cli(verbose: bool, quiet: bool) -> None:
     """edgead: continual visual anomaly detection within a memory budget, for edge devices."""
+    from edgead import console
+
+    if verbose and quiet:
+        raise click.UsageError("-v and -q contradict each other: give one")
+    console.configure(console.VERBOSE if verbose else console.QUIET if quiet else console.NORMAL)
 
 
 def main(argv: list[str] | None = None) -> None:
+    from edgead import console
+
+    console.configure(console.NORMAL)  # before any subcommand module (and TensorFlow) is imported
     try:
         cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort:

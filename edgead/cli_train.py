@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from edgead.config_file import config_option
 from edgead.errors import EdgeadError
 
 
@@ -67,7 +68,16 @@ def info(model, backbone, levels, bootstrap, image_size, as_json):
 
 
 @click.command()
-@click.option("--data", "root", required=True, type=click.Path(path_type=Path), help="Dataset root (MVTec layout).")
+@config_option
+@click.option("--data", "root", default=None, type=click.Path(path_type=Path),
+              help="Dataset root (MVTec layout) or a dataset .yaml naming image folders.")
+@click.option("--normal", default=None, type=click.Path(path_type=Path), help="Folder of normal images (one task).")
+@click.option("--abnormal", default=None, type=click.Path(path_type=Path), help="Folder of abnormal images.")
+@click.option("--mask", default=None, type=click.Path(path_type=Path),
+              help="Folder of masks for the abnormal images (<stem>.png or <stem>_mask.png).")
+@click.option("--normal-test", default=None, type=click.Path(path_type=Path),
+              help="Folder of good test images (default: a seeded 20%% of --normal).")
+@click.option("--max-train", type=int, default=None, help="At most N normal training images per task (seeded).")
 @click.option("--tasks", default=None, help="Comma-separated categories in order (default: all).")
 @detector_options
 @click.option("--strategy", type=click.Choice(["finetune", "joint", "replay", "compressed-replay"]),
@@ -98,22 +108,28 @@ def info(model, backbone, levels, bootstrap, image_size, as_json):
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images with a warning instead of stopping.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(root, tasks, model, backbone, levels, bootstrap, image_size, strategy, codec, budget, memory_size, policy,
-          replay_ratio, epochs, batch_size, lr, momentum, weight_decay, select_every, val_fraction, seed, device,
-          weights, no_pretrained, device_buffer, device_trunk, resume, skip_bad, out, quiet):
-    """Train over one task or a stream of tasks; writes checkpoints and OUT/results.json."""
+def train(root, normal, abnormal, mask, normal_test, max_train, tasks, model, backbone, levels, bootstrap, image_size,
+          strategy, codec, budget, memory_size, policy, replay_ratio, epochs, batch_size, lr, momentum, weight_decay,
+          select_every, val_fraction, seed, device, weights, no_pretrained, device_buffer, device_trunk, resume,
+          skip_bad, out, quiet):
+    """Train over one task or a stream of tasks; writes checkpoints, OUT/results.json and OUT/config.yaml."""
+    from edgead import console
     from edgead.cl.runner import run_stream, validate_strategy
-    from edgead.data import TaskStream
+    from edgead.config_file import record_config
+    from edgead.data.folder import stream_from_options
     from edgead.engine.trainer import TrainConfig
     from firmware_sim.sizes import parse_size
 
     det = _detector(model, backbone, levels, bootstrap, image_size, pretrained=not no_pretrained)
     validate_strategy(strategy, det, codec, device_buffer=device_buffer, device_trunk=device_trunk)
     budget_bytes = parse_size(budget) if budget is not None else None
-    stream = TaskStream(root, [t.strip() for t in tasks.split(",")] if tasks else None)
+    stream = stream_from_options(root, tasks, normal=normal, abnormal=abnormal, mask=mask, normal_test=normal_test,
+                                 max_train=max_train, out=out)
+    if not (out / "state.json").exists():  # a new run (resuming keeps the recorded file as it is)
+        record_config(out, click.get_current_context())
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                       seed=seed, device=device, replay_ratio=replay_ratio, select_every=select_every,
-                      val_fraction=val_fraction, progress=not quiet)
+                      val_fraction=val_fraction, progress=not quiet and console.level() > console.QUIET)
     res = run_stream(stream, det, cfg, out, strategy=strategy, codec=codec, budget_bytes=budget_bytes,
                      memory_size=memory_size, policy=policy, weights=weights, resume=resume, skip_bad=skip_bad,
                      device_buffer=device_buffer, device_trunk=device_trunk, command="edgead " + shlex.join(sys.argv[1:]),
@@ -140,24 +156,17 @@ def print_table(res: dict) -> None:
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--task", "task_index", type=int, default=None, help="Checkpoint after this task (default: last).")
 @click.option("--per-defect", is_flag=True, help="Also break the metrics down by defect type.")
-def eval_cmd(run_dir: Path, task_index: int | None, per_defect: bool):
-    """Recompute the test metrics of a run's checkpoint on every task it has seen."""
-    from edgead.cl.results import read_results
-    from edgead.data import TaskStream
-    from edgead.engine.checkpoint import load_checkpoint
-    from edgead.engine.evaluate import evaluate_split, per_defect_metrics
+@click.option("--data", "data_root", default=None, type=click.Path(path_type=Path),
+              help="Dataset root or dataset file, if it has moved since training.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON of RUN/eval.json instead of the table.")
+def eval_cmd(run_dir: Path, task_index: int | None, per_defect: bool, data_root: Path | None, as_json: bool):
+    """Recompute the test metrics of a run's checkpoint on every task it has seen; writes RUN/eval.json."""
+    from edgead.cl.evaluate_run import EVAL_NAME, evaluate_run, format_table
 
-    res = read_results(run_dir)
-    i = res["completed_tasks"] - 1 if task_index is None else task_index
-    if not 0 <= i < res["completed_tasks"]:
-        raise EdgeadError(f"--task {task_index}: this run completed tasks 0..{res['completed_tasks'] - 1}")
-    model, pre, _ = load_checkpoint(run_dir / "checkpoints" / f"task_{i:02d}.pt")
-    stream = TaskStream(res["config"]["data_root"], res["tasks"])
-    out = {}
-    for task in stream.tasks[: i + 1]:
-        d = task.load(pre, val_fraction=res["config"]["train"]["val_fraction"], seed=res["config"]["train"]["seed"])
-        r = evaluate_split(model, d.test, pre, return_outputs=True)
-        out[task.name] = r["metrics"]
-        if per_defect:
-            out[task.name]["per_defect"] = per_defect_metrics(d.test, r["maps"], r["scores"])
-    click.echo(json.dumps({"task_index": i, "metrics": out}, indent=2))
+    res = evaluate_run(run_dir, task_index, per_defect, data_root)
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    click.echo(f"checkpoint after task {res['task_index']} ({res['checkpoint']}), test split of each task:")
+    click.echo(format_table(res))
+    click.echo(f"wrote {run_dir / EVAL_NAME}")
