@@ -115,7 +115,7 @@ def train(root, normal, abnormal, mask, normal_test, max_train, tasks, model, ba
     """Train over one task or a stream of tasks; writes checkpoints, OUT/results.json and OUT/config.yaml."""
     from edgead import console
     from edgead.cl.runner import run_stream, validate_strategy
-    from edgead.config_file import record_config
+    from edgead.config_file import context_values, record_config
     from edgead.data.folder import stream_from_options
     from edgead.engine.trainer import TrainConfig
     from firmware_sim.sizes import parse_size
@@ -126,7 +126,7 @@ def train(root, normal, abnormal, mask, normal_test, max_train, tasks, model, ba
     stream = stream_from_options(root, tasks, normal=normal, abnormal=abnormal, mask=mask, normal_test=normal_test,
                                  max_train=max_train, out=out)
     if not (out / "state.json").exists():  # a new run (resuming keeps the recorded file as it is)
-        record_config(out, click.get_current_context())
+        record_config(out, context_values(click.get_current_context()))
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                       seed=seed, device=device, replay_ratio=replay_ratio, select_every=select_every,
                       val_fraction=val_fraction, progress=not quiet and console.level() > console.QUIET)

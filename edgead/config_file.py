@@ -98,12 +98,23 @@ def _plain(v):
     return v
 
 
-def record_config(out: str | Path, ctx: click.Context, command: str = "train") -> Path:
-    """Write the option values a command ran with as OUT/config.yaml (atomic), loadable by `--config`.
+def context_values(ctx: click.Context) -> dict:
+    """The option values a command runs with (after the config file and flags), keyed as in config files."""
+    return {_key(p): ctx.params[p.name] for p in ctx.command.params if p.name in ctx.params}
+
+
+def unknown_keys(command: click.Command, values: dict) -> list[str]:
+    """Keys of `values` that are not options of `command` (empty when a config file would load)."""
+    names = _option_names(command)
+    return [k for k in values if k.replace("-", "_") not in names]
+
+
+def record_config(out: str | Path, values: dict, command: str = "train") -> Path:
+    """Write the option values a run used as OUT/config.yaml (atomic), loadable by `--config`.
 
     Args:
         out: the run folder.
-        ctx: the command's click context (its params, after the config file and flags are applied).
+        values: option values keyed as in config files (`context_values(ctx)` for a click command).
         command: the edgead subcommand, for the header comment.
 
     Returns:
@@ -111,8 +122,7 @@ def record_config(out: str | Path, ctx: click.Context, command: str = "train") -
     """
     import yaml
 
-    doc = {_key(p): _plain(ctx.params[p.name]) for p in ctx.command.params
-           if p.name in ctx.params and _key(p) not in NOT_RECORDED and p.name not in NOT_RECORDED}
+    doc = {k: _plain(v) for k, v in values.items() if k not in NOT_RECORDED}
     text = (f"# The options of this run: `edgead {command} --config {RUN_CONFIG_NAME} --out NEW` repeats it.\n"
             + yaml.safe_dump(doc, sort_keys=False))
     return atomic_write_bytes(Path(out) / RUN_CONFIG_NAME, text.encode())
