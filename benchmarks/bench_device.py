@@ -27,7 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import RESULTS, check, header, print_table, write_json  # noqa: E402
+from benchmarks._common import check, header, out_json, print_table, write_json  # noqa: E402
 from benchmarks._latency import export_artifact, p50_ms, random_frames, torch_predict, train_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--art", type=Path, default=None, help="reuse an artifact folder (else train + export one)")
     ap.add_argument("--weights", default=None, help="MCUNet-in3 weights (else $EDGEAD_WEIGHTS_DIR / cache)")
     ap.add_argument("--quick", action="store_true", help="200 inferences at 128 px, fewer timed runs (< 60 s)")
-    ap.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/results/device.json)")
+    ap.add_argument("--out", type=Path, default=None, help="folder or .json file (default benchmarks/results/device.json)")
     args = ap.parse_args(argv)
     if args.quick:
         args.image_size, args.n, args.runs, args.torch_runs = 128, 200, 30, 5
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                    "preprocessing + graphs + numpy distance per frame"},
               "memory": mem, "latency": rows, "checks": checks}
     if not args.quick or args.out:
-        write_json(args.out or RESULTS / "device.json", result)
+        write_json(out_json(args.out, "device.json"), result)
     return result
 
 

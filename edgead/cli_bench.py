@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from edgead.config_file import config_option
+
 # command name -> (module under benchmarks/ with main(argv) -> int and a --quick mode, what it measures)
 SCRIPTS = {
     "memory-budget": ("bench_memory_budget", "Quality and forgetting vs replay bytes, per codec; Pareto plot."),
@@ -39,12 +41,16 @@ class _BenchGroup(click.Group):
         @click.command(name=name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
                                                     "help_option_names": []},
                        short_help=what, help=f"{what} Runs benchmarks/{module}.py: ARGS (try --help) "
-                       "go to the script.")
+                       "go to the script; --config FILE.yaml gives them from a file (keys: the script's "
+                       "long options), flags after it override.")
         @click.argument("args", nargs=-1, type=click.UNPROCESSED)
         def run(args: tuple[str, ...]) -> None:
+            from edgead.config_file import split_config_arg
+
+            argv = split_config_arg(list(args))  # --config FILE.yaml: its options first, so flags override
             main = importlib.import_module(f"benchmarks.{module}").main
             try:
-                code = main(list(args))
+                code = main(argv)
             except SystemExit as e:  # argparse's --help and usage errors
                 code = e.code
             if isinstance(code, str) or (isinstance(code, int) and code != 0):  # some mains return a dict
@@ -59,6 +65,7 @@ def bench() -> None:
 
 
 @bench.command()
+@config_option
 @click.option("--mvtec", required=True, type=click.Path(path_type=Path), help="MVTec AD root.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--rows", default=None, help="Comma-separated row keys (default: all).")

@@ -150,3 +150,16 @@ def config_to_argv(path: str | Path) -> list[str]:
         else:
             argv += [flag, str(v)]
     return argv
+
+
+def split_config_arg(argv: list[str]) -> list[str]:
+    """`[..., "--config", FILE, ...]` -> the file's options (`config_to_argv`) followed by the other arguments,
+    so that argparse, which keeps the last value given, lets the command line override the file."""
+    for i, a in enumerate(argv):
+        if a == "--config" or a.startswith("--config="):
+            if a == "--config" and i + 1 >= len(argv):
+                raise EdgeadError("--config needs a FILE.yaml")
+            path, rest = (argv[i + 1], argv[:i] + argv[i + 2:]) if a == "--config" else \
+                (a.split("=", 1)[1], argv[:i] + argv[i + 1:])
+            return config_to_argv(path) + split_config_arg(rest)
+    return argv
