@@ -78,7 +78,11 @@ def _load_into_context(ctx: click.Context, param: click.Parameter, value) -> Non
     unknown = [k for k in doc if k not in names]
     if unknown:
         keys = sorted({_key(p).replace("_", "-") for p in ctx.command.params if p.name in names.values()})
-        raise EdgeadError(f"--config {value}: unknown key {unknown[0]!r} for `{ctx.command_path}` "
+        names_path, c = [], ctx
+        while c.parent is not None:  # the subcommand path below the program's own name
+            names_path.insert(0, c.info_name)
+            c = c.parent
+        raise EdgeadError(f"--config {value}: unknown key {unknown[0]!r} for `edgead {' '.join(names_path)}` "
                           f"(expected one of: {', '.join(keys)})")
     ctx.default_map = {**(ctx.default_map or {}), **{names[k]: v for k, v in doc.items()}}
 
