@@ -136,7 +136,7 @@ class Detector:
         from firmware_sim.sizes import parse_size
 
         validate_strategy(strategy, self.config, codec)
-        out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="edgead-run-"))
+        out = Path(out).resolve() if out is not None else Path(tempfile.mkdtemp(prefix="edgead-run-"))
         task_text = tasks if isinstance(tasks, str) or tasks is None else ",".join(tasks)
         stream = stream_from_options(data, task_text, normal=normal, abnormal=abnormal, mask=mask,
                                      normal_test=normal_test, max_train=max_train, out=out)
@@ -169,7 +169,7 @@ class Detector:
         from edgead.predict import load_host_detector
 
         self._scorer = load_host_detector(run_dir, task, self.device)
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path(run_dir).resolve()
         self.results = read_results(self.run_dir)
         self.config = self._scorer.model.config
 

@@ -217,7 +217,7 @@ def stream_from_options(data: str | Path | None, tasks: str | None, *, normal: s
         if data is None:
             raise EdgeadError("no data: give --data ROOT (MVTec AD layout) or a dataset .yaml file, or "
                               "--normal DIR --abnormal DIR [--mask DIR]")
-        return open_stream(data, names, max_train)
+        return open_stream(Path(data).expanduser().resolve(), names, max_train)  # runs record an absolute root
     if data is not None:
         raise EdgeadError("give either --data or --normal/--abnormal/--mask, not both")
     if abnormal is None:
