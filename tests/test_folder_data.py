@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -106,3 +107,24 @@ def test_max_train_is_a_seeded_subset(synth_root):
     assert np.array_equal(a.test.images, full.test.images)  # the test split is untouched
     with pytest.raises(EdgeadError, match="--max-train 0"):
         TaskStream(synth_root, ["brick"], max_train=0).tasks[0].load(PRE)
+
+
+def test_cli_trains_on_folders_and_eval_finds_them_again(folders, tmp_path, monkeypatch, capsys):
+    from edgead.cl.evaluate_run import evaluate_run
+    from edgead.cli import cli
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    run = tmp_path / "run"
+    cli.main(args=["-q", "train", "--normal", str(folders / "good"), "--abnormal", str(folders / "defect"),
+                   "--mask", str(folders / "masks"), "--max-train", "6", "--tasks", "nutty", "--image-size", "64",
+                   "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25", "--out", str(run)],
+             standalone_mode=False)
+    res = json.loads((run / "results.json").read_text())
+    assert res["tasks"] == ["nutty"] and res["config"]["data_root"] == str(run / "dataset.yaml")
+    assert res["config"]["max_train"] == 6 and res["timings"]["per_task"][0]["epoch_seconds"]
+    assert res["metrics"]["pixel_auroc"]["final_average"] is not None  # masks were paired
+    again = evaluate_run(run)
+    assert again["metrics"]["nutty"]["image_auroc"] == pytest.approx(res["metrics"]["image_auroc"]["matrix"][0][0])
+    cli.main(args=["data", "show", str(run / "dataset.yaml"), "--out", str(tmp_path / "m.png")],
+             standalone_mode=False)
+    assert "nutty" in capsys.readouterr().out and (tmp_path / "m.png").is_file()
