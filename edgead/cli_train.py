@@ -133,7 +133,7 @@ def train(root, normal, abnormal, mask, normal_test, max_train, tasks, model, ba
     res = run_stream(stream, det, cfg, out, strategy=strategy, codec=codec, budget_bytes=budget_bytes,
                      memory_size=memory_size, policy=policy, weights=weights, resume=resume, skip_bad=skip_bad,
                      device_buffer=device_buffer, device_trunk=device_trunk, command="edgead " + shlex.join(sys.argv[1:]),
-                     log=lambda m: click.echo(m, err=True))
+                     log=(lambda m: None) if console.level() <= console.QUIET else (lambda m: click.echo(m, err=True)))
     print_table(res)
 
 
