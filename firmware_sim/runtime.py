@@ -110,6 +110,7 @@ class TFLiteRunner:
         try:
             with _quiet_native_info():
                 self.interpreter = interpreter_cls(num_threads=num_threads, **kw)
+                self.interpreter.allocate_tensors()  # applies the default delegate now, inside the muted block
                 self.runner = self.interpreter.get_signature_runner(SIGNATURE)
         except (ValueError, RuntimeError) as e:
             raise UserError(f"{model if not isinstance(model, bytes) else 'model'}: TFLite cannot load it ({e})") from None
