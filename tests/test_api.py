@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -31,8 +32,6 @@ def readme_example() -> str:
 @pytest.fixture(scope="module")
 def example(tmp_path_factory):
     """Run the README example in a fresh folder; its variables for the tests below."""
-    import os
-
     from .conftest import MCUNET_DIR
 
     where = tmp_path_factory.mktemp("api")
@@ -52,8 +51,11 @@ def example(tmp_path_factory):
 
 
 def test_import_edgead_stays_light():
-    code = "import sys, edgead; assert 'torch' not in sys.modules; from edgead import Detector; print(Detector.__name__)"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    code = ("import sys, edgead, firmware_sim; assert 'torch' not in sys.modules and 'PIL' not in sys.modules; "
+            "from edgead import Detector; from firmware_sim import Device; "
+            "from firmware_sim.device import Device as D; assert Device is D; print(Detector.__name__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(README.parent)})
     assert r.returncode == 0 and r.stdout.strip() == "Detector", r.stderr
 
 
