@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="run only these settings: comma list of none,count,budget,budget-coverage")
     p.add_argument("--weights", default=os.environ.get("EDGEAD_WEIGHTS_DIR"))
     p.add_argument("--tag", default="")
-    p.add_argument("--out-dir", default=str(RESULTS), help="folder for the results files")
+    p.add_argument("--out", "--out-dir", dest="out_dir", default=str(RESULTS), help="folder for the results files")
     p.add_argument("--quick", action="store_true",
                    help="64 px, 2 tasks, 1 epoch, 1 seed; finetune, replay, fp32 and int8-channel at a sample count")
     p.add_argument("--from-json", default=None,

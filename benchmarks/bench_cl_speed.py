@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchkit import RESULTS, header, write_json
+from benchkit import header, out_json, write_json
 
 TARGET = 1.3
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3, help="rounds of the three strategies (median ratio)")
     ap.add_argument("--weights", default=None, help="MCUNet-in3 weights (else $EDGEAD_WEIGHTS_DIR / cache)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
-    ap.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/results/cl_speed.json)")
+    ap.add_argument("--out", type=Path, default=None, help="folder or .json file (default benchmarks/results/cl_speed.json)")
     args = ap.parse_args(argv)
     if args.quick:
         args.image_size, args.train, args.epochs, args.memory_size, args.repeats = 64, 8, 1, 8, 1
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"compressed replay is {ratio:.2f}x faster per epoch than image replay (median of {len(ratios)} rounds: "
           f"{', '.join(f'{x:.2f}' for x in ratios)}) "
           f"(target >= {TARGET}x): {'PASS' if out['pass'] else 'FAIL'}")
-    path = args.out or RESULTS / ("cl_speed_quick.json" if args.quick else "cl_speed.json")
+    path = out_json(args.out, "cl_speed_quick.json" if args.quick else "cl_speed.json")
     write_json(path, out)
     return out
 

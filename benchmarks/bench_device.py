@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchkit import RESULTS, check, header, print_table, write_json
+from benchkit import check, header, out_json, print_table, write_json
 from latency import export_artifact, p50_ms, random_frames, torch_predict, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--art", type=Path, default=None, help="reuse an artifact folder (else train + export one)")
     ap.add_argument("--weights", default=None, help="MCUNet-in3 weights (else $EDGEAD_WEIGHTS_DIR / cache)")
     ap.add_argument("--quick", action="store_true", help="200 inferences at 128 px, fewer timed runs (< 60 s)")
-    ap.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/results/device.json)")
+    ap.add_argument("--out", type=Path, default=None, help="folder or .json file (default benchmarks/results/device.json)")
     args = ap.parse_args(argv)
     if args.quick:
         args.image_size, args.n, args.runs, args.torch_runs = 128, 200, 30, 5
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                    "preprocessing + graphs + numpy distance per frame"},
               "memory": mem, "latency": rows, "checks": checks}
     if not args.quick or args.out:
-        write_json(args.out or RESULTS / "device.json", result)
+        write_json(out_json(args.out, "device.json"), result)
     return result
 
 

@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", default="2.46MB", help="budget at which the methods are compared head to head")
     p.add_argument("--weights", default=os.environ.get("EDGEAD_WEIGHTS_DIR"))
     p.add_argument("--tag", default="")
-    p.add_argument("--out-dir", default=str(RESULTS))
+    p.add_argument("--out", "--out-dir", dest="out_dir", default=str(RESULTS), help="folder for the results files")
     p.add_argument("--quick", action="store_true", help="64 px, 2 tasks, 1 epoch, 3 budgets, 3 methods")
     p.add_argument("--from-json", default=None,
                    help="merge the runs of saved results files (e.g. one per seed, run in parallel) under --tag")

@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from benchkit import out_json
 from edgead.metrics import aupro, evaluate_all, pixel_ap, pixel_auroc, pixel_f1_max, pixel_metrics
 from firmware_sim.atomic import atomic_write_json
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def make_task(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -82,12 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--sklearn", action="store_true", help="also time sklearn roc_auc_score / average_precision"
     )
-    p.add_argument("--out", type=Path, default=None, help="JSON output path")
+    p.add_argument("--out", type=Path, default=None, help="folder or .json file (default benchmarks/results/metrics.json)")
     args = p.parse_args(argv)
     n = args.n or (10 if args.quick else 100)
     size = args.size or (128 if args.quick else 256)
     repeats = args.repeats or (1 if args.quick else 3)
-    out = args.out or RESULTS / ("metrics_quick.json" if args.quick else "metrics.json")
+    out = out_json(args.out, "metrics_quick.json" if args.quick else "metrics.json")
 
     masks, maps, labels, scores = make_task(n, size)
     maps_bytes = maps.nbytes

@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="replay byte budget, the same for every stream")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weights", default=os.environ.get("EDGEAD_WEIGHTS_DIR"))
-    ap.add_argument("--out-dir", type=Path, default=RESULTS, help="where scaling[_TAG].json/.csv/.png go")
+    ap.add_argument("--out", "--out-dir", dest="out_dir", type=Path, default=RESULTS, help="where scaling[_TAG].json/.csv/.png go")
     ap.add_argument("--tag", default="")
     ap.add_argument("--quick", action="store_true", help="64 px, 8 images, 1 epoch, 2 tasks (for tests)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # one stream, run by run_in_subprocess

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default=os.environ.get("EDGEAD_WEIGHTS_DIR"),
                    help="MCUNet-in3 weights file or folder (default $EDGEAD_WEIGHTS_DIR)")
     p.add_argument("--tag", default="", help="suffix of the results file names")
-    p.add_argument("--out-dir", default=str(RESULTS), help="folder for the results files")
+    p.add_argument("--out", "--out-dir", dest="out_dir", default=str(RESULTS), help="folder for the results files")
     p.add_argument("--quick", action="store_true", help="tiny synthetic data at 64 px, 1 epoch")
     p.add_argument("--from-json", default=None,
                    help="recompute the table and checks from the rows of a saved (possibly partial) results file")

@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default=None, help="MCUNet-in3 weights (else $EDGEAD_WEIGHTS_DIR / cache)")
     ap.add_argument("--work", type=Path, default=None,
                     help="keep the runs and artifacts here (default: a temporary folder, removed)")
-    ap.add_argument("--out-dir", type=Path, default=RESULTS, help="where speed[_TAG].json/.csv/.png go")
+    ap.add_argument("--out", "--out-dir", dest="out_dir", type=Path, default=RESULTS, help="where speed[_TAG].json/.csv/.png go")
     ap.add_argument("--tag", default="")
     ap.add_argument("--quick", action="store_true",
                     help="64 px, 12 images, 1 epoch, few timed runs (for tests)")

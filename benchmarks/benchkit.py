@@ -16,6 +16,15 @@ from firmware_sim.atomic import atomic_write_json, atomic_write_text
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def out_json(out: Path | None, name: str) -> Path:
+    """Where a single-JSON benchmark writes: `--out` as every benchmark takes it (a folder, then NAME in it)
+    or an explicit .json path; default benchmarks/results/NAME."""
+    if out is None:
+        return RESULTS / name
+    out = Path(out)
+    return out if out.suffix.lower() == ".json" else out / name
+
+
 def machine_info() -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(),
             "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}

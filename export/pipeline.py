@@ -27,8 +27,9 @@ from edgead.export.formats import EDGETPU, FILE_SUFFIX, FormatExport, export_for
 from edgead.export.graphs import feature_names
 
 from edgead.cl.results import read_results
+from edgead.console import progress
+from edgead.data.folder import open_stream
 from edgead.data.loading import LoadedSplit
-from edgead.data.stream import TaskStream
 from edgead.engine.checkpoint import load_checkpoint
 from edgead.engine.tensors import compute_latents, predict_images
 from edgead.errors import EdgeadError
@@ -112,7 +113,7 @@ def load_data(run: Run, data_root: Path | None) -> tuple[np.ndarray, LoadedSplit
     tasks = run.results["tasks"][: run.task_index + 1]
     root = Path(data_root or cfg["data_root"])
     try:
-        stream = TaskStream(root, tasks)
+        stream = open_stream(root, tasks, cfg.get("max_train"))
     except EdgeadError as e:
         raise EdgeadError(f"{e} (the run's data is needed for calibration and the fidelity check; pass --data "
                           f"if it has moved)") from None
@@ -286,7 +287,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         exports: dict[str, FormatExport] = {}
-        for fmt in formats:
+        for fmt in progress(formats, "export: calibrate and convert", unit="format"):
             log(f"exporting {fmt} ...")
             exports[fmt] = export_format(fmt, run.model, run.pre, calib, tmp, opts.io, opts.tflite_weights)
         log(f"fidelity on {len(test)} test images of {tasks} ...")

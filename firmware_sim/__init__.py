@@ -6,3 +6,13 @@ export, so this folder alone can be copied to a Raspberry Pi or a Coral board.
 """
 
 __version__ = "0.1.0"
+__all__ = ["Device", "Result", "__version__"]
+
+
+def __getattr__(name: str):
+    # `from firmware_sim import Device`, imported on first use so `python -m firmware_sim --help` stays light.
+    if name in ("Device", "Result"):
+        from firmware_sim import device
+
+        return getattr(device, name)
+    raise AttributeError(f"module 'firmware_sim' has no attribute {name!r}")

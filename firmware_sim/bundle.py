@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from firmware_sim import __version__
-from firmware_sim.atomic import _umask, atomic_write, atomic_write_text
+from firmware_sim.atomic import atomic_write, atomic_write_text, current_umask
 from firmware_sim.device import FORMAT_PREFERENCE
 from firmware_sim.edgetpu import FORMAT as EDGETPU_BASE
 from firmware_sim.errors import UserError
@@ -193,7 +193,7 @@ def make_bundle(artifact: str | os.PathLike, out: str | os.PathLike, formats: st
         reqs = requirements(keep)
         atomic_write_text(tmp / REQUIREMENTS, reqs)
         atomic_write_text(tmp / "README.md", _readme(written, keep, edgetpu))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only; a bundle is meant to be copied around
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it owner-only; a bundle is meant to be copied around
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -67,6 +67,18 @@ def run(artifact: str | os.PathLike, images: str | os.PathLike, out: str | os.Pa
         report = device.buffer_report
         if report is not None and report.dropped:
             warn(f"{buffer}: dropped {report.dropped} damaged record(s); kept {report.kept}")
+    summary = score_files(device, files, images, out, emit, warn)
+    if device.buffer is not None:
+        device.buffer.save(device.buffer_path)
+        summary["buffer"] = {"path": str(device.buffer_path), "task": device.task_id, **device.buffer.stats()}
+    return summary
+
+
+def score_files(device, files: list[Path], images: str | os.PathLike, out: str | os.PathLike | None = None,
+                emit: Emit = lambda d: None, warn: Warn = _stderr) -> dict:
+    """Score ``files`` with anything shaped like a Device (``infer`` -> Result, ``normalize``, ``format``,
+    ``interpreter``, ``threshold``): one JSON line each to ``emit``, an overlay PNG each in ``out``; the
+    host's `edgead predict` passes its torch detector here, so both print and draw the same way."""
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,19 +95,16 @@ def run(artifact: str | os.PathLike, images: str | os.PathLike, out: str | os.Pa
         if out_dir is not None:
             rel = path.relative_to(root) if root is not None else Path(path.name)
             png = out_dir / (rel.with_suffix("").as_posix().replace("/", "__") + ".png")
-            save_overlay(png, r.pixels, device.normalize(r.map))
+            save_overlay(png, r.pixels, device.normalize(r.map), score=r.score, normalized=r.normalized,
+                         anomalous=r.anomalous)
             line["overlay"] = str(png)
         emit(line)
         done += 1
         anomalous += r.anomalous
     if done == 0:
         raise UserError(f"--images {images}: none of the {len(files)} image file(s) could be read")
-    summary = {"images": done, "skipped": skipped, "anomalous": anomalous, "format": device.format,
-               "interpreter": device.interpreter, "threshold": device.threshold}
-    if device.buffer is not None:
-        device.buffer.save(device.buffer_path)
-        summary["buffer"] = {"path": str(device.buffer_path), "task": device.task_id, **device.buffer.stats()}
-    return summary
+    return {"images": done, "skipped": skipped, "anomalous": anomalous, "format": device.format,
+            "interpreter": device.interpreter, "threshold": device.threshold}
 
 
 # -- buffer -----------------------------------------------------------------------------------------------

@@ -45,6 +45,28 @@ class Result:
                 **({"buffered": self.stored} if self.stored is not None else {})}
 
 
+def image_pixels(image: str | os.PathLike | Image.Image | np.ndarray, preprocess) -> np.ndarray:
+    """Any image (path, PIL image of any mode, uint8 array) -> (1, S, S, 3) uint8 resized by ``preprocess``."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise UserError(f"image array {image.dtype} {image.shape}: expected uint8 (H, W) or (H, W, 3)")
+        image = Image.fromarray(image)
+    img = load_rgb_from(image) if isinstance(image, Image.Image) else load_rgb(image)
+    return preprocess.resize_uint8(img)[None]
+
+
+def normalize_score(score: float | np.ndarray, lo: float | None, hi: float | None,
+                    thr: float) -> float | np.ndarray:
+    """Scores (or a map) -> 0..1 with the threshold ``thr`` at 0.5: min-max over the calibration range lo..hi
+    (without a usable range: 0.5 * score / thr)."""
+    if lo is None or hi is None or not np.isfinite([lo, hi, thr]).all() or hi <= lo:
+        v = 0.5 * np.asarray(score) / thr if thr and np.isfinite(thr) else np.full_like(score, np.nan)
+    else:
+        v = (np.asarray(score) - thr) / (hi - lo) + 0.5
+    v = np.clip(v, 0.0, 1.0)
+    return float(v) if np.ndim(v) == 0 else v.astype(np.float32)
+
+
 def _check_edgetpu(manifest: Manifest, fmt: str) -> None:
     """The Edge TPU runs full-int8 static-shape TFLite only: refuse anything else before loading the library."""
     if fmt != "tflite-int8":
@@ -126,22 +148,11 @@ class Device:
 
     def pixels(self, image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
         """Any image (path, PIL image of any mode, uint8 array) -> (1, S, S, 3) uint8 as the manifest says."""
-        if isinstance(image, np.ndarray):
-            if image.dtype != np.uint8 or image.ndim not in (2, 3):
-                raise UserError(f"image array {image.dtype} {image.shape}: expected uint8 (H, W) or (H, W, 3)")
-            image = Image.fromarray(image)
-        img = load_rgb_from(image) if isinstance(image, Image.Image) else load_rgb(image)
-        return self.preprocess.resize_uint8(img)[None]
+        return image_pixels(image, self.preprocess)
 
     def normalize(self, score: float | np.ndarray) -> float | np.ndarray:
         """Scores (or a map) -> 0..1 with the threshold at 0.5: min-max of the calibration scores."""
-        lo, hi, thr = self._lo, self._hi, self.threshold
-        if lo is None or hi is None or not np.isfinite([lo, hi, thr]).all() or hi <= lo:
-            v = 0.5 * np.asarray(score) / thr if thr and np.isfinite(thr) else np.full_like(score, np.nan)
-        else:
-            v = (np.asarray(score) - thr) / (hi - lo) + 0.5
-        v = np.clip(v, 0.0, 1.0)
-        return float(v) if np.ndim(v) == 0 else v.astype(np.float32)
+        return normalize_score(score, self._lo, self._hi, self.threshold)
 
     def infer(self, image: str | os.PathLike | Image.Image | np.ndarray) -> Result:
         t0 = time.perf_counter()

@@ -11,8 +11,10 @@ get_output_details() does not list a flatbuffer's outputs in model order.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -69,6 +71,26 @@ def _quant(details: dict) -> dict | None:
             "axis": int(qp.get("quantized_dimension", 0)) if scales.size > 1 else None}
 
 
+@contextlib.contextmanager
+def _quiet_native_info():
+    """LiteRT's C++ logger prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on stderr when a model
+    is allocated and ignores TF_CPP_MIN_LOG_LEVEL; when that variable asks for no INFO lines (edgead sets it
+    unless -v), stderr is muted for the allocation only. Load errors still arrive as exceptions."""
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
+    if not level.isdigit() or int(level) < 1:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class TFLiteRunner:
     """One TFLite model through its signature: outputs by name, whatever order the flatbuffer lists them in."""
 
@@ -87,8 +109,10 @@ class TFLiteRunner:
             resolver = getattr(mod, "OpResolverType", None) or mod.experimental.OpResolverType
             kw["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
-            self.interpreter = interpreter_cls(num_threads=num_threads, **kw)
-            self.runner = self.interpreter.get_signature_runner(SIGNATURE)
+            with _quiet_native_info():
+                self.interpreter = interpreter_cls(num_threads=num_threads, **kw)
+                self.interpreter.allocate_tensors()  # applies the default delegate now, inside the muted block
+                self.runner = self.interpreter.get_signature_runner(SIGNATURE)
         except (ValueError, RuntimeError) as e:
             raise UserError(f"{model if not isinstance(model, bytes) else 'model'}: TFLite cannot load it ({e})") from None
         ins, outs = self.runner.get_input_details(), self.runner.get_output_details()

@@ -80,6 +80,8 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
               **replay.to_dict(), "tasks": stream.names, "data_root": str(stream.root)}
     config = {k: config[k] for k in ("detector", "train", "strategy", "codec", "budget_bytes", "memory_size",
                                      "policy", "tasks", "data_root", "device_buffer", "device_trunk")}
+    if getattr(stream, "max_train", None) is not None:  # only when set, so older runs still resume
+        config["max_train"] = stream.max_train
     state_path = out / "state.json"
     done = 0
     if resume:
@@ -146,14 +148,32 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
             memory.save(mem_path)
         save_checkpoint(out / "checkpoints" / f"task_{i:02d}.pt", model, pre, task_index=i, tasks=stream.names,
                         rows=rows, timings=timings)
-        results = _results(config, stream, cost, memory, rows, timings, command)
+        kept = _joint_kept(data, i) if replay.strategy == "joint" else None
+        results = _results(config, stream, cost, memory, rows, timings, command, kept)
         atomic_write_json(out / "results.json", results)
         atomic_write_json(state_path, {"config": config, "completed_tasks": i + 1, "memory_file":
                                        None if mem_path is None else str(mem_path.relative_to(out))})
     return json.loads((out / "results.json").read_text())
 
 
-def _results(config, stream, cost, memory, rows, timings, command) -> dict:
+def _joint_kept(data, i: int) -> dict[int, tuple[int, int]]:
+    """Joint training keeps every seen task's normal training images (train and validation split) as uint8 at
+    the training resolution, to train on all of them at the next task: (images, bytes) per task index."""
+    return {k: (len(data(k).train) + len(data(k).val), int(data(k).train.images.nbytes + data(k).val.images.nbytes))
+            for k in range(i + 1)}
+
+
+def _results(config, stream, cost, memory, rows, timings, command, joint_kept=None) -> dict:
+    memory_entry = {
+        "additional_bytes": 0 if memory is None else int(memory.nbytes),
+        "buffer_samples": {} if memory is None else
+        {(stream.names[t] if t >= 0 else f"device-task{t}"): n for t, n in memory.samples_per_task().items()},
+        "buffer_kind": None if memory is None else memory.kind,
+    }
+    if joint_kept is not None:
+        memory_entry = {"additional_bytes": sum(b for _, b in joint_kept.values()),
+                        "buffer_samples": {stream.names[k]: n for k, (n, _) in joint_kept.items()},
+                        "buffer_kind": "joint-images-uint8"}
     return {
         "schema": SCHEMA,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -167,10 +187,7 @@ def _results(config, stream, cost, memory, rows, timings, command) -> dict:
         "memory": {
             "architecture_bytes": cost["architecture_bytes"],
             "params": cost["params"],
-            "additional_bytes": 0 if memory is None else int(memory.nbytes),
-            "buffer_samples": {} if memory is None else
-            {(stream.names[t] if t >= 0 else f"device-task{t}"): n for t, n in memory.samples_per_task().items()},
-            "buffer_kind": None if memory is None else memory.kind,
+            **memory_entry,
         },
         "cost": {k: cost[k] for k in ("macs", "latent_shape", "latent_bytes", "peak_activation_bytes_int8")},
         "timings": {"per_task": timings,

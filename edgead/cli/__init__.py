@@ -16,6 +16,7 @@ _COMMANDS = {
     "info": ("edgead.cli.info", "info"),
     "train": ("edgead.cli.train", "train"),
     "eval": ("edgead.cli.eval", "eval_cmd"),
+    "predict": ("edgead.cli.predict", "predict"),
     "demo": ("edgead.cli.demo", "demo"),
     "bench": ("edgead.cli.bench", "bench"),
     "export": ("edgead.cli.export", "export_cmd"),
@@ -27,7 +28,8 @@ _HELP = {
     "data": "Make, convert and inspect datasets (MVTec AD layout).",
     "info": "Parameters, bytes, MACs and peak memory of a detector.",
     "train": "Train a detector over one task or a stream of tasks.",
-    "eval": "Recompute the metrics of a run from its checkpoints.",
+    "eval": "Recompute the metrics of a run from its checkpoints (table; RUN/eval.json).",
+    "predict": "Score images with a run's checkpoint: JSON lines and overlays, as `device run`.",
     "bench": "Benchmarks: the thesis protocol and more (see benchmarks/).",
     "export": "Export a run for devices: int8 TFLite / ONNX, manifest.json, fidelity.json.",
     "device": "Run artifacts as a device would; replay buffer; latency/RAM/flash profile.",
@@ -54,11 +56,21 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgead")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Show library INFO lines (TensorFlow, absl) and all warnings.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars; warnings and errors only.")
+def cli(verbose: bool, quiet: bool) -> None:
     """edgead: continual visual anomaly detection within a memory budget, for edge devices."""
+    from edgead import console
+
+    if verbose and quiet:
+        raise click.UsageError("-v and -q contradict each other: give one")
+    console.configure(console.VERBOSE if verbose else console.QUIET if quiet else console.NORMAL)
 
 
 def main(argv: list[str] | None = None) -> None:
+    from edgead import console
+
+    console.configure(console.NORMAL)  # before any subcommand module (and TensorFlow) is imported
     try:
         cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort:

@@ -57,10 +57,14 @@ class _BenchGroup(click.Group):
         @click.command(name=name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
                                                     "help_option_names": []},
                        short_help=what, help=f"{what} Runs benchmarks/{module}.py: ARGS (try --help) "
-                       "go to the script.")
+                       "go to the script; --config FILE.yaml gives them from a file (keys: the script's "
+                       "long options), flags after it override.")
         @click.argument("args", nargs=-1, type=click.UNPROCESSED)
         def run(args: tuple[str, ...]) -> None:
-            code = subprocess.call([sys.executable, str(script_path(name)), *args])
+            from edgead.config_file import split_config_arg
+
+            argv = split_config_arg(list(args))  # --config FILE.yaml: its options first, so flags override
+            code = subprocess.call([sys.executable, str(script_path(name)), *argv])
             if code:
                 raise SystemExit(code)
 

@@ -63,14 +63,14 @@ def convert(dataset: str, src: Path, out: Path, seed: int, test_fraction: float 
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option("--categories", default=None, help="Comma-separated (default: all under ROOT).")
 @click.option("--out", "png", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write a montage PNG of normal and defective images with masks.")
+              help="Write a montage PNG of normal and defective images with masks, labelled.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable or non-image files with a warning.")
 def show(root: Path, categories: str | None, png: Path | None, skip_bad: bool) -> None:
-    """Summarise a dataset in MVTec layout: images per split and defect type."""
-    from edgead.data import TaskStream
+    """Summarise a dataset (MVTec layout or a dataset .yaml): images per split and defect type."""
+    from edgead.data.folder import open_stream
 
     cats = [c.strip() for c in categories.split(",")] if categories else None
-    stream = TaskStream(root, cats)
+    stream = open_stream(root, cats)
     rows = []
     for task in stream:
         idx = task.index_files(skip_bad=skip_bad)

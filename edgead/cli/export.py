@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from edgead.config_file import config_option
+
 # No tensorflow at import: this module loads only for `edgead export`.
 from edgead.export.tflite import GRANULARITIES
 
@@ -31,6 +33,7 @@ def print_summary(result: dict) -> None:
 
 
 @click.command("export")
+@config_option
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run folder (edgead train --out).")
 @click.option("--task", "task_index", type=int, default=None, help="Checkpoint after this task (default: the last).")
 @click.option("--format", "formats", default="tflite-int8,onnx,onnx-int8", show_default=True,
@@ -58,6 +61,7 @@ def print_summary(result: dict) -> None:
 def export_cmd(run_dir, task_index, formats, out, calibration, io, tflite_weights, allow_drift, max_image_auroc_drop,
                max_pixel_auroc_drop, data_root, force, bundle, quiet):
     """Export a run's checkpoint for devices, check its fidelity on held-out test images, write a manifest."""
+    from edgead import console
     from edgead.export.fidelity import Tolerance
     from edgead.export.formats import parse_formats
     from edgead.export.pipeline import ExportDrift, ExportOptions, export_run
@@ -71,6 +75,7 @@ def export_cmd(run_dir, task_index, formats, out, calibration, io, tflite_weight
 
         check_out(bundle, bundle.with_name(bundle.name + ".tar.gz"), force)  # before a minute of export work
     try:
+        quiet = quiet or console.level() <= console.QUIET
         result = export_run(run_dir, out, opts, log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)),
                             warn=lambda m: click.echo(f"warning: {m}", err=True))
     except ExportDrift as e:

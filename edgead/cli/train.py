@@ -11,10 +11,20 @@ import click
 from edgead.cl.config import STRATEGIES
 from edgead.cli.options import detector_config, detector_options
 from edgead.cli.tables import print_table
+from edgead.config_file import config_option
 
 
 @click.command()
-@click.option("--data", "root", required=True, type=click.Path(path_type=Path), help="Dataset root (MVTec layout).")
+@config_option
+@click.option("--data", "root", default=None, type=click.Path(path_type=Path),
+              help="Dataset root (MVTec layout) or a dataset .yaml naming image folders.")
+@click.option("--normal", default=None, type=click.Path(path_type=Path), help="Folder of normal images (one task).")
+@click.option("--abnormal", default=None, type=click.Path(path_type=Path), help="Folder of abnormal images.")
+@click.option("--mask", default=None, type=click.Path(path_type=Path),
+              help="Folder of masks for the abnormal images (<stem>.png or <stem>_mask.png).")
+@click.option("--normal-test", default=None, type=click.Path(path_type=Path),
+              help="Folder of good test images (default: a seeded 20%% of --normal).")
+@click.option("--max-train", type=int, default=None, help="At most N normal training images per task (seeded).")
 @click.option("--tasks", default=None, help="Comma-separated categories in order (default: all).")
 @detector_options
 @click.option("--strategy", type=click.Choice(STRATEGIES),
@@ -45,22 +55,29 @@ from edgead.cli.tables import print_table
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images with a warning instead of stopping.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(root, tasks, model, backbone, levels, bootstrap, image_size, strategy, codec, budget, memory_size, policy,
-          replay_ratio, epochs, batch_size, lr, momentum, weight_decay, select_every, val_fraction, seed, device,
-          weights, no_pretrained, device_buffer, device_trunk, resume, skip_bad, out, quiet):
-    """Train over one task or a stream of tasks; writes checkpoints and OUT/results.json."""
+def train(root, normal, abnormal, mask, normal_test, max_train, tasks, model, backbone, levels, bootstrap, image_size,
+          strategy, codec, budget, memory_size, policy, replay_ratio, epochs, batch_size, lr, momentum, weight_decay,
+          select_every, val_fraction, seed, device, weights, no_pretrained, device_buffer, device_trunk, resume,
+          skip_bad, out, quiet):
+    """Train over one task or a stream of tasks; writes checkpoints, OUT/results.json and OUT/config.yaml."""
+    from edgead import console
     from edgead.cl.config import ReplayConfig
     from edgead.cl.runner import run_stream
-    from edgead.data import TaskStream
+    from edgead.config_file import context_values, record_config
+    from edgead.data.folder import stream_from_options
     from edgead.engine.trainer import TrainConfig
 
     det = detector_config(model, backbone, levels, bootstrap, image_size, pretrained=not no_pretrained)
     replay = ReplayConfig.from_options(strategy, codec, budget, memory_size, policy, device_buffer, device_trunk)
     replay.check_detector(det.model)
-    stream = TaskStream(root, [t.strip() for t in tasks.split(",")] if tasks else None)
+    stream = stream_from_options(root, tasks, normal=normal, abnormal=abnormal, mask=mask, normal_test=normal_test,
+                                 max_train=max_train, out=out)
+    if not (out / "state.json").exists():  # a new run (resuming keeps the recorded file as it is)
+        record_config(out, context_values(click.get_current_context()))
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                       seed=seed, device=device, replay_ratio=replay_ratio, select_every=select_every,
-                      val_fraction=val_fraction, progress=not quiet)
+                      val_fraction=val_fraction, progress=not quiet and console.level() > console.QUIET)
     res = run_stream(stream, det, cfg, replay, out, weights=weights, resume=resume, skip_bad=skip_bad,
-                     command="edgead " + shlex.join(sys.argv[1:]), log=lambda m: click.echo(m, err=True))
+                     command="edgead " + shlex.join(sys.argv[1:]),
+                     log=(lambda m: None) if console.level() <= console.QUIET else (lambda m: click.echo(m, err=True)))
     print_table(res)

@@ -47,14 +47,17 @@ class LoadedSplit:
         )
 
 
-def load_entries(entries: list[Entry], pre: Preprocess, *, skip_bad: bool = False) -> LoadedSplit:
+def load_entries(entries: list[Entry], pre: Preprocess, *, skip_bad: bool = False,
+                 desc: str = "loading") -> LoadedSplit:
+    from edgead.console import progress
+
     s = pre.image_size
     images = np.empty((len(entries), s, s, 3), np.uint8)
     masks = np.zeros((len(entries), s, s), bool)
     keep: list[int] = []
     skipped: list[str] = []
     has_masks = True
-    for i, e in enumerate(entries):
+    for i, e in progress(enumerate(entries), desc, total=len(entries), unit="img"):
         try:
             img = load_rgb(e.path)
             images[i] = pre.resize_uint8(img)

@@ -1,15 +1,21 @@
-"""A picture of a dataset: per category one normal image and defective images with their masks outlined."""
+"""A picture of a dataset: per category one normal image and defective images with their masks outlined.
+
+Each image is scaled to fit its tile with its aspect ratio kept (grey bars fill the rest) and is labelled
+under the tile with its category and defect type.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
-from edgead.data.loading import load_entries
 from firmware_sim.atomic import atomic_write
-from firmware_sim.preprocess import Preprocess
+from firmware_sim.preprocess import load_mask, load_rgb
+
+LABEL_HEIGHT = 14
+BACKGROUND = (40, 40, 40)
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -19,8 +25,41 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return m & ~inner
 
 
+def fit_tile(img: Image.Image, mask: np.ndarray | None, tile: int) -> np.ndarray:
+    """The image scaled to fit tile x tile with its aspect ratio kept, centred on a dark background, with the
+    mask (same size as the image) outlined in red."""
+    w, h = img.size
+    scale = tile / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = np.asarray(img.resize(size, Image.BILINEAR)).copy()
+    if mask is not None:
+        m = np.asarray(Image.fromarray((mask > 0).astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
+        small[_outline(m)] = (255, 0, 0)
+    out = np.empty((tile, tile, 3), np.uint8)
+    out[:] = BACKGROUND
+    y, x = (tile - size[1]) // 2, (tile - size[0]) // 2
+    out[y:y + size[1], x:x + size[0]] = small
+    return out
+
+
+def _label(tile: np.ndarray, text: str) -> np.ndarray:
+    strip = Image.new("RGB", (tile.shape[1], LABEL_HEIGHT), (255, 255, 255))
+    ImageDraw.Draw(strip).text((3, 1), text, fill=(0, 0, 0), font=ImageFont.load_default())
+    return np.concatenate([tile, np.asarray(strip)], axis=0)
+
+
 def save_montage(stream, path: str | Path, tile: int = 128, per_row: int = 5) -> Path:
-    pre = Preprocess(image_size=tile)
+    """One row per category: a normal image, then one image per defect type (up to per_row in all).
+
+    Args:
+        stream: a task stream (MVTec root or folder dataset).
+        path: the PNG to write (atomic).
+        tile: tile size in pixels (images keep their aspect ratio inside it).
+        per_row: images per row.
+
+    Returns:
+        The path written.
+    """
     rows = []
     for task in stream:
         idx = task.index_files()
@@ -29,13 +68,12 @@ def save_montage(stream, path: str | Path, tile: int = 128, per_row: int = 5) ->
         for e in idx.test:
             if e.label == 1 and e.defect_type not in defects:
                 defects[e.defect_type] = e
-        split = load_entries(normal + list(defects.values())[: per_row - 1], pre)
         tiles = []
-        for img, mask in zip(split.images, split.masks, strict=True):
-            t = img.copy()
-            t[_outline(mask)] = (255, 0, 0)
-            tiles.append(t)
-        tiles += [np.zeros_like(tiles[0])] * (per_row - len(tiles))
+        for e in normal + list(defects.values())[: per_row - 1]:
+            img = load_rgb(e.path)
+            mask = load_mask(e.mask_path, expected_size=img.size) if e.mask_path is not None else None
+            tiles.append(_label(fit_tile(img, mask, tile), f"{task.name}: {e.defect_type}"))
+        tiles += [np.full_like(tiles[0], 255)] * (per_row - len(tiles))
         rows.append(np.concatenate(tiles, axis=1))
     grid = np.concatenate(rows, axis=0)
     return atomic_write(path, lambda f: Image.fromarray(grid).save(f, format="PNG"))

@@ -39,6 +39,16 @@ def split_validation(n: int, fraction: float, seed: int, key: str = "") -> tuple
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def subsample(entries: list, max_n: int | None, seed: int, key: str = "") -> list:
+    """At most max_n of entries, a seeded draw kept in file order (`--max-train`: a quick trial on a big set)."""
+    if max_n is None or len(entries) <= max_n:
+        return entries
+    if max_n < 1:
+        raise EdgeadError(f"--max-train {max_n}: expected 1 or more training images")
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode()), 0x7EA1])
+    return [entries[i] for i in np.sort(rng.choice(len(entries), max_n, replace=False))]
+
+
 @dataclass
 class TaskData:
     train: LoadedSplit
@@ -51,6 +61,7 @@ class Task:
     index: int
     name: str
     root: Path
+    max_train: int | None = None  # seeded subsample of the normal training images
 
     def index_files(self, skip_bad: bool = False) -> CategoryIndex:
         return scan_mvtec(self.root, self.name, skip_bad=skip_bad)
@@ -58,9 +69,10 @@ class Task:
     def load(self, pre: Preprocess, *, val_fraction: float = 0.1, seed: int = 0,
              skip_bad: bool = False) -> TaskData:
         idx = self.index_files(skip_bad)
-        normals = load_entries(idx.train, pre, skip_bad=skip_bad)
+        normals = load_entries(subsample(idx.train, self.max_train, seed, self.name), pre, skip_bad=skip_bad,
+                               desc=f"{self.name} train")
         tr, va = split_validation(len(normals), val_fraction, seed, key=self.name)
-        test = load_entries(idx.test, pre, skip_bad=skip_bad)
+        test = load_entries(idx.test, pre, skip_bad=skip_bad, desc=f"{self.name} test")
         if not (test.labels == 1).any() or not (test.labels == 0).any():
             raise EdgeadError(f"{idx.root / 'test'}: needs both good and defective test images for evaluation")
         return TaskData(normals.subset(tr), normals.subset(va), test)
@@ -69,8 +81,10 @@ class Task:
 class TaskStream:
     """Categories of one dataset root, in order. Checks every category exists before anything trains."""
 
-    def __init__(self, root: str | Path, categories: list[str] | tuple[str, ...] | None = None):
+    def __init__(self, root: str | Path, categories: list[str] | tuple[str, ...] | None = None,
+                 max_train: int | None = None):
         self.root = Path(root)
+        self.max_train = max_train
         if not self.root.is_dir():
             raise EdgeadError(f"{self.root}: dataset root not found")
         present = sorted(p.name for p in self.root.iterdir() if (p / "train").is_dir())
@@ -85,7 +99,7 @@ class TaskStream:
         if missing:
             raise EdgeadError(f"unknown categor{'y' if len(missing) == 1 else 'ies'} {missing} in {self.root}; "
                               f"available: {present or 'none'}")
-        self.tasks = [Task(i, c, self.root) for i, c in enumerate(categories)]
+        self.tasks = [Task(i, c, self.root, max_train) for i, c in enumerate(categories)]
 
     def __iter__(self):
         return iter(self.tasks)

@@ -100,7 +100,8 @@ def train_task(model, train_images: np.ndarray, val_images: np.ndarray, pre: Pre
                           weight_decay=cfg.weight_decay)
     history, epoch_s = [], []
     best = (-np.inf, None, 0)
-    bar = tqdm(range(cfg.epochs), desc=desc, disable=not cfg.progress, leave=False)
+    # disable=None: tqdm shows the bar only when stderr is a terminal (not in logs or CI output)
+    bar = tqdm(range(cfg.epochs), desc=desc, disable=True if not cfg.progress else None, leave=False)
     for epoch in bar:
         te = time.perf_counter()
         model.train()

@@ -3,7 +3,7 @@
 Resolution order (:func:`resolve_weights`), first hit wins:
 
 1. an explicit path (the CLI's ``--weights PATH``; a directory means ``PATH/<filename>``);
-2. ``$EDGEAD_WEIGHTS_DIR/<filename>``;
+2. ``$EDGEAD_WEIGHTS_DIR/<filename>``, then ``$EDGEAD_WEIGHTS_DIR/<backbone>/<filename>``;
 3. the file shipped inside a Python package (``WeightSource.packaged``), when that package is installed;
 4. the user cache: ``$EDGEAD_CACHE_DIR``, else ``$XDG_CACHE_HOME/edgead/weights``, else
    ``~/.cache/edgead/weights``; then torch's hub cache (``<torch hub dir>/checkpoints/<filename>``), where
@@ -99,7 +99,8 @@ def _not_found_message(spec: BackboneSpec, reason: str) -> str:
         f"pretrained weights for backbone {spec.name!r} ({w.filename}) not found: {reason}.",
         "Provide the file in one of these ways:",
         f"  - pass it explicitly: --weights /path/to/{w.filename}",
-        f"  - put it in the directory named by {ENV_WEIGHTS_DIR}: ${ENV_WEIGHTS_DIR}/{w.filename}",
+        f"  - put it in the directory named by {ENV_WEIGHTS_DIR}: ${ENV_WEIGHTS_DIR}/{w.filename} "
+        f"or ${ENV_WEIGHTS_DIR}/{spec.name}/{w.filename}",
     ]
     if w.packaged is not None:
         lines.append(
@@ -138,10 +139,11 @@ def resolve_weights(
     # 2. $EDGEAD_WEIGHTS_DIR
     env_dir = os.environ.get(ENV_WEIGHTS_DIR)
     if env_dir:
-        p = Path(env_dir).expanduser() / filename
-        if p.is_file():
-            return p
-        log.debug("%s set but %s is absent", ENV_WEIGHTS_DIR, p)
+        # <dir>/<file>, or one folder per backbone, <dir>/<backbone>/<file> (as ../shared/weights is laid out)
+        for p in (Path(env_dir).expanduser() / filename, Path(env_dir).expanduser() / spec.name / filename):
+            if p.is_file():
+                return p
+        log.debug("%s set but neither %s nor %s/%s exists", ENV_WEIGHTS_DIR, filename, spec.name, filename)
 
     # 3. the copy shipped in a Python package
     p = packaged_weights_path(spec)

@@ -48,9 +48,10 @@ def test_data_synth_show_train_eval(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "image_auroc" in r.stdout
     saved = json.loads((run / "results.json").read_text())["metrics"]["image_auroc"]["matrix"][0][0]
-    r = _edgead("eval", "--run", str(run), "--per-defect")
+    r = _edgead("eval", "--run", str(run), "--per-defect", "--json")
     assert r.returncode == 0, r.stderr
     nut = json.loads(r.stdout)["metrics"]["nut"]
+    assert json.loads((run / "eval.json").read_text())["metrics"]["nut"] == nut
     assert abs(nut["image_auroc"] - saved) < 1e-9
     kinds = nut["per_defect"]
     assert {"scratch", "hole"} <= set(kinds) and abs(sum(k["defect_pixel_share"] for k in kinds.values()) - 1) < 1e-6

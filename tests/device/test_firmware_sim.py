@@ -27,6 +27,7 @@ from firmware_sim import commands
 from firmware_sim.__main__ import main as fw_main
 from firmware_sim.device import Device
 from firmware_sim.errors import UserError
+from firmware_sim.overlay import MIN_WIDTH
 from firmware_sim.replay_buffer import ReplayBuffer
 
 # Trains and exports real models: minutes on a 2-core machine (CI runs it; -m 'not slow' skips it).
@@ -112,7 +113,8 @@ def test_cli_run_matches_device_in_process(host, mixed_images, tmp_path):
         assert line["decision"] == ("anomalous" if res.score > device.threshold else "normal")
         assert 0.0 <= line["normalized_score"] <= 1.0
         ov = Image.open(line["overlay"])
-        assert ov.size == (SIZE, SIZE) and ov.mode == "RGB"
+        # the image as the model saw it, a colour bar and the score below it
+        assert ov.size[0] == max(SIZE, MIN_WIDTH) and ov.size[1] > SIZE and ov.mode == "RGB"
     # Grayscale, 16-bit and palette versions of one image see the same pixels as its RGB conversion.
     by = {Path(line["path"]).stem: line["score"] for line in lines}
     assert by["c_gray"] == pytest.approx(by["d_16bit"], rel=1e-6)

@@ -1,0 +1,80 @@
+"""`edgead eval`: a run's checkpoint evaluated again on the test split of every task it has seen.
+
+Writes RUN/eval.json (atomic) and returns the same dict; `format_table` prints it like `edgead train` does.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from edgead.cl.results import METRICS, read_results
+from edgead.errors import EdgeadError
+
+EVAL_NAME = "eval.json"
+
+
+def run_stream_of(res: dict, upto: int, data_root: str | Path | None = None):
+    """The task stream a run trained on (MVTec root or dataset file), its first `upto` tasks."""
+    from edgead.data.folder import open_stream
+
+    cfg = res["config"]
+    return open_stream(data_root or cfg["data_root"], res["tasks"][:upto], cfg.get("max_train"))
+
+
+def evaluate_run(run_dir: str | Path, task_index: int | None = None, per_defect: bool = False,
+                 data_root: str | Path | None = None, write: bool = True) -> dict:
+    """Recompute the test metrics of a run's checkpoint on every task seen up to it.
+
+    Args:
+        run_dir: the run folder (edgead train --out).
+        task_index: the checkpoint after this task (default: the last completed).
+        per_defect: also break the metrics down by defect type.
+        data_root: the dataset, if it has moved since training.
+        write: write RUN/eval.json.
+
+    Returns:
+        {"task_index", "checkpoint", "tasks", "metrics": {task: {metric: value}}, "average": {metric: value}}.
+    """
+    from edgead.engine.checkpoint import load_checkpoint
+    from edgead.engine.evaluate import evaluate_split, per_defect_metrics
+    from firmware_sim.atomic import atomic_write_json
+
+    run_dir = Path(run_dir)
+    res = read_results(run_dir)
+    done = res["completed_tasks"]
+    i = done - 1 if task_index is None else task_index
+    if not 0 <= i < done:
+        raise EdgeadError(f"--task {task_index}: this run completed tasks 0..{done - 1}")
+    ckpt = run_dir / "checkpoints" / f"task_{i:02d}.pt"
+    model, pre, _ = load_checkpoint(ckpt)
+    train_cfg = res["config"]["train"]
+    out: dict[str, dict] = {}
+    for task in run_stream_of(res, i + 1, data_root):
+        d = task.load(pre, val_fraction=train_cfg["val_fraction"], seed=train_cfg["seed"])
+        r = evaluate_split(model, d.test, pre, return_outputs=True)
+        out[task.name] = r["metrics"]
+        if per_defect:
+            out[task.name]["per_defect"] = per_defect_metrics(d.test, r["maps"], r["scores"])
+    average = {}
+    for name in METRICS:
+        vals = [m[name] for m in out.values() if m.get(name) is not None]
+        average[name] = float(np.mean(vals)) if vals else None
+    result = {"created": datetime.now(UTC).isoformat(timespec="seconds"), "run": str(run_dir.resolve()),
+              "task_index": i, "checkpoint": ckpt.name, "tasks": list(out), "metrics": out, "average": average}
+    if write:
+        atomic_write_json(run_dir / EVAL_NAME, result)
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The metrics per task and their average, one row each (as `edgead train` prints its summary)."""
+    width = max([len("average"), *(len(t) for t in result["metrics"])]) + 2
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [f"{'task':<{width}}" + "".join(f"{m:>12}" for m in METRICS)]
+    for task, m in result["metrics"].items():
+        lines.append(f"{task:<{width}}" + "".join(f"{fmt(m.get(k)):>12}" for k in METRICS))
+    lines.append(f"{'average':<{width}}" + "".join(f"{fmt(result['average'][k]):>12}" for k in METRICS))
+    return "\n".join(lines)

@@ -1,0 +1,238 @@
+"""Any folders of images as tasks, as anomalib's Folder: normal images, abnormal images, optional masks.
+
+From the command line: `--normal DIR --abnormal DIR [--mask DIR] [--normal-test DIR]` (one task), or
+`--data FILE.yaml`, a small dataset file naming the folders of one task or of a stream of tasks:
+
+    name: screws              # one task
+    normal: screws/good       # relative paths are relative to this file
+    abnormal: screws/defect
+    mask: screws/masks        # optional: <stem>.png or <stem>_mask.png per abnormal image
+
+    tasks:                    # or several tasks, in order
+      - {name: screws, normal: screws/good, abnormal: screws/defect}
+      - {name: nuts, normal: nuts/good, abnormal: nuts/defect, normal_test: nuts/test-good}
+
+Without `normal_test`, a seeded 20% of the normal images (anomalib Folder's default test split ratio) is held
+out as the good test images; the held-out validation normals come from the rest, as for MVTec AD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgead.data.layout import CategoryIndex, scan_folder
+from edgead.data.loading import load_entries
+from edgead.data.stream import TaskData, TaskStream, split_validation, subsample
+from edgead.errors import EdgeadError
+from firmware_sim.preprocess import Preprocess
+
+TEST_FRACTION = 0.2
+SPEC_KEYS = ("name", "normal", "abnormal", "mask", "normal_test")
+DATASET_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class FolderSpec:
+    """The folders of one task. `abnormal` is needed to evaluate; `mask` enables pixel metrics."""
+
+    name: str
+    normal: Path
+    abnormal: Path | None = None
+    mask: Path | None = None
+    normal_test: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k in SPEC_KEYS if (v := getattr(self, k)) is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict, base: Path, where: str) -> FolderSpec:
+        if not isinstance(d, dict):
+            raise EdgeadError(f"{where}: expected a mapping with keys {', '.join(SPEC_KEYS)}, got {d!r}")
+        unknown = [k for k in d if k not in SPEC_KEYS]
+        if unknown:
+            raise EdgeadError(f"{where}: unknown key {unknown[0]!r} (expected {', '.join(SPEC_KEYS)})")
+        if not d.get("normal"):
+            raise EdgeadError(f"{where}: 'normal' (the folder of normal images) is required")
+
+        def path(k: str) -> Path | None:
+            v = d.get(k)
+            return None if v is None else (base / Path(str(v)).expanduser()).resolve()
+
+        normal = path("normal")
+        return cls(str(d.get("name") or normal.name), normal, path("abnormal"), path("mask"), path("normal_test"))
+
+
+@dataclass(frozen=True)
+class FolderTask:
+    """One task of a folder dataset; the same interface as `edgead.data.stream.Task`."""
+
+    index: int
+    spec: FolderSpec
+    max_train: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def index_files(self, skip_bad: bool = False) -> CategoryIndex:
+        s = self.spec
+        return scan_folder(s.normal, s.abnormal, s.mask, normal_test_dir=s.normal_test, name=s.name,
+                           skip_bad=skip_bad)
+
+    def load(self, pre: Preprocess, *, val_fraction: float = 0.1, seed: int = 0,
+             skip_bad: bool = False) -> TaskData:
+        """Decode train (normal), held-out validation normals and test images at the training resolution.
+
+        Args:
+            pre: the preprocessing (image size) of the detector.
+            val_fraction: share of the training normals held out for thresholds and model selection.
+            seed: seeds the test split (when no normal_test folder), --max-train and the validation split.
+            skip_bad: skip unreadable files with a warning instead of stopping.
+
+        Returns:
+            TaskData(train, val, test).
+        """
+        if self.spec.abnormal is None:
+            raise EdgeadError(f"task {self.name}: no abnormal folder; evaluation needs abnormal images "
+                              "(--abnormal DIR, or 'abnormal:' in the dataset file)")
+        idx = self.index_files(skip_bad)
+        train, test = idx.train, idx.test
+        if self.spec.normal_test is None:  # hold out good test images from the normals, seeded
+            if len(train) < 3:
+                raise EdgeadError(f"{self.spec.normal}: {len(train)} normal image(s); at least 3 are needed to "
+                                  "hold out good test images (or give a normal_test folder)")
+            keep, held = split_validation(len(train), TEST_FRACTION, seed, key=self.name + "/test")
+            test = [train[i] for i in held] + test
+            train = [train[i] for i in keep]
+        normals = load_entries(subsample(train, self.max_train, seed, self.name), pre, skip_bad=skip_bad,
+                               desc=f"{self.name} train")
+        tr, va = split_validation(len(normals), val_fraction, seed, key=self.name)
+        test_split = load_entries(test, pre, skip_bad=skip_bad, desc=f"{self.name} test")
+        if not (test_split.labels == 1).any() or not (test_split.labels == 0).any():
+            raise EdgeadError(f"task {self.name}: needs both good and abnormal test images for evaluation")
+        return TaskData(normals.subset(tr), normals.subset(va), test_split)
+
+
+class FolderStream:
+    """Folder tasks in order; `root` is the dataset file that describes them (recorded by runs)."""
+
+    def __init__(self, specs: list[FolderSpec], root: str | Path, names: list[str] | None = None,
+                 max_train: int | None = None):
+        self.root = Path(root)
+        self.max_train = max_train
+        by_name = {s.name: s for s in specs}
+        if len(by_name) != len(specs):
+            raise EdgeadError(f"{self.root}: two tasks share a name ({[s.name for s in specs]}); name them apart")
+        if names is not None:
+            missing = [n for n in names if n not in by_name]
+            if missing:
+                raise EdgeadError(f"unknown task(s) {missing} in {self.root}; available: {list(by_name)}")
+            specs = [by_name[n] for n in names]
+        self.tasks = [FolderTask(i, s, max_train) for i, s in enumerate(specs)]
+
+    def __iter__(self):
+        return iter(self.tasks)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+
+def is_dataset_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in DATASET_SUFFIXES
+
+
+def read_dataset_file(path: str | Path) -> list[FolderSpec]:
+    """The task folders named by a dataset file (see the module docstring for its form)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeadError(f"{path}: dataset file not found")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise EdgeadError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(doc, dict):
+        raise EdgeadError(f"{path}: expected a mapping (normal:, abnormal:, ... or tasks: [...])")
+    base = path.resolve().parent
+    if "tasks" in doc:
+        extra = [k for k in doc if k != "tasks"]
+        if extra:
+            raise EdgeadError(f"{path}: unknown key {extra[0]!r} beside 'tasks' (put it inside a task)")
+        if not isinstance(doc["tasks"], list) or not doc["tasks"]:
+            raise EdgeadError(f"{path}: 'tasks' must be a non-empty list of task mappings")
+        return [FolderSpec.from_dict(d, base, f"{path} tasks[{i}]") for i, d in enumerate(doc["tasks"])]
+    return [FolderSpec.from_dict(doc, base, str(path))]
+
+
+def write_dataset_file(path: str | Path, specs: list[FolderSpec]) -> Path:
+    """Write a dataset file (absolute paths) that `read_dataset_file` reads back to the same specs."""
+    import yaml
+
+    from firmware_sim.atomic import atomic_write_bytes
+
+    doc = specs[0].to_dict() if len(specs) == 1 else {"tasks": [s.to_dict() for s in specs]}
+    return atomic_write_bytes(path, yaml.safe_dump(doc, sort_keys=False).encode())
+
+
+def open_stream(data: str | Path, tasks: list[str] | tuple[str, ...] | None = None,
+                max_train: int | None = None) -> TaskStream | FolderStream:
+    """A task stream from an MVTec AD root folder or from a dataset file (.yaml).
+
+    Args:
+        data: dataset root in MVTec AD layout, or a dataset file naming image folders.
+        tasks: task names in order (default: all, the MVTec thesis order first).
+        max_train: at most this many normal training images per task (seeded), for quick trials.
+
+    Returns:
+        A stream whose `.tasks` each `load()` train / validation / test splits.
+    """
+    if is_dataset_file(data):
+        return FolderStream(read_dataset_file(data), data, list(tasks) if tasks else None, max_train)
+    return TaskStream(data, tasks, max_train)
+
+
+def stream_from_options(data: str | Path | None, tasks: str | None, *, normal: str | Path | None = None,
+                        abnormal: str | Path | None = None, mask: str | Path | None = None,
+                        normal_test: str | Path | None = None, max_train: int | None = None,
+                        out: str | Path | None = None) -> TaskStream | FolderStream:
+    """The stream named by the CLI's data options: `--data ROOT|FILE.yaml [--tasks a,b]`, or one folder task
+    `--normal DIR --abnormal DIR [--mask DIR] [--normal-test DIR]`, written as OUT/dataset.yaml so that
+    eval, export and resume find the same folders.
+
+    Returns:
+        A TaskStream (MVTec AD layout) or a FolderStream.
+    """
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    folder_opts = {"abnormal": abnormal, "mask": mask, "normal_test": normal_test}
+    if normal is None:
+        given = [k for k, v in folder_opts.items() if v is not None]
+        if given:
+            raise EdgeadError(f"--{given[0].replace('_', '-')} belongs to a folder dataset: give --normal DIR too")
+        if data is None:
+            raise EdgeadError("no data: give --data ROOT (MVTec AD layout) or a dataset .yaml file, or "
+                              "--normal DIR --abnormal DIR [--mask DIR]")
+        return open_stream(Path(data).expanduser().resolve(), names, max_train)  # runs record an absolute root
+    if data is not None:
+        raise EdgeadError("give either --data or --normal/--abnormal/--mask, not both")
+    if abnormal is None:
+        raise EdgeadError("--normal needs --abnormal DIR too: evaluation needs abnormal images")
+    name = names[0] if names and len(names) == 1 else None
+    if names and len(names) > 1:
+        raise EdgeadError(f"--tasks {tasks}: a --normal/--abnormal dataset is one task; name it with one value")
+    spec = FolderSpec.from_dict({"name": name, "normal": str(normal),
+                                 **{k: str(v) for k, v in folder_opts.items() if v is not None}},
+                                Path.cwd(), "--normal/--abnormal")
+    for key in ("normal", "abnormal", "mask", "normal_test"):
+        p = getattr(spec, key)
+        if p is not None and not p.is_dir():
+            raise EdgeadError(f"--{key.replace('_', '-')} {p}: folder not found")
+    if out is None:
+        raise EdgeadError("internal: a folder dataset from options needs the run folder to record it in")
+    path = write_dataset_file(Path(out) / "dataset.yaml", [spec])
+    return FolderStream([spec], path, None, max_train)
