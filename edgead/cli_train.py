@@ -95,12 +95,14 @@ def info(model, backbone, levels, bootstrap, image_size, as_json):
 @click.option("--device-trunk", default=None, type=click.Path(path_type=Path),
               help="Keep latents as a device does: this PaSTe export's int8 TFLite trunk output (--codec int8-device).")
 @click.option("--resume", is_flag=True, help="Continue a killed run from its last completed task.")
-@click.option("--skip-bad", is_flag=True, help="Skip unreadable images with a warning instead of stopping.")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images (and, with --resume, damaged replay "
+              "records) with a warning instead of stopping.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Write into an --out folder that holds other files (never over a run).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(root, tasks, model, backbone, levels, bootstrap, image_size, strategy, codec, budget, memory_size, policy,
           replay_ratio, epochs, batch_size, lr, momentum, weight_decay, select_every, val_fraction, seed, device,
-          weights, no_pretrained, device_buffer, device_trunk, resume, skip_bad, out, quiet):
+          weights, no_pretrained, device_buffer, device_trunk, resume, skip_bad, out, force, quiet):
     """Train over one task or a stream of tasks; writes checkpoints and OUT/results.json."""
     from edgead.cl.runner import run_stream, validate_strategy
     from edgead.data import TaskStream
@@ -117,7 +119,7 @@ def train(root, tasks, model, backbone, levels, bootstrap, image_size, strategy,
     res = run_stream(stream, det, cfg, out, strategy=strategy, codec=codec, budget_bytes=budget_bytes,
                      memory_size=memory_size, policy=policy, weights=weights, resume=resume, skip_bad=skip_bad,
                      device_buffer=device_buffer, device_trunk=device_trunk, command="edgead " + shlex.join(sys.argv[1:]),
-                     log=lambda m: click.echo(m, err=True))
+                     force=force, log=lambda m: click.echo(m, err=True))
     print_table(res)
 
 

@@ -13,7 +13,6 @@ import math
 import os
 import platform
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from edgead.engine.tensors import compute_latents, predict_images
 from edgead.errors import EdgeadError
 from edgead.models.cost import detector_cost
 from edgead.models.teacher_student import DetectorConfig, TeacherStudent
+from edgead.outputs import check_writable, public_mkdtemp, writing
 from export.fidelity import Reference, Tolerance, evaluate_format
 from export.formats import FormatExport, export_format, parse_formats
 from export.graphs import feature_names
@@ -211,6 +211,19 @@ def _check_out(out: Path, force: bool) -> None:
         raise EdgeadError(f"--out {out}: already exists and is not empty (choose another folder or pass --force)")
 
 
+def _largest_file(run: Run, formats: list[str]) -> int:
+    """Bytes of the largest artifact: the float ONNX full graph holds every weight in fp32; int8 graphs a
+    quarter of that."""
+    fp32 = detector_cost(run.model)["architecture_bytes"]["fp32"]
+    return fp32 if "onnx" in formats else fp32 // 4
+
+
+def _total_bytes(run: Run, formats: list[str]) -> int:
+    """A generous estimate of what the export writes: per format, trunk + head + full graphs (twice the
+    weights), fp32 size for all (int8 ones are smaller)."""
+    return 2 * len(formats) * detector_cost(run.model)["architecture_bytes"]["fp32"]
+
+
 def _publish(tmp: Path, out: Path) -> None:
     old = None
     if out.exists():
@@ -237,17 +250,21 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
     if "tflite-int8" in formats and run.model.config.backbone != "mcunet-in3":
         raise EdgeadError(f"tflite-int8 needs the Keras mirror, which exists for mcunet-in3 only (this run is "
                           f"{run.model.config.backbone}); use --format onnx,onnx-int8")
+    check_writable(out, what="--out", largest_file=_largest_file(run, formats),
+                   total_bytes=_total_bytes(run, formats))
     pool, test, tasks = load_data(run, opts.data_root)
     seed = int(run.results["config"]["train"]["seed"])
     calib = select_calibration(pool, opts.calibration, seed)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    with writing(out.parent, f"the export {out.name}"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = public_mkdtemp(f".{out.name}.partial-", out.parent)
     try:
         exports: dict[str, FormatExport] = {}
         for fmt in formats:
             log(f"exporting {fmt} ...")
-            exports[fmt] = export_format(fmt, run.model, run.pre, calib, tmp, opts.io, opts.tflite_weights)
+            with writing(out.parent, f"the {fmt} files of {out.name}"):
+                exports[fmt] = export_format(fmt, run.model, run.pre, calib, tmp, opts.io, opts.tflite_weights)
         log(f"fidelity on {len(test)} test images of {tasks} ...")
         ref = reference(run.model, run.pre, test)
         fidelity = {"test_images": len(test), "tasks": tasks, "tolerance": asdict(opts.tolerance), "formats": {}}
@@ -257,10 +274,11 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
         drift = [f"{fmt} ({path}): {'; '.join(r['drift'])}" for fmt, per in fidelity["formats"].items()
                  for path, r in per.items() if r["drift"]]
         fidelity["within_tolerance"] = not drift
-        atomic_write_json(tmp / FIDELITY_NAME, fidelity)
-        manifest = build_manifest(run, opts, exports, tmp, len(calib), len(pool), seed, tasks, not drift)
-        files = [f for fx in exports.values() for f in fx.files] + [FIDELITY_NAME]
-        write_manifest(tmp, manifest, files)
+        with writing(out.parent, f"the manifest of {out.name}"):
+            atomic_write_json(tmp / FIDELITY_NAME, fidelity)
+            manifest = build_manifest(run, opts, exports, tmp, len(calib), len(pool), seed, tasks, not drift)
+            files = [f for fx in exports.values() for f in fx.files] + [FIDELITY_NAME]
+            write_manifest(tmp, manifest, files)
         if drift and not opts.allow_drift:
             report = out.with_name(f"{out.name}.fidelity-failed.json")
             atomic_write_json(report, fidelity)
@@ -268,7 +286,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
                               f"{out}; the fidelity report is in {report}. Pass --allow-drift to export anyway.",
                               {"out": out, "manifest": json.loads((tmp / MANIFEST_NAME).read_text()),
                                "fidelity": fidelity})
-        _publish(tmp, out)
+        with writing(out.parent, out.name):
+            _publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     manifest = load_manifest(out)  # what a device will read: schema, sizes and hashes as written

@@ -20,14 +20,17 @@ import torch
 
 from edgead.cl.memory import ImageMemory, LatentMemory
 from edgead.cl.results import SCHEMA, summarise
+from edgead.cl.run_folder import STATE_NAME, check_new_run_folder, config_differences, config_path, read_state
+from edgead.data.checks import check_stream_masks
 from edgead.data.loading import LoadedSplit
 from edgead.data.stream import TaskData, TaskStream
-from edgead.engine.checkpoint import load_checkpoint, save_checkpoint
+from edgead.engine.checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
 from edgead.engine.evaluate import evaluate_split, fit_calibration
 from edgead.engine.trainer import TrainConfig, train_task
 from edgead.errors import EdgeadError
 from edgead.models.cost import detector_cost
 from edgead.models.teacher_student import DetectorConfig, TeacherStudent
+from edgead.outputs import check_writable, writing
 from firmware_sim.atomic import atomic_write_json
 from firmware_sim.preprocess import Preprocess
 
@@ -67,27 +70,31 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
                strategy: str = "finetune", codec: str | None = None, budget_bytes: int | None = None,
                memory_size: int = 100, policy: str = "random", weights: str | None = None,
                resume: bool = False, skip_bad: bool = False, device_buffer: Path | None = None,
-               device_trunk: Path | None = None, command: str | None = None, log=print) -> dict:
+               device_trunk: Path | None = None, command: str | None = None, force: bool = False,
+               log=print) -> dict:
+    """Train ``strategy`` over the tasks of ``stream``, writing checkpoints, replay memory and results.json
+    into ``out`` after each task; ``resume`` continues a run from its last completed task. ``force`` starts
+    a run in a folder that holds other files (never over a run: that needs ``resume``). ``skip_bad``: skip
+    unreadable images and damaged replay records with a warning instead of stopping. Returns results.json."""
     validate_strategy(strategy, det, codec, device_buffer=device_buffer, device_trunk=device_trunk)
     out = Path(out)
     config = {"detector": det.to_dict(), "train": {k: v for k, v in train.to_dict().items() if k != "progress"},
               "strategy": strategy, "codec": codec, "budget_bytes": budget_bytes,
               "memory_size": None if budget_bytes is not None else memory_size, "policy": policy,
-              "tasks": stream.names, "data_root": str(stream.root),
-              "device_buffer": None if device_buffer is None else str(device_buffer),
-              "device_trunk": None if device_trunk is None else str(device_trunk)}
-    state_path = out / "state.json"
+              "tasks": stream.names, "data_root": config_path(stream.root),
+              "device_buffer": config_path(device_buffer), "device_trunk": config_path(device_trunk)}
+    state_path = out / STATE_NAME
     done = 0
     if resume:
-        if not state_path.is_file():
-            raise EdgeadError(f"{state_path}: nothing to resume (no completed task in {out})")
-        state = json.loads(state_path.read_text())
-        if state["config"] != json.loads(json.dumps(config)):
-            diff = sorted(k for k in config if json.dumps(config[k]) != json.dumps(state["config"].get(k)))
+        state = read_state(out)
+        diff = config_differences(state["config"], config)
+        if diff:
             raise EdgeadError(f"cannot resume {out}: configuration differs from the saved run in {diff}")
         done = state["completed_tasks"]
-    elif state_path.exists():
-        raise EdgeadError(f"{out}: already holds a run (pass --resume to continue it, or choose another --out)")
+    else:
+        check_new_run_folder(out, force=force)
+    check_writable(out, what="--out")  # before the weights load and the data are read
+    check_stream_masks(stream, skip_bad=skip_bad)  # every task's masks, before the first task trains
 
     pre = Preprocess(image_size=det.image_size)
     torch.manual_seed(train.seed)
@@ -101,13 +108,16 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
         memory = LatentMemory.from_file(Path(device_buffer), train.seed, budget_bytes)
     if device_trunk is not None:
         memory.use_device_trunk(Path(device_trunk), tuple(cost["latent_shape"]), det.image_size)
+    # Room for every file still to be written (a checkpoint and a memory file per task), before training.
+    ckpt, mem = checkpoint_bytes(model), 0 if memory is None else memory.budget_bytes
+    check_writable(out, what="--out", largest_file=max(ckpt, mem), total_bytes=(len(stream) - done) * (ckpt + mem))
     rows: list[list[dict]] = []
     timings: list[dict] = []
     if done:
         model, pre, meta = load_checkpoint(out / "checkpoints" / f"task_{done - 1:02d}.pt")
         rows, timings = meta["rows"], meta["timings"]
         if memory is not None:
-            memory.load(out / "memory" / f"after_task_{done - 1:02d}.{_suffix(memory)}")
+            memory.load(out / "memory" / f"after_task_{done - 1:02d}.{_suffix(memory)}", skip_bad=skip_bad, log=log)
         log(f"resuming {out} after task {done}/{len(stream)}")
 
     cache: dict[int, TaskData] = {}
@@ -141,15 +151,16 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
         log("  " + "  ".join(f"{stream.names[j]}: img {r['image_auroc']:.3f} pix "
                              f"{(r['pixel_auroc'] or float('nan')):.3f}" for j, r in enumerate(row)))
         mem_path = None
-        if memory is not None:
-            mem_path = out / "memory" / f"after_task_{i:02d}.{_suffix(memory)}"
-            memory.save(mem_path)
-        save_checkpoint(out / "checkpoints" / f"task_{i:02d}.pt", model, pre, task_index=i, tasks=stream.names,
-                        rows=rows, timings=timings)
-        results = _results(config, stream, cost, memory, rows, timings, command)
-        atomic_write_json(out / "results.json", results)
-        atomic_write_json(state_path, {"config": config, "completed_tasks": i + 1, "memory_file":
-                                       None if mem_path is None else str(mem_path.relative_to(out))})
+        with writing(out, f"the results of task {i + 1} ({task.name})"):
+            if memory is not None:
+                mem_path = out / "memory" / f"after_task_{i:02d}.{_suffix(memory)}"
+                memory.save(mem_path)
+            save_checkpoint(out / "checkpoints" / f"task_{i:02d}.pt", model, pre, task_index=i,
+                            tasks=stream.names, rows=rows, timings=timings)
+            results = _results(config, stream, cost, memory, rows, timings, command)
+            atomic_write_json(out / "results.json", results)
+            atomic_write_json(state_path, {"config": config, "completed_tasks": i + 1, "memory_file":
+                                           None if mem_path is None else str(mem_path.relative_to(out))})
     return json.loads((out / "results.json").read_text())
 
 
