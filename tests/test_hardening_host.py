@@ -25,8 +25,8 @@ from PIL import Image
 from edgead.cl.run_folder import check_new_run_folder, config_differences
 from edgead.cl.runner import run_stream
 from edgead.data import TaskStream
-from edgead.data.loading import load_entries
 from edgead.data.layout import scan_mvtec
+from edgead.data.loading import load_entries
 from edgead.engine.trainer import TrainConfig
 from edgead.errors import EdgeadError
 from edgead.models import weights as W
