@@ -330,3 +330,16 @@ def test_explicit_weights_with_an_unknown_hash_warn_and_load(altered_weights):
     with pytest.warns(UserWarning, match="differs from the published mcunet-in3 weights"):
         model = W.build_backbone("mcunet-in3", weights=altered_weights, download=False)
     assert model is not None
+
+
+def test_unreadable_run_state_and_image_memory_are_clear_errors(tmp_path):
+    from edgead.cl.memory import ImageMemory
+    from edgead.cl.run_folder import read_state
+
+    (tmp_path / "state.json").write_text('{"config": {"tasks": ["nut"]}, "completed_')  # cut by a kill
+    with pytest.raises(EdgeadError, match=f"{tmp_path / 'state.json'}: not readable run state"):
+        read_state(tmp_path)
+    bad = tmp_path / "after_task_00.npz"
+    bad.write_bytes(b"PK\x03\x04 truncated zip")
+    with pytest.raises(EdgeadError, match=f"{bad}: replay memory unreadable"):
+        ImageMemory(SIZE, budget_bytes=None, memory_size=4, seed=0).load(bad)
