@@ -211,17 +211,12 @@ def _check_out(out: Path, force: bool) -> None:
         raise EdgeadError(f"--out {out}: already exists and is not empty (choose another folder or pass --force)")
 
 
-def _largest_file(run: Run, formats: list[str]) -> int:
-    """Bytes of the largest artifact: the float ONNX full graph holds every weight in fp32; int8 graphs a
-    quarter of that."""
-    fp32 = detector_cost(run.model)["architecture_bytes"]["fp32"]
-    return fp32 if "onnx" in formats else fp32 // 4
-
-
-def _total_bytes(run: Run, formats: list[str]) -> int:
-    """A generous estimate of what the export writes: per format, trunk + head + full graphs (twice the
-    weights), fp32 size for all (int8 ones are smaller)."""
-    return 2 * len(formats) * detector_cost(run.model)["architecture_bytes"]["fp32"]
+def _space_needed(run: Run, formats: list[str]) -> tuple[int, int]:
+    """(largest file, all files) an export writes, in bytes. The float ONNX full graph holds every weight in
+    fp32 (int8 graphs about a quarter of that); per format, trunk + head + full hold the weights about twice,
+    counted at fp32 size for all formats: a generous estimate."""
+    fp32 = sum(p.numel() * 4 for p in run.model.parameters())
+    return (fp32 if "onnx" in formats else fp32 // 4), 2 * len(formats) * fp32
 
 
 def _publish(tmp: Path, out: Path) -> None:
@@ -250,8 +245,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
     if "tflite-int8" in formats and run.model.config.backbone != "mcunet-in3":
         raise EdgeadError(f"tflite-int8 needs the Keras mirror, which exists for mcunet-in3 only (this run is "
                           f"{run.model.config.backbone}); use --format onnx,onnx-int8")
-    check_writable(out, what="--out", largest_file=_largest_file(run, formats),
-                   total_bytes=_total_bytes(run, formats))
+    largest, total = _space_needed(run, formats)
+    check_writable(out, what="--out", largest_file=largest, total_bytes=total)
     pool, test, tasks = load_data(run, opts.data_root)
     seed = int(run.results["config"]["train"]["seed"])
     calib = select_calibration(pool, opts.calibration, seed)

@@ -19,7 +19,7 @@ from edgead.errors import EdgeadError
 
 STATE_NAME = "state.json"
 PATH_KEYS = ("data_root", "device_buffer", "device_trunk")  # config values that name files or folders
-_TMP = re.compile(r"\..+\.tmp")
+_TMP = re.compile(r"\..+\.tmp|\.edgead-write-test-.+")  # atomic writes' and edgead.outputs' probe files
 _OWN = {"checkpoints": re.compile(r"task_\d{2}\.pt"), "memory": re.compile(r"after_task_\d{2}\.(edgeadrb|npz)")}
 
 
@@ -54,8 +54,9 @@ def check_new_run_folder(out: Path, *, force: bool) -> None:
     foreign = sorted(p.name for p in out.iterdir() if not _is_run_file(p))
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
+        replaced = " (replacing its results.json)" if "results.json" in foreign else ""
         raise EdgeadError(f"--out {out}: not empty and not an edgead run (holds {shown}); choose an empty or new "
-                          "folder, or pass --force to write the run's files beside them")
+                          f"folder, or pass --force to write the run's files beside them{replaced}")
 
 
 def read_state(out: Path) -> dict:
