@@ -60,7 +60,11 @@ def load_mask(path: str | os.PathLike, expected_size: tuple[int, int] | None = N
     with any value work alike). ``threshold``: values above it are defects; only a converter that knows its
     source's masks carry soft edges or compression noise raises it (Magnetic-Tile: 127)."""
     path = Path(path)
-    img = _to_uint8(_open(path, "mask"))
+    img = _open(path, "mask")
+    # Single-channel masks keep their own values (a 16-bit 0/1 mask rescaled to 8 bits would be empty);
+    # palette and colour masks become RGB without alpha, then any channel counts.
+    if img.mode not in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F"):
+        img = _to_uint8(img)
     if expected_size is not None and img.size != expected_size:
         raise UserError(
             f"{path}: mask is {img.size[0]}x{img.size[1]} but its image is "

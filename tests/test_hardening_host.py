@@ -92,6 +92,26 @@ def test_any_nonzero_mask_pixel_is_a_defect(tmp_path, value):
     assert m.dtype == bool and m.sum() == 40 and m[5:9, 10:20].all()
 
 
+@pytest.mark.parametrize("mode", ["I;16", "F", "RGBA", "P"])
+def test_mask_rule_holds_in_other_modes(tmp_path, mode):
+    a = np.zeros((20, 30), np.uint8)
+    a[5:9, 10:20] = 1
+    if mode == "I;16":
+        img = Image.fromarray(a.astype(np.uint16))  # a 16-bit 0/1 mask
+    elif mode == "F":
+        img = Image.fromarray(a.astype(np.float32) * 0.25)
+    elif mode == "RGBA":
+        rgba = np.zeros((20, 30, 4), np.uint8)
+        rgba[..., 3] = 255  # opaque everywhere: alpha is not a defect
+        rgba[5:9, 10:20, 0] = 100
+        img = Image.fromarray(rgba)
+    else:
+        img = Image.fromarray(a * 7).convert("P")
+    img.save(tmp_path / ("m.tif" if mode == "F" else "m.png"))
+    m = load_mask(tmp_path / ("m.tif" if mode == "F" else "m.png"))
+    assert m.sum() == 40 and m[5:9, 10:20].all()
+
+
 def _redraw_masks(root: Path, category: str, value: int) -> None:
     for p in _masks(root, category):
         a = np.asarray(Image.open(p).convert("L"))
