@@ -196,7 +196,7 @@ class LatentMemory:
         was lost, unless ``skip_bad``: then the intact records are kept and the loss is logged as a warning."""
         buffer, report = ReplayBuffer.load(path)
         if report.dropped:
-            first = report.errors[0] if report.errors else ""
+            first = report.errors[0].removeprefix(f"{path}: ") if report.errors else "unknown"
             what = (f"{path}: {report.dropped} damaged replay record(s) dropped, {report.kept} intact "
                     f"(first: {first})")
             if not skip_bad:
