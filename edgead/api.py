@@ -106,6 +106,7 @@ class Detector:
             replay_ratio: float = 0.5, epochs: int = 20, batch_size: int = 32, lr: float = 0.4,
             momentum: float = 0.9, weight_decay: float = 1e-4, select_every: int = 1, val_fraction: float = 0.1,
             seed: int = 0, out: str | os.PathLike | None = None, resume: bool = False, skip_bad: bool = False,
+            force: bool = False,
             progress: bool = True) -> dict:
         """Train over one task or a stream of tasks (as `edgead train`), then keep the last checkpoint.
 
@@ -123,6 +124,7 @@ class Detector:
                 training settings, as the `edgead train` options of the same names.
             out: run folder (default: a new temporary folder, see `run_dir`).
             resume: continue a killed run in `out`.
+            force: write into an `out` folder that holds other files (never over a run).
             skip_bad: skip unreadable images with a warning.
             progress: show progress bars.
 
@@ -130,10 +132,12 @@ class Detector:
             The run's results (results.json): metric matrices, averages, forgetting, memory, timings.
         """
         from edgead.cl.config import ReplayConfig
+        from edgead.cl.run_folder import check_new_run_folder
         from edgead.cl.runner import run_stream
         from edgead.config_file import record_config
         from edgead.data.folder import stream_from_options
         from edgead.engine.trainer import TrainConfig
+        from edgead.outputs import check_writable
         from firmware_sim.sizes import parse_size
 
         replay = ReplayConfig(strategy, codec, parse_size(budget) if budget is not None else None, memory_size,
@@ -141,6 +145,9 @@ class Detector:
         replay.check_detector(self.config.model)
         out = Path(out).resolve() if out is not None else Path(tempfile.mkdtemp(prefix="edgead-run-"))
         task_text = tasks if isinstance(tasks, str) or tasks is None else ",".join(tasks)
+        if not resume:  # before dataset.yaml and config.yaml are written into `out`
+            check_new_run_folder(out, force=force)
+            check_writable(out, what="--out")
         stream = stream_from_options(data, task_text, normal=normal, abnormal=abnormal, mask=mask,
                                      normal_test=normal_test, max_train=max_train, out=out)
         train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
@@ -161,7 +168,8 @@ class Detector:
         self._task_index = None
         self.results = run_stream(stream, self.config, train, replay, out,
                                   weights=None if self.weights is None else str(self.weights), resume=resume,
-                                  skip_bad=skip_bad, command="edgead.api.Detector.fit", log=lambda m: None)
+                                  skip_bad=skip_bad, force=True, command="edgead.api.Detector.fit",
+                                  log=lambda m: None)
         self._use_run(out, None)
         return self.results
 

@@ -13,7 +13,6 @@ import math
 import os
 import platform
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from edgead.engine.tensors import compute_latents, predict_images
 from edgead.errors import EdgeadError
 from edgead.models.cost import detector_cost
 from edgead.models.teacher_student import DetectorConfig, TeacherStudent
+from edgead.outputs import check_writable, public_mkdtemp, writing
 from firmware_sim.atomic import atomic_write_json
 from firmware_sim.digest import sha256_file
 from firmware_sim.edgetpu import COMPILER, add_edgetpu, find_compiler, manual_steps
@@ -224,6 +224,14 @@ def _check_out(out: Path, force: bool) -> None:
         raise EdgeadError(f"--out {out}: already exists and is not empty (choose another folder or pass --force)")
 
 
+def _space_needed(run: Run, formats: list[str]) -> tuple[int, int]:
+    """(largest file, all files) an export writes, in bytes. The float ONNX full graph holds every weight in
+    fp32 (int8 graphs about a quarter of that); per format, trunk + head + full hold the weights about twice,
+    counted at fp32 size for all formats: a generous estimate."""
+    fp32 = sum(p.numel() * 4 for p in run.model.parameters())
+    return (fp32 if "onnx" in formats else fp32 // 4), 2 * len(formats) * fp32
+
+
 def _publish(tmp: Path, out: Path) -> None:
     old = None
     if out.exists():
@@ -279,17 +287,21 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
         groups = [[f"full{t}"]] if run.model.trunk is None else [[f"trunk{t}", f"head{t}"], [f"full{t}"]]
         raise EdgeadError(f"--format edgetpu: {COMPILER} is not on PATH. Export with --format "
                           f"{','.join(formats)} now, then " + manual_steps(out, groups))
+    largest, total = _space_needed(run, formats)
+    check_writable(out, what="--out", largest_file=largest, total_bytes=total)
     pool, test, tasks = load_data(run, opts.data_root)
     seed = int(run.results["config"]["train"]["seed"])
     calib = select_calibration(pool, opts.calibration, seed, warn)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    with writing(out.parent, f"the export {out.name}"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = public_mkdtemp(f".{out.name}.partial-", out.parent)
     try:
         exports: dict[str, FormatExport] = {}
         for fmt in progress(formats, "export: calibrate and convert", unit="format"):
             log(f"exporting {fmt} ...")
-            exports[fmt] = export_format(fmt, run.model, run.pre, calib, tmp, opts.io, opts.tflite_weights)
+            with writing(out.parent, f"the {fmt} files of {out.name}"):
+                exports[fmt] = export_format(fmt, run.model, run.pre, calib, tmp, opts.io, opts.tflite_weights)
         log(f"fidelity on {len(test)} test images of {tasks} ...")
         ref = reference(run.model, run.pre, test)
         fidelity = {"test_images": len(test), "tasks": tasks, "tolerance": asdict(opts.tolerance), "formats": {}}
@@ -299,10 +311,11 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
         drift = [f"{fmt} ({path}): {'; '.join(r['drift'])}" for fmt, per in fidelity["formats"].items()
                  for path, r in per.items() if r["drift"]]
         fidelity["within_tolerance"] = not drift
-        atomic_write_json(tmp / FIDELITY_NAME, fidelity)
-        manifest = build_manifest(run, opts, exports, tmp, len(calib), len(pool), seed, tasks, not drift)
-        files = [f for fx in exports.values() for f in fx.files] + [FIDELITY_NAME]
-        write_manifest(tmp, manifest, files)
+        with writing(out.parent, f"the manifest of {out.name}"):
+            atomic_write_json(tmp / FIDELITY_NAME, fidelity)
+            manifest = build_manifest(run, opts, exports, tmp, len(calib), len(pool), seed, tasks, not drift)
+            files = [f for fx in exports.values() for f in fx.files] + [FIDELITY_NAME]
+            write_manifest(tmp, manifest, files)
         if drift and not opts.allow_drift:
             report = out.with_name(f"{out.name}.fidelity-failed.json")
             atomic_write_json(report, fidelity)
@@ -316,7 +329,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
                                "fidelity": fidelity})
         if edgetpu:
             add_edgetpu(tmp, log=log)
-        _publish(tmp, out)
+        with writing(out.parent, out.name):
+            _publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     manifest = load_manifest(out)  # what a device will read: schema, sizes and hashes as written

@@ -58,7 +58,11 @@ def _captured_output():
             sys.stderr.flush()
             log.seek(0)
             tail = log.read().decode(errors="replace")[-2000:]
-            raise EdgeadError(f"TFLite conversion failed: {type(e).__name__}: {e}\n{tail}") from e
+            hint = ""
+            if isinstance(e, TypeError) and "'NoneType' object is not callable" in str(e):
+                hint = (f" (the converter could not save the model in the temporary folder {tempfile.gettempdir()}"
+                        ": check its free space and file size limit, or set TMPDIR to a folder with room)")
+            raise EdgeadError(f"TFLite conversion failed: {type(e).__name__}: {e}{hint}\n{tail}") from e
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -118,12 +122,28 @@ def convert_int8(keras_model, samples: Callable[[], Iterable[np.ndarray]], io: s
     if granularity not in GRANULARITIES:
         raise EdgeadError(f"weight granularity {granularity!r}: expected one of {', '.join(GRANULARITIES)}")
     tf = import_tensorflow()
+    _check_converter_temp(keras_model)
     with _captured_output():
         calibrated = _calibrate(tf, keras_model, samples, input_range)
         io_type = {"int8": tf.int8, "uint8": tf.uint8}[io]
         if granularity == "mixed":
             return _mixed(_quantize(calibrated, io_type, True), _quantize(calibrated, io_type, False))
         return _quantize(calibrated, io_type, granularity == "per-channel")
+
+
+def _check_converter_temp(keras_model) -> None:
+    """The converter first saves the model as a SavedModel in the system temporary folder; if that fails (a
+    full disk, `ulimit -f`) it swallows the error and falls back to a path that breaks under Keras 3 with
+    "'NoneType' object is not callable". Check the folder can take the weights first, and say where."""
+    from edgead.outputs import check_writable
+
+    folder = tempfile.gettempdir()
+    weights = 4 * int(keras_model.count_params())  # the SavedModel's variables file, float32
+    try:
+        check_writable(folder, what="TFLite conversion's temporary folder", largest_file=weights,
+                       total_bytes=2 * weights)
+    except EdgeadError as e:
+        raise EdgeadError(f"{e} (the converter saves the model there first; set TMPDIR to a folder with room)") from None
 
 
 def _quantize(calibrated: bytes, io_type, per_channel: bool) -> bytes:

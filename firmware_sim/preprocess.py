@@ -30,7 +30,7 @@ def _open(path: Path, what: str) -> Image.Image:
         img.load()  # decode now so truncated files fail here, with the file's name
     except FileNotFoundError:
         raise UserError(f"{path}: {what} not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{path}: cannot read {what} ({e}); expected a readable PNG, JPEG, BMP or TIFF file") from None
     return img
 
@@ -54,10 +54,17 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def load_mask(path: str | os.PathLike, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a ground-truth mask as bool (H, W): any non-zero pixel is a defect."""
+def load_mask(path: str | os.PathLike, expected_size: tuple[int, int] | None = None,
+              threshold: int = 0) -> np.ndarray:
+    """Read a ground-truth mask as bool (H, W): any non-zero pixel is a defect (0/255, 0/1 and masks drawn
+    with any value work alike). ``threshold``: values above it are defects; only a converter that knows its
+    source's masks carry soft edges or compression noise raises it (Magnetic-Tile: 127)."""
     path = Path(path)
-    img = _to_uint8(_open(path, "mask"))
+    img = _open(path, "mask")
+    # Single-channel masks keep their own values (a 16-bit 0/1 mask rescaled to 8 bits would be empty);
+    # palette and colour masks become RGB without alpha, then any channel counts.
+    if img.mode not in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F"):
+        img = _to_uint8(img)
     if expected_size is not None and img.size != expected_size:
         raise UserError(
             f"{path}: mask is {img.size[0]}x{img.size[1]} but its image is "
@@ -66,7 +73,7 @@ def load_mask(path: str | os.PathLike, expected_size: tuple[int, int] | None = N
     a = np.asarray(img)
     if a.ndim == 3:
         a = a.max(axis=2)
-    return a > 127
+    return a > threshold
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ task i depends only on (seed, i), so a resumed run picks the same samples as an 
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 from typing import Protocol
 
@@ -30,8 +31,9 @@ class ReplayMemory(Protocol):
 
     ``update`` takes task ``task_index``'s training images after the task is trained (the budget is then
     shared equally by the tasks seen); ``source`` gives what the trainer replays (None while empty);
-    ``nbytes`` is every byte stored, the "additional memory" of results.json; ``save``/``load`` write and read
-    ``file_suffix`` files atomically, for the checkpoint after each task and for resume.
+    ``nbytes`` is every byte stored, the "additional memory" of results.json, and ``budget_bytes`` the most it
+    may grow to; ``save``/``load`` write and read ``file_suffix`` files atomically, for the checkpoint after
+    each task and for resume (``load`` reports damaged records and stops unless ``skip_bad``).
     """
 
     kind: str
@@ -44,13 +46,16 @@ class ReplayMemory(Protocol):
     @property
     def nbytes(self) -> int: ...
 
+    @property
+    def budget_bytes(self) -> int: ...
+
     def samples_per_task(self) -> dict[int, int]: ...
 
     def source(self) -> ReplaySource | None: ...
 
     def save(self, path: Path) -> None: ...
 
-    def load(self, path: Path) -> None: ...
+    def load(self, path: Path, *, skip_bad: bool = False, log=print) -> None: ...
 
 
 class ImageMemory:
@@ -102,9 +107,20 @@ class ImageMemory:
                  **{f"t{t}": v for t, v in self.per_task.items()})
         atomic_write(path, lambda f: f.write(buf.getvalue()))
 
-    def load(self, path: Path) -> None:
-        with np.load(path, allow_pickle=False) as z:
-            self.per_task = {int(t): z[f"t{int(t)}"] for t in z["tasks"]}
+    @property
+    def budget_bytes(self) -> int:
+        """The most bytes the memory can hold (what one saved memory file may take)."""
+        return self.capacity * self.sample_bytes
+
+    def load(self, path: Path, *, skip_bad: bool = False, log=print) -> None:
+        """Restore a saved memory; an unreadable file is an EdgeadError naming it (an .npz has no records to
+        salvage, so ``skip_bad`` does not apply)."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                self.per_task = {int(t): z[f"t{int(t)}"] for t in z["tasks"]}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise EdgeadError(f"{path}: replay memory unreadable ({type(e).__name__}: {e}); "
+                              "cannot resume from it") from None
 
 
 class _ImageSource:
@@ -230,8 +246,24 @@ class LatentMemory:
     def save(self, path: Path) -> None:
         self.buffer.save(path)
 
-    def load(self, path: Path) -> None:
-        self.buffer, _ = ReplayBuffer.load(path)
+    @property
+    def budget_bytes(self) -> int:
+        """The buffer's byte budget (what one saved buffer file may take)."""
+        return self.buffer.budget_bytes
+
+    def load(self, path: Path, *, skip_bad: bool = False, log=print) -> None:
+        """Restore a saved buffer. Damaged records stop the load with an EdgeadError naming the file and what
+        was lost, unless ``skip_bad``: then the intact records are kept and the loss is logged as a warning."""
+        buffer, report = ReplayBuffer.load(path)
+        if report.dropped:
+            first = report.errors[0].removeprefix(f"{path}: ") if report.errors else "unknown"
+            what = (f"{path}: {report.dropped} damaged replay record(s) dropped, {report.kept} intact "
+                    f"(first: {first})")
+            if not skip_bad:
+                raise EdgeadError(f"{what}; resuming would replay fewer samples than the run saved. Pass "
+                                  "--skip-bad to resume with the intact records only")
+            log(f"warning: {what}; resuming with the intact records only (--skip-bad)")
+        self.buffer = buffer
 
 
 class _LatentSource:

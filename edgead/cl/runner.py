@@ -21,14 +21,17 @@ import torch
 from edgead.cl.config import ReplayConfig
 from edgead.cl.memory import ImageMemory, LatentMemory, ReplayMemory
 from edgead.cl.results import SCHEMA, summarise
+from edgead.cl.run_folder import STATE_NAME, check_new_run_folder, config_differences, config_path, read_state
+from edgead.data.checks import check_stream_masks
 from edgead.data.loading import LoadedSplit
 from edgead.data.stream import TaskData, TaskStream
-from edgead.engine.checkpoint import load_checkpoint, save_checkpoint
+from edgead.engine.checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
 from edgead.engine.evaluate import evaluate_split, fit_calibration
 from edgead.engine.trainer import TrainConfig, train_task
 from edgead.errors import EdgeadError
 from edgead.models.cost import detector_cost
 from edgead.models.teacher_student import DetectorConfig, TeacherStudent
+from edgead.outputs import check_writable, writing
 from firmware_sim.atomic import atomic_write_json
 from firmware_sim.preprocess import Preprocess
 
@@ -49,7 +52,7 @@ def _make_memory(replay: ReplayConfig, det: DetectorConfig, latent_shape: tuple[
 
 def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, replay: ReplayConfig | None = None,
                out: Path | str | None = None, *, weights: str | Path | None = None, resume: bool = False,
-               skip_bad: bool = False, command: str | None = None, log=print) -> dict:
+               skip_bad: bool = False, command: str | None = None, force: bool = False, log=print) -> dict:
     """Train ``det`` over the tasks of ``stream`` in order, with the strategy and memory of ``replay``.
 
     Args:
@@ -60,8 +63,10 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
         out: the run folder: checkpoints/, memory/, state.json and results.json are written there.
         weights: the backbone's ImageNet weights file or folder (default: the usual search).
         resume: continue a killed run from its last completed task (the configuration must match).
-        skip_bad: skip unreadable images with a warning instead of stopping.
+        skip_bad: skip unreadable images (and, on resume, damaged replay records) with a warning instead of
+            stopping.
         command: the command line recorded in results.json (default: sys.argv).
+        force: start a run in a folder that holds other files (never over a run: that needs ``resume``).
         log: called with one line of progress text at a time.
 
     Returns:
@@ -77,23 +82,25 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
     replay.check_detector(det.model)
     out = Path(out)
     config = {"detector": det.to_dict(), "train": {k: v for k, v in train.to_dict().items() if k != "progress"},
-              **replay.to_dict(), "tasks": stream.names, "data_root": str(stream.root)}
+              **replay.to_dict(), "tasks": stream.names, "data_root": config_path(stream.root)}
+    # Paths are kept absolute and normalised, so `d` and `/abs/path/d/` resume the same run.
+    config["device_buffer"], config["device_trunk"] = config_path(replay.device_buffer), config_path(replay.device_trunk)
     config = {k: config[k] for k in ("detector", "train", "strategy", "codec", "budget_bytes", "memory_size",
                                      "policy", "tasks", "data_root", "device_buffer", "device_trunk")}
     if getattr(stream, "max_train", None) is not None:  # only when set, so older runs still resume
         config["max_train"] = stream.max_train
-    state_path = out / "state.json"
+    state_path = out / STATE_NAME
     done = 0
     if resume:
-        if not state_path.is_file():
-            raise EdgeadError(f"{state_path}: nothing to resume (no completed task in {out})")
-        state = json.loads(state_path.read_text())
-        if state["config"] != json.loads(json.dumps(config)):
-            diff = sorted(k for k in config if json.dumps(config[k]) != json.dumps(state["config"].get(k)))
+        state = read_state(out)
+        diff = config_differences(state["config"], config)
+        if diff:
             raise EdgeadError(f"cannot resume {out}: configuration differs from the saved run in {diff}")
         done = state["completed_tasks"]
-    elif state_path.exists():
-        raise EdgeadError(f"{out}: already holds a run (pass --resume to continue it, or choose another --out)")
+    else:
+        check_new_run_folder(out, force=force)
+    check_writable(out, what="--out")  # before the weights load and the data are read
+    check_stream_masks(stream, skip_bad=skip_bad)  # every task's masks, before the first task trains
 
     pre = Preprocess(image_size=det.image_size)
     torch.manual_seed(train.seed)
@@ -102,13 +109,16 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
     memory = _make_memory(replay, det, tuple(cost["latent_shape"]), train.seed, len(stream))
     if replay.device_trunk is not None:
         memory.use_device_trunk(replay.device_trunk, tuple(cost["latent_shape"]), det.image_size)
+    # Room for every file still to be written (a checkpoint and a memory file per task), before training.
+    ckpt, mem = checkpoint_bytes(model), 0 if memory is None else memory.budget_bytes
+    check_writable(out, what="--out", largest_file=max(ckpt, mem), total_bytes=(len(stream) - done) * (ckpt + mem))
     rows: list[list[dict]] = []
     timings: list[dict] = []
     if done:
         model, pre, meta = load_checkpoint(out / "checkpoints" / f"task_{done - 1:02d}.pt")
         rows, timings = meta["rows"], meta["timings"]
         if memory is not None:
-            memory.load(out / "memory" / f"after_task_{done - 1:02d}.{memory.file_suffix}")
+            memory.load(out / "memory" / f"after_task_{done - 1:02d}.{memory.file_suffix}", skip_bad=skip_bad, log=log)
         log(f"resuming {out} after task {done}/{len(stream)}")
 
     cache: dict[int, TaskData] = {}
@@ -143,16 +153,17 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
                              + ("n/a" if r["pixel_auroc"] is None else f"{r['pixel_auroc']:.3f}")
                              for j, r in enumerate(row)))
         mem_path = None
-        if memory is not None:
-            mem_path = out / "memory" / f"after_task_{i:02d}.{memory.file_suffix}"
-            memory.save(mem_path)
-        save_checkpoint(out / "checkpoints" / f"task_{i:02d}.pt", model, pre, task_index=i, tasks=stream.names,
-                        rows=rows, timings=timings)
-        kept = _joint_kept(data, i) if replay.strategy == "joint" else None
-        results = _results(config, stream, cost, memory, rows, timings, command, kept)
-        atomic_write_json(out / "results.json", results)
-        atomic_write_json(state_path, {"config": config, "completed_tasks": i + 1, "memory_file":
-                                       None if mem_path is None else str(mem_path.relative_to(out))})
+        with writing(out, f"the results of task {i + 1} ({task.name})"):
+            if memory is not None:
+                mem_path = out / "memory" / f"after_task_{i:02d}.{memory.file_suffix}"
+                memory.save(mem_path)
+            save_checkpoint(out / "checkpoints" / f"task_{i:02d}.pt", model, pre, task_index=i,
+                            tasks=stream.names, rows=rows, timings=timings)
+            kept = _joint_kept(data, i) if replay.strategy == "joint" else None
+            results = _results(config, stream, cost, memory, rows, timings, command, kept)
+            atomic_write_json(out / "results.json", results)
+            atomic_write_json(state_path, {"config": config, "completed_tasks": i + 1, "memory_file":
+                                           None if mem_path is None else str(mem_path.relative_to(out))})
     return json.loads((out / "results.json").read_text())
 
 

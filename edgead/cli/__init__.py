@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except OSError as e:  # a full disk, a read-only or missing folder: the path and the reason, no traceback
+        from edgead.outputs import os_error_text
+
+        click.echo(f"error: {os_error_text(e)}", err=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

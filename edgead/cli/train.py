@@ -52,24 +52,31 @@ from edgead.config_file import config_option
 @click.option("--device-trunk", default=None, type=click.Path(path_type=Path),
               help="Keep latents as a device does: this PaSTe export's int8 TFLite trunk output (--codec int8-device).")
 @click.option("--resume", is_flag=True, help="Continue a killed run from its last completed task.")
-@click.option("--skip-bad", is_flag=True, help="Skip unreadable images with a warning instead of stopping.")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images (and, with --resume, damaged replay "
+              "records) with a warning instead of stopping.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Write into an --out folder that holds other files (never over a run).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(root, normal, abnormal, mask, normal_test, max_train, tasks, model, backbone, levels, bootstrap, image_size,
           strategy, codec, budget, memory_size, policy, replay_ratio, epochs, batch_size, lr, momentum, weight_decay,
           select_every, val_fraction, seed, device, weights, no_pretrained, device_buffer, device_trunk, resume,
-          skip_bad, out, quiet):
+          skip_bad, out, force, quiet):
     """Train over one task or a stream of tasks; writes checkpoints, OUT/results.json and OUT/config.yaml."""
     from edgead import console
     from edgead.cl.config import ReplayConfig
+    from edgead.cl.run_folder import check_new_run_folder
     from edgead.cl.runner import run_stream
     from edgead.config_file import context_values, record_config
     from edgead.data.folder import stream_from_options
     from edgead.engine.trainer import TrainConfig
+    from edgead.outputs import check_writable
 
     det = detector_config(model, backbone, levels, bootstrap, image_size, pretrained=not no_pretrained)
     replay = ReplayConfig.from_options(strategy, codec, budget, memory_size, policy, device_buffer, device_trunk)
     replay.check_detector(det.model)
+    if not resume:  # before this command writes its own files (dataset.yaml, config.yaml) into --out
+        check_new_run_folder(out, force=force)
+        check_writable(out, what="--out")
     stream = stream_from_options(root, tasks, normal=normal, abnormal=abnormal, mask=mask, normal_test=normal_test,
                                  max_train=max_train, out=out)
     if not (out / "state.json").exists():  # a new run (resuming keeps the recorded file as it is)
@@ -77,7 +84,8 @@ def train(root, normal, abnormal, mask, normal_test, max_train, tasks, model, ba
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                       seed=seed, device=device, replay_ratio=replay_ratio, select_every=select_every,
                       val_fraction=val_fraction, progress=not quiet and console.level() > console.QUIET)
-    res = run_stream(stream, det, cfg, replay, out, weights=weights, resume=resume, skip_bad=skip_bad,
+    # force=True: the folder was checked above, and what it holds now beside the user's files is this run's.
+    res = run_stream(stream, det, cfg, replay, out, weights=weights, resume=resume, skip_bad=skip_bad, force=True,
                      command="edgead " + shlex.join(sys.argv[1:]),
                      log=(lambda m: None) if console.level() <= console.QUIET else (lambda m: click.echo(m, err=True)))
     print_table(res)

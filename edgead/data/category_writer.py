@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from PIL import Image
 
 from edgead.data.layout import GOOD
 from edgead.errors import EdgeadError
+from edgead.outputs import public_mkdtemp
 from firmware_sim.atomic import atomic_write_json
 from firmware_sim.errors import UserError
 from firmware_sim.preprocess import load_mask
@@ -77,7 +77,7 @@ class CategoryWriter:
         if self.final.exists() and any(self.final.iterdir()) and not overwrite:
             raise EdgeadError(f"{self.final}: already exists and is not empty (pass --overwrite to replace it)")
         self.out.mkdir(parents=True, exist_ok=True)
-        self.root = Path(tempfile.mkdtemp(prefix=f".{category}.", dir=self.out))
+        self.root = Path(public_mkdtemp(f".{category}.", self.out))
 
     def __enter__(self) -> CategoryWriter:
         return self
@@ -109,10 +109,11 @@ class CategoryWriter:
         return dst
 
     def add_mask_file(self, src: Path, size: tuple[int, int], defect_type: str, stem: str,
-                      shown: str | None = None) -> Path:
-        """Binarise a mask file (> 127, as the loader does) that must be `size` (W, H); errors name `shown`."""
+                      shown: str | None = None, threshold: int = 127) -> Path:
+        """Binarise a source mask file (> ``threshold``: sources may carry soft edges or compression noise, so
+        mid-grey by default) that must be `size` (W, H); written 0/255. Errors name `shown`."""
         try:
-            mask = load_mask(src, expected_size=size)
+            mask = load_mask(src, expected_size=size, threshold=threshold)
         except UserError as e:
             msg = str(e)
             raise EdgeadError(msg.replace(str(src), shown, 1) if shown else msg) from None

@@ -4,9 +4,11 @@ Source layout: MT_<Class>/Imgs/<name>.jpg with <name>.png masks beside. MT_Free 
 tiles. The split is fixed and documented: the MT_Free images, sorted by name, are permuted with
 numpy's default_rng(seed) (seed 0 by default) and the first `test_fraction` (20%) go to test/good, the rest
 to train/good. Defect classes become test/<class> (lower case: blowhole, break, crack, fray, uneven) with
-masks binarised at > 127 into ground_truth/<class>/<stem>_mask.png (0/255). Images are copied byte for
-byte (no re-encoding). The category is written to a temporary folder and renamed into place at the end,
-with a dataset.json (counts, source, license, command).
+masks binarised at > 127 into ground_truth/<class>/<stem>_mask.png (0/255). The threshold is this dataset's:
+its PNG masks carry soft edges and compression noise (grey levels 1..254 around and away from the defects;
+any non-zero pixel, the rule for masks in MVTec layout, would widen most defects and some many times over).
+Images are copied byte for byte (no re-encoding). The category is written to a temporary folder and renamed
+into place at the end.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from edgead.errors import EdgeadError
 
 NORMAL_CLASS = "MT_Free"
 DEFECT_CLASSES = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven")
+SOURCE_MASK_THRESHOLD = 127  # see the module docstring
 LICENSE = ("none stated; the authors welcome use with a citation: Huang, Qiu, Yuan, Surface defect saliency "
            "of magnetic tile, The Visual Computer 36 (2020) 85-96")
 SOURCE = "github.com/abin24/Magnetic-tile-defect-datasets. (commit cc4eb530)"
@@ -55,7 +58,7 @@ def convert_magnetic_tile(src: str | Path, out: str | Path, *, category: str = "
             name = cls.removeprefix("MT_").lower()
             for jpg, mask_src in _pairs(src / cls):
                 w.add_image(jpg, "test", name)
-                w.add_mask_file(mask_src, image_size(jpg), name, jpg.stem)
+                w.add_mask_file(mask_src, image_size(jpg), name, jpg.stem, threshold=SOURCE_MASK_THRESHOLD)
         return w.finish({
             "dataset": "magnetic-tile", "source": SOURCE, "license": LICENSE, "seed": seed,
             "test_fraction": test_fraction,

@@ -35,6 +35,11 @@ def save_checkpoint(path: str | Path, model: TeacherStudent, pre: Preprocess, **
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def checkpoint_bytes(model: TeacherStudent) -> int:
+    """Bytes of the tensors a checkpoint of ``model`` stores (the file is this plus a few kB)."""
+    return sum(v.numel() * v.element_size() for v in model.state_dict().values())
+
+
 def load_checkpoint(path: str | Path, expect_model: str | None = None,
                     expect_backbone: str | None = None) -> tuple[TeacherStudent, Preprocess, dict]:
     path = Path(path)

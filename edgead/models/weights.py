@@ -15,6 +15,13 @@ Resolution order (:func:`resolve_weights`), first hit wins:
 
 Nothing found and no download possible: :class:`~edgead.errors.EdgeadError` listing every way to provide
 the file.
+
+Known hashes: a file found by name (steps 2 and 4) must have the backbone's known sha256; a different file
+there is an EdgeadError naming it, its hash and the expected one, never used silently (a truncated or
+foreign file with the right name would otherwise give a different teacher). A packaged copy with the wrong
+hash is skipped with a warning (step 3). An explicit ``--weights FILE`` is the user's choice: a hash that
+differs from the known one is a warning (fine-tuned or converted weights are legitimate), and the file is
+still loaded key by key and shape by shape. Hashes are computed once per file and process.
 """
 
 from __future__ import annotations
@@ -89,6 +96,35 @@ def packaged_weights_path(spec: BackboneSpec) -> Path | None:
     return None
 
 
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _cached_sha256(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime): building several models hashes it once."""
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _HASHES:
+            _HASHES[key] = sha256_file(path)
+    except OSError as e:
+        raise EdgeadError(f"cannot read weights file {path}: {e.strerror or e}") from None
+    return _HASHES[key]
+
+
+def _checked(spec: BackboneSpec, path: Path, where: str) -> Path:
+    """``path`` if it has the backbone's known sha256 (or none is known); else an EdgeadError naming it."""
+    expected = spec.weights.sha256
+    if expected:
+        actual = _cached_sha256(path)
+        if actual != expected:
+            raise EdgeadError(
+                f"weights file {path} (found in {where}) has sha256 {actual}, expected {expected} for backbone "
+                f"{spec.name!r}: it is truncated, corrupt or a different file. Delete or replace it (download: "
+                f"{spec.weights.url}), or pass it explicitly with --weights {path} to use it anyway"
+            )
+    return path
+
+
 def _pip_name(module: str) -> str:
     return module.split(".")[0].replace("_", "-")
 
@@ -134,6 +170,10 @@ def resolve_weights(
             p = p / filename
         if not p.is_file():
             raise EdgeadError(f"weights file not found: {p} (given for backbone {spec.name!r})")
+        expected = spec.weights.sha256
+        if expected and _cached_sha256(p) != expected:
+            warnings.warn(f"{p}: sha256 {_cached_sha256(p)} differs from the published {spec.name} weights "
+                          f"({expected}); using it as given with --weights", stacklevel=2)
         return p
 
     # 2. $EDGEAD_WEIGHTS_DIR
@@ -142,13 +182,13 @@ def resolve_weights(
         # <dir>/<file>, or one folder per backbone, <dir>/<backbone>/<file> (as ../shared/weights is laid out)
         for p in (Path(env_dir).expanduser() / filename, Path(env_dir).expanduser() / spec.name / filename):
             if p.is_file():
-                return p
+                return _checked(spec, p, f"${ENV_WEIGHTS_DIR}")
         log.debug("%s set but neither %s nor %s/%s exists", ENV_WEIGHTS_DIR, filename, spec.name, filename)
 
     # 3. the copy shipped in a Python package
     p = packaged_weights_path(spec)
     if p is not None:
-        if spec.weights.sha256 and sha256_file(p) != spec.weights.sha256:
+        if spec.weights.sha256 and _cached_sha256(p) != spec.weights.sha256:
             warnings.warn(
                 f"ignoring {p}: its sha256 differs from the expected {spec.weights.sha256}", stacklevel=2
             )
@@ -159,10 +199,10 @@ def resolve_weights(
     cache_dir = weights_cache_dir()
     p = cache_dir / filename
     if p.is_file():
-        return p
+        return _checked(spec, p, "the edgead weights cache")
     hub = _torch_hub_checkpoints_dir()
     if hub is not None and (hub / filename).is_file():
-        return hub / filename
+        return _checked(spec, hub / filename, "the torch hub cache")
 
     # 5. download
     if not download:
