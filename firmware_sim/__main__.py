@@ -7,14 +7,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from firmware_sim import commands
 from firmware_sim.errors import UserError
 
 
+def json_safe(obj):
+    """``obj`` with every non-finite float as None: JSON has no NaN or Infinity, and readers reject them."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def _dumps(obj) -> str:
+    return json.dumps(json_safe(obj), default=str, allow_nan=False)
+
+
 def _print(obj) -> None:
-    print(json.dumps(obj, default=str), flush=True)
+    print(_dumps(obj), flush=True)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -34,6 +50,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--budget", default=None, help="Buffer budget, e.g. 256KB (needed to create a buffer file).")
     r.add_argument("--task", type=int, default=None, help="Task id of these images (default: the newest in the "
                    "buffer, else 0).")
+    r.add_argument("--wait", action="store_true", help="If another process has the buffer, wait for it instead "
+                   "of failing.")
+    r.add_argument("--shrink", action="store_true", help="Allow a --budget below the buffer file's: records that "
+                   "no longer fit are deleted (counted in the summary).")
 
     b = sub.add_parser("buffer", help="Inspect, export or import a replay buffer file.")
     bsub = b.add_subparsers(dest="action", required=True)
@@ -47,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("file")
     i.add_argument("--mode", choices=["merge", "replace"], default="merge")
     i.add_argument("--budget", default=None)
+    i.add_argument("--shrink", action="store_true", help="Allow a --budget that deletes records.")
+    i.add_argument("--wait", action="store_true", help="Wait if another process has FILE.")
 
     f = sub.add_parser("profile", help="Latency (p50/p95/p99), RAM and flash; fit to device profiles.")
     f.add_argument("--artifact", required=True)
@@ -80,15 +102,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "run":
             summary = commands.run(args.artifact, args.images, args.out, args.threads, args.delegate, args.buffer,
                                    args.budget, args.task, args.format, emit=_print,
-                                   xnnpack=not args.no_xnnpack)
-            print(json.dumps({"summary": summary}, default=str), file=sys.stderr, flush=True)
+                                   xnnpack=not args.no_xnnpack, shrink=args.shrink, wait=args.wait)
+            print(_dumps({"summary": summary}), file=sys.stderr, flush=True)
         elif args.cmd == "buffer":
             if args.action == "stats":
                 _print(commands.buffer_stats(args.file))
             elif args.action == "export":
                 _print(commands.buffer_export(args.file, args.dest))
             else:
-                _print(commands.buffer_import(args.src, args.file, args.mode, args.budget))
+                _print(commands.buffer_import(args.src, args.file, args.mode, args.budget, args.shrink, args.wait))
         else:
             res = commands.profile(args.artifact, args.profile, args.profiles, args.budget, args.runs, args.warmup,
                                    args.threads, args.format, args.delegate, xnnpack=not args.no_xnnpack)
