@@ -48,7 +48,7 @@ def pack_header(meta: dict) -> bytes:
         raise UserError(f"replay buffer header description is {len(full)} B, over the {_ROOM - 8} B available")
     first = HEAD.pack(MAGIC, FORMAT_VERSION, FILE_HEADER_SIZE, len(full)) + full
     body = first + _CHECK + _crc(first)
-    compact = json.dumps({k: meta[k] for k in _KEYS}, separators=(",", ":"), allow_nan=False).encode()
+    compact = json.dumps({k: meta.get(k) for k in _KEYS}, separators=(",", ":"), allow_nan=False).encode()
     second = _BACKUP + HEAD.pack(MAGIC, FORMAT_VERSION, FILE_HEADER_SIZE, len(compact)) + compact
     if len(body) + len(second) + 4 <= _ROOM + HEAD.size:  # the copy is left out only if it cannot fit
         body += second + _crc(second)

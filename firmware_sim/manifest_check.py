@@ -87,7 +87,10 @@ def _tensor(t: Any, where: str, field: str) -> None:
         _int(d, where, f"{field}.shape[{i}]", 0, MAX_DIM)
     if t.get("dtype") not in DTYPES:
         raise _fail(where, f"{field}.dtype", t.get("dtype"), f"one of {', '.join(DTYPES)}")
-    _quant(t.get("quantization"), where, f"{field}.quantization", t["dtype"])
+    if t.get("quantization") is None and t["dtype"] in ("int8", "uint8"):  # no way back to real values
+        raise _fail(where, f"{field}.quantization", t.get("quantization"), f"scale and zero point of a {t['dtype']} "
+                    "tensor")
+    _quant(t["quantization"], where, f"{field}.quantization", t["dtype"])
 
 
 def check_fields(data: dict, where: str) -> None:

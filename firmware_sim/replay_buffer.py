@@ -94,25 +94,38 @@ def _check_task_id(task_id: int) -> int:
     return int(task_id)
 
 
-def _lost_samples(length: int, sample: int | None, at_eof: bool, declared: int | None) -> int:
-    """How many sample records a damaged stretch of ``length`` bytes held.
+def _whole_records(length: int, sample: int, min_samples: int = 0) -> int | None:
+    """Samples in ``length`` bytes of whole records (task records and ``sample``-byte samples), most samples
+    first since tasks are few; None if no such split exists."""
+    for s in range(length // sample, min_samples - 1, -1):
+        if (length - s * sample) % TASK_RECORD_SIZE == 0:
+            return s
+    return None
 
-    A stretch that ends at an intact record held whole records: task records and samples of ``sample`` bytes
-    (a fixed-size codec), so its length decomposes (most samples first: tasks are few). At the end of the file,
-    a stretch that starts with a record marker is a truncated record (``declared`` is its length field); one
-    without a marker and without a record-sized length is bytes appended after the last record: none lost.
+
+def _lost_samples(data: bytes, start: int, end: int, sample: int | None) -> int:
+    """How many sample records the damaged stretch ``data[start:end]`` held (``sample``: a sample record's size,
+    None if the codec's size varies).
+
+    A stretch that ends at an intact record held whole records, so its length decomposes. A stretch at the end
+    of the file is walked record by record from its markers: a truncated record counts once, a task record
+    not at all, and bytes without a marker that do not decompose into records (appended garbage) lose nothing.
     """
-    if sample:
-        for s in range(length // sample, -1, -1):
-            if (length - s * sample) % TASK_RECORD_SIZE == 0 and (s or not at_eof):
-                return s
-    if at_eof:
-        if declared is None:
-            return 0
-        if declared == TASK_RECORD_SIZE and length < TASK_RECORD_SIZE:
-            return 0
-        return max(1, -(-length // sample)) if sample else 1
-    return max(1, round(length / sample)) if sample else 1
+    if end < len(data):
+        s = _whole_records(end - start, sample) if sample else None
+        return s if s is not None else (max(1, round((end - start) / sample)) if sample else 1)
+    lost, pos = 0, start
+    while pos < end:
+        head = data[pos:min(pos + _REC.size, end)]
+        if head[:4] != _SYNC[:len(head[:4])]:  # no record starts here: a damaged marker, or not records at all
+            return lost + ((_whole_records(end - pos, sample, 1) or 0) if sample else 0)
+        if len(head) > 8 and (head[8] == KIND_TASK or head[8] != KIND_SAMPLE  # its kind or length says task
+                              and struct.unpack_from("<I", head, 4)[0] == TASK_RECORD_SIZE):
+            pos += TASK_RECORD_SIZE
+            continue
+        lost += 1
+        pos = pos + sample if sample else end
+    return lost
 
 
 def _pack_record(kind: int, task_id: int, timestamp: float, sample_id: int, body: bytes) -> bytes:
@@ -420,9 +433,7 @@ class ReplayBuffer:
                 while pos != -1 and _parse_record(data, pos)[0] is None:  # a marker inside damaged bytes
                     pos = data.find(_SYNC, pos + 1)
                 pos = len(data) if pos == -1 else pos
-                declared = (_REC.unpack_from(data, start)[1] if len(data) - start >= _REC.size
-                            and data[start:start + 4] == _SYNC else None)
-                damaged.append((ordinal, start, pos, why, declared))
+                damaged.append((ordinal, start, pos, why))
             else:
                 kind, task_id, timestamp, sample_id, body = parsed
                 buf._tasks.setdefault(task_id, [])
@@ -434,10 +445,10 @@ class ReplayBuffer:
             ordinal += 1
         kept = [r.nbytes for r in buf.records()]
         sample = sample or (round(sum(kept) / len(kept)) if kept else None)  # variable-size codecs: the mean
-        for ordinal, start, end, why, declared in damaged:
-            lost = _lost_samples(end - start, sample, end == len(data), declared)
+        for ordinal, start, end, why in damaged:
+            lost = _lost_samples(data, start, end, sample)
             report.dropped += lost
-            what = (f"{lost} sample record(s) dropped" if lost or declared is not None or end < len(data)
+            what = (f"{lost} sample record(s) dropped" if lost or end < len(data) or data[start:start + 4] == _SYNC
                     else "ignored: bytes after the last record that are not a record")
             report.errors.append(f"{path}: record #{ordinal} (bytes {start}-{end}) {what}: {why}")
         for task_id, records in buf._tasks.items():  # a damaged task record: rebuild what can be known
