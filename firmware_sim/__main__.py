@@ -118,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk or a read-only folder (--out, --buffer): say which file
+        where = e.filename if e.filename is not None else "a file"
+        print(f"error: {where}: {e.strerror or e} (check that the folder exists, is writable and has free space)",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -223,3 +223,14 @@ def test_bad_profile_files(host, tmp_path, capsys, content, match):
 def test_json_output_never_holds_nan():
     text = _dumps({"score": float("nan"), "maps": [float("inf"), 1.5], "n": np.float64("nan")})
     assert json.loads(text) == {"score": None, "maps": [None, 1.5], "n": None}
+
+
+def test_unwritable_out_or_buffer_folder_is_a_clear_error(host, tmp_path, capsys):
+    one = next((host["data"] / "nut" / "test").rglob("*.png"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")  # a folder cannot be made under a file (read-only folders need a non-root user)
+    base = ["run", "--artifact", str(host["art"]), "--images", str(one)]
+    for extra in (["--out", str(blocker / "overlays")], ["--buffer", str(blocker / "b.bin"), "--budget", "20KB"]):
+        assert fw_main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and str(blocker) in err and "Traceback" not in err
