@@ -93,6 +93,13 @@ def _tensor(t: Any, where: str, field: str) -> None:
     _quant(t["quantization"], where, f"{field}.quantization", t["dtype"])
 
 
+def _latent_dtype(formats: dict, fmt: str) -> str:
+    """The dtype of the trunk's latent in ``fmt`` (uint8 with --io uint8), int8 if the format has no trunk."""
+    trunk = formats.get(fmt, {}).get("graphs", {}).get("trunk", {})
+    dtype = next((t["dtype"] for t in trunk.get("outputs", []) if t["name"] == "latent"), "int8")
+    return dtype if dtype in ("int8", "uint8") else "int8"  # a float graph stores the int8 export's numbers
+
+
 def check_fields(data: dict, where: str) -> None:
     """Every field the device reads has its type and range (a UserError names the first that does not)."""
     _str(data.get("model"), where, "model")
@@ -132,7 +139,7 @@ def check_fields(data: dict, where: str) -> None:
         for i, d in enumerate(_list(lat.get("shape_chw"), where, "latent.shape_chw", 3, 3)):
             _int(d, where, f"latent.shape_chw[{i}]", 1, MAX_DIM)
         for fmt, q in _dict(lat.get("quantization", {}), where, "latent.quantization").items():
-            _quant(q, where, f"latent.quantization.{fmt}", "int8")  # the buffer stores int8
+            _quant(q, where, f"latent.quantization.{fmt}", _latent_dtype(formats, fmt))
     if data.get("cost") is not None:
         cost = _dict(data["cost"], where, "cost")
         if cost.get("peak_activation_bytes_int8") is not None:

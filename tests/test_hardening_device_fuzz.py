@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from firmware_sim.errors import UserError
 from firmware_sim.manifest import MANIFEST_NAME, load_manifest, write_manifest
+from firmware_sim.manifest_check import DTYPE_RANGES
 from firmware_sim.profiles import BUILTIN, load_profiles
 from firmware_sim.replay_buffer import FILE_HEADER_SIZE, RECORD_OVERHEAD, TASK_RECORD_SIZE, ReplayBuffer
 
@@ -195,7 +196,8 @@ def _read_manifest(root: Path) -> None:
         lat = m.latent()
     except UserError:
         return
-    assert all(-128 <= z <= 127 for z in lat["quantization"]["zero_point"])
+    lo, hi = DTYPE_RANGES.get(lat["dtype"], (-2**31, 2**31 - 1))
+    assert lat["quantization"] is None or all(lo <= z <= hi for z in lat["quantization"]["zero_point"])
 
 
 @pytest.fixture(scope="module")
