@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from firmware_sim import __version__, commands
@@ -15,8 +16,23 @@ from firmware_sim.errors import UserError
 from firmware_sim.sizes import format_size
 
 
+def json_safe(obj):
+    """``obj`` with every non-finite float as None: JSON has no NaN or Infinity, and readers reject them."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def _dumps(obj) -> str:
+    return json.dumps(json_safe(obj), default=str, allow_nan=False)
+
+
 def _print(obj) -> None:
-    print(json.dumps(obj, default=str), flush=True)
+    print(_dumps(obj), flush=True)
 
 
 def parser(prog: str = "python -m firmware_sim") -> argparse.ArgumentParser:
@@ -39,6 +55,10 @@ def parser(prog: str = "python -m firmware_sim") -> argparse.ArgumentParser:
     r.add_argument("--budget", default=None, help="Buffer budget, e.g. 256KB (needed to create a buffer file).")
     r.add_argument("--task", type=int, default=None, help="Task id of these images (default: the newest in the "
                    "buffer, else 0).")
+    r.add_argument("--wait", action="store_true", help="If another process has the buffer, wait for it instead "
+                   "of failing.")
+    r.add_argument("--shrink", action="store_true", help="Allow a --budget below the buffer file's: records that "
+                   "no longer fit are deleted (counted in the summary).")
 
     b = sub.add_parser("buffer", help="Inspect, export or import a replay buffer file.")
     bsub = b.add_subparsers(dest="action", required=True)
@@ -58,6 +78,8 @@ def parser(prog: str = "python -m firmware_sim") -> argparse.ArgumentParser:
     i.add_argument("file", help="The device's buffer file (created if missing).")
     i.add_argument("--mode", choices=["merge", "replace"], default="merge", help="merge (default) or replace.")
     i.add_argument("--budget", default=None, help="Budget of the result, e.g. 256KB (default: FILE's own).")
+    i.add_argument("--shrink", action="store_true", help="Allow a --budget that deletes records.")
+    i.add_argument("--wait", action="store_true", help="Wait if another process has FILE.")
 
     f = sub.add_parser("profile", help="Latency (p50/p95/p99), RAM and flash; fit to device profiles.")
     f.add_argument("--artifact", required=True, help="Artifact folder (edgead export --out).")
@@ -130,15 +152,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m firmware_sim") ->
         if args.cmd == "run":
             summary = commands.run(args.artifact, args.images, args.out, args.threads, args.delegate, args.buffer,
                                    args.budget, args.task, args.format, emit=_print,
-                                   xnnpack=not args.no_xnnpack)
-            print(json.dumps({"summary": summary}, default=str), file=sys.stderr, flush=True)
+                                   xnnpack=not args.no_xnnpack, shrink=args.shrink, wait=args.wait)
+            print(_dumps({"summary": summary}), file=sys.stderr, flush=True)
         elif args.cmd == "buffer":
             if args.action == "stats":
                 _print(commands.buffer_stats(args.file))
             elif args.action == "export":
                 _print(commands.buffer_export(args.file, args.dest))
             else:
-                _print(commands.buffer_import(args.src, args.file, args.mode, args.budget))
+                _print(commands.buffer_import(args.src, args.file, args.mode, args.budget, args.shrink, args.wait))
         elif args.cmd == "profile":
             res = commands.profile(args.artifact, args.profile, args.profiles, args.budget, args.runs, args.warmup,
                                    args.threads, args.format, args.delegate, xnnpack=not args.no_xnnpack,
@@ -155,6 +177,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m firmware_sim") ->
                                log=lambda m: print(m, file=sys.stderr, flush=True)))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk or a read-only folder (--out, --buffer): say which file
+        where = e.filename if e.filename is not None else "a file"
+        print(f"error: {where}: {e.strerror or e} (check that the folder exists, is writable and has free space)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

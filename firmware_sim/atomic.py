@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,11 +34,37 @@ def current_umask() -> int:
     return mask
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete temporary files that killed saves of ``path`` left beside it; returns what was removed.
+
+    Only call this while no other process can be saving ``path`` (e.g. holding its buffer lock): a live save's
+    temporary file has the same name pattern.
+    """
+    path = Path(path)
+    # Exactly mkstemp's names for this path: its prefix, 8 random characters, the suffix (so the temporary
+    # files of a longer name such as "NAME.x" are left alone).
+    pattern = re.compile(re.escape(_temp_prefix(path)) + r"[a-z0-9_]{8}\.tmp")
+    removed = []
+    for tmp in path.parent.iterdir() if path.parent.is_dir() else []:
+        if not pattern.fullmatch(tmp.name):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass  # not ours to remove (permissions): leave it
+    return removed
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(fileobj)`` on a temporary file beside ``path`` and rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes owner-only files; give the result the mode a plain open() would (or the old file's).
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~current_umask())

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from firmware_sim.atomic import remove_stale_temps
+from firmware_sim.buffer_lock import BufferLock
 from firmware_sim.device import Device, open_buffer
 from firmware_sim.errors import UserError
 from firmware_sim.format_speed import compare_formats
@@ -56,29 +58,44 @@ def list_images(target: str | os.PathLike, warn: Warn = _stderr) -> list[Path]:
 def run(artifact: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike | None = None,
         threads: int | None = None, delegate: str | None = None, buffer: str | os.PathLike | None = None,
         budget: str | int | None = None, task: int | None = None, format: str | None = None,
-        emit: Emit = lambda d: None, warn: Warn = _stderr, xnnpack: bool = True) -> dict:
-    """Score every image; one dict per image to ``emit``; an overlay PNG per image in ``out``; a summary back."""
-    if buffer is None and (budget is not None or task is not None):
-        raise UserError("--budget and --task apply to a replay buffer: give --buffer FILE too")
+        emit: Emit = lambda d: None, warn: Warn = _stderr, xnnpack: bool = True, shrink: bool = False,
+        wait: bool = False) -> dict:
+    """Score every image; one dict per image to ``emit``; an overlay PNG per image in ``out``; a summary back.
+
+    With ``buffer`` the file is locked for the whole run (``wait``: queue behind another process instead of
+    failing); ``shrink`` allows a ``budget`` below the file's, counting the evicted records. A frame that cannot
+    be read is skipped with a warning and counted in the summary's ``skipped``.
+    """
+    if buffer is None and (budget is not None or task is not None or shrink):
+        raise UserError("--budget, --task and --shrink apply to a replay buffer: give --buffer FILE too")
     files = list_images(images, warn)
     device = Device(artifact, format=format, threads=threads, delegate=delegate, xnnpack=xnnpack)
     if buffer is not None:
-        device.attach_buffer(buffer, budget, task)
+        device.attach_buffer(buffer, budget, task, shrink=shrink, wait=wait, warn=warn)
+    try:
         report = device.buffer_report
-        if report is not None and report.dropped:
-            warn(f"{buffer}: dropped {report.dropped} damaged record(s); kept {report.kept}")
-    summary = score_files(device, files, images, out, emit, warn)
-    if device.buffer is not None:
-        device.buffer.save(device.buffer_path)
-        summary["buffer"] = {"path": str(device.buffer_path), "task": device.task_id, **device.buffer.stats()}
-    return summary
+        if report is not None:
+            for line in report.errors[:20]:
+                warn(line)
+            if report.dropped or report.evicted:
+                warn(f"{device.buffer_path}: {report.dropped} damaged record(s) dropped, {report.evicted} "
+                     f"evicted; kept {report.kept}")
+        summary = score_files(device, files, images, out, emit, warn)
+        if device.buffer is not None:
+            device.buffer.save(device.buffer_path)
+            summary["buffer"] = {"path": str(device.buffer_path), "task": device.task_id, **device.buffer.stats(),
+                                 **({"load": _report(report)} if report is not None else {})}
+        return summary
+    finally:
+        device.detach_buffer()
 
 
 def score_files(device, files: list[Path], images: str | os.PathLike, out: str | os.PathLike | None = None,
                 emit: Emit = lambda d: None, warn: Warn = _stderr) -> dict:
     """Score ``files`` with anything shaped like a Device (``infer`` -> Result, ``normalize``, ``format``,
     ``interpreter``, ``threshold``): one JSON line each to ``emit``, an overlay PNG each in ``out``; the
-    host's `edgead predict` passes its torch detector here, so both print and draw the same way."""
+    host's `edgead predict` passes its torch detector here, so both print and draw the same way. A frame
+    that cannot be read is skipped with a warning and counted in ``skipped``."""
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -90,6 +107,10 @@ def score_files(device, files: list[Path], images: str | os.PathLike, out: str |
         except UserError as e:  # one unreadable file does not stop a camera's stream
             skipped += 1
             warn(f"skipped {e}")
+            continue
+        except MemoryError:
+            skipped += 1
+            warn(f"skipped {path}: not enough memory to decode it")
             continue
         line = r.to_json(str(path))
         if out_dir is not None:
@@ -109,7 +130,7 @@ def score_files(device, files: list[Path], images: str | os.PathLike, out: str |
 
 # -- buffer -----------------------------------------------------------------------------------------------
 def _report(report) -> dict:
-    return {"kept": report.kept, "dropped": report.dropped, "errors": report.errors}
+    return {"kept": report.kept, "dropped": report.dropped, "evicted": report.evicted, "errors": report.errors}
 
 
 def buffer_stats(path: str | os.PathLike) -> dict:
@@ -129,17 +150,24 @@ def buffer_export(path: str | os.PathLike, dest: str | os.PathLike) -> dict:
 
 
 def buffer_import(src: str | os.PathLike, dest: str | os.PathLike, mode: str = "merge",
-                  budget: str | int | None = None) -> dict:
+                  budget: str | int | None = None, shrink: bool = False, wait: bool = False,
+                  warn: Warn = _stderr) -> dict:
     """``replace``: dest becomes src (re-fitted to ``budget`` if given). ``merge``: src's records are offered to
-    dest's buffer task by task (same task ids), within dest's budget (shared by all tasks)."""
+    dest's buffer task by task (same task ids), within dest's budget (shared by all tasks). dest is locked
+    while it changes (``wait`` as for run); a budget that would evict records needs ``shrink``."""
     if mode not in ("merge", "replace"):
         raise UserError(f"buffer import mode {mode!r}: expected merge or replace")
+    with BufferLock(dest, wait=wait, notify=warn):
+        remove_stale_temps(dest)
+        return _import_locked(src, Path(dest), mode, budget, shrink)
+
+
+def _import_locked(src, dest: Path, mode: str, budget, shrink: bool) -> dict:
     incoming, report = open_buffer(src)
-    dest = Path(dest)
     if mode == "replace" or not dest.exists():
-        buf = incoming if budget is None else ReplayBuffer.load(src, budget)[0]
+        buf = incoming if budget is None else open_buffer(src, budget, shrink=shrink)[0]
     else:
-        buf, _ = open_buffer(dest, budget)
+        buf, _ = open_buffer(dest, budget, shrink=shrink)
         if incoming.codec.spec != buf.codec.spec or (incoming.shape and buf.shape and incoming.shape != buf.shape):
             raise UserError(f"{src}: codec {incoming.codec.spec} shape {incoming.shape} cannot merge into {dest} "
                             f"(codec {buf.codec.spec} shape {buf.shape})")

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from firmware_sim.atomic import remove_stale_temps
+from firmware_sim.buffer_lock import BufferLock
 from firmware_sim.edgetpu import edgetpu_graph_files
 from firmware_sim.errors import UserError
 from firmware_sim.manifest import Manifest, load_manifest
+from firmware_sim.manifest_check import check_against_graphs
 from firmware_sim.preprocess import load_rgb, load_rgb_from
-from firmware_sim.replay_buffer import LoadReport, ReplayBuffer
+from firmware_sim.replay_buffer import MAX_TASK_ID, LoadReport, ReplayBuffer
 from firmware_sim.runtime import DeployedDetector, OnnxRunner, TFLiteRunner, edgetpu_delegate, image_feed
+from firmware_sim.sizes import format_size
 
 FORMAT_PREFERENCE = ("tflite-int8", "onnx-int8", "onnx")
 DELEGATES = ("edgetpu",)
@@ -129,6 +134,8 @@ class Device:
                 runners[name] = TFLiteRunner(file, threads, delegates, xnnpack)
             else:
                 runners[name] = OnnxRunner(file, threads)
+        # Shapes and quantisation come from the interpreter: a manifest that says otherwise is refused.
+        check_against_graphs(self.manifest, format, runners)
         self.detector = DeployedDetector(runners, self.manifest.levels, self.manifest.image_size)
         self.preprocess = self.manifest.preprocess
         cal = self.manifest.data["calibration"]
@@ -137,6 +144,7 @@ class Device:
         self.buffer: ReplayBuffer | None = None
         self.buffer_path: Path | None = None
         self.buffer_report: LoadReport | None = None
+        self._lock: BufferLock | None = None
         self.task_id = 0
         self._sample_id = 0
         self._lat_q: tuple | None = None  # (scale, zero point, dtype) of the latent, read on first use
@@ -227,17 +235,58 @@ class Device:
         return stored
 
     def attach_buffer(self, path: str | os.PathLike, budget: int | str | None = None, task: int | None = None,
-                      seed: int = 0) -> ReplayBuffer:
-        """Open (or create) the buffer file at ``path``; ``task``: the task id of what this device sees next
-        (default: the newest task already in the file, else 0)."""
+                      seed: int = 0, shrink: bool = False, wait: bool = False,
+                      warn: Callable[[str], None] | None = None) -> ReplayBuffer:
+        """Open (or create) the buffer file at ``path`` and hold its lock until ``detach_buffer``.
+
+        Args:
+            task: the task id of what this device sees next (default: the newest task in the file, else 0).
+            shrink: allow a ``budget`` below the file's (records that no longer fit are evicted and counted in
+                ``buffer_report.evicted``); without it a smaller budget is refused with the numbers.
+            wait: if another process holds the buffer, wait for it instead of failing.
+            warn: receives notes (waiting, stale temporary files removed).
+        Returns:
+            the buffer, also ``self.buffer``.
+        """
         if self.path != "trunk+head":
             raise UserError(f"{self.manifest.root}: {self.manifest.model} has no trunk latent; a replay buffer "
                             "needs a PaSTe export (trunk + head)")
+        if task is not None and not 0 <= int(task) <= MAX_TASK_ID:
+            raise UserError(f"--task {task}: expected a task id in 0..{MAX_TASK_ID}")
         self._lat_q = self.latent_quantization()
         path = Path(path)
+        self.detach_buffer()
+        lock = BufferLock(path, wait=wait, notify=warn).acquire()
+        try:
+            self._open_locked(path, budget, task, seed, shrink, warn)
+        except BaseException:
+            lock.release()
+            raise
+        self._lock = lock
+        return self.buffer
+
+    def detach_buffer(self) -> None:
+        """Stop keeping latents and release the buffer's lock (the file is already saved)."""
+        if self._lock is not None:
+            self._lock.release()
+        self._lock, self.buffer = None, None
+
+    def close(self) -> None:
+        self.detach_buffer()
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _open_locked(self, path: Path, budget, task, seed: int, shrink: bool, warn) -> None:
+        stale = remove_stale_temps(path)  # safe: the lock keeps every other writer of this file out
+        if stale and warn:
+            warn(f"{path}: removed {len(stale)} temporary file(s) left by interrupted saves")
         shape = tuple(self.manifest.data["latent"]["shape_chw"])
         if path.exists():
-            buf, report = open_buffer(path, budget)
+            buf, report = open_buffer(path, budget, shrink=shrink, expect=("int8-device", shape))
             if buf.codec.name != "int8-device":
                 raise UserError(f"{path}: codec {buf.codec.spec}; a device keeps int8-device buffers")
             if buf.shape is not None and tuple(buf.shape) != shape:
@@ -247,18 +296,35 @@ class Device:
             if budget is None:
                 raise UserError(f"{path}: no buffer file yet; give --budget (e.g. 256KB) to create one")
             buf, report = ReplayBuffer(budget, "int8-device", seed=seed, latent_shape=shape), None
-        if task is not None and int(task) < 0:
-            raise UserError(f"--task {task}: expected a task id of 0 or more")
         self.task_id = int(task) if task is not None else max(buf.tasks, default=0)
         self._sample_id = buf.stats()["offered_per_task"].get(self.task_id, 0)
         self.buffer, self.buffer_path, self.buffer_report = buf, path, report
         buf.save(path)  # the file exists (and fits its budget) from the start
-        return buf
 
 
-def open_buffer(path: str | os.PathLike, budget: int | str | None = None) -> tuple[ReplayBuffer, LoadReport]:
-    """Load a buffer file, refusing a missing one with a clear message."""
+def open_buffer(path: str | os.PathLike, budget: int | str | None = None, shrink: bool = True,
+                expect: tuple[str, tuple[int, ...]] | None = None) -> tuple[ReplayBuffer, LoadReport]:
+    """Load a buffer file, refusing a missing one with a clear message.
+
+    Args:
+        budget: overrides the file's budget.
+        shrink: False refuses (UserError with the numbers) a budget below the file's, or any load that would
+            evict intact records; True allows it and the report counts the evicted records.
+        expect: (codec, latent shape) to salvage records with if the header is lost (see ReplayBuffer.load).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no replay buffer file here")
-    return ReplayBuffer.load(path, budget)
+    buf, report = ReplayBuffer.load(path, budget, expect=expect)
+    smaller = report.header_budget is not None and buf.budget_bytes < report.header_budget
+    if not shrink and (smaller or report.evicted):
+        held = report.kept + report.evicted
+        was = (f"its budget is {format_size(report.header_budget)}" if report.header_budget is not None
+               else "its header is lost")
+        why = (f"--budget {format_size(buf.budget_bytes)} is below the file's" if smaller else
+               f"its header's budget {format_size(buf.budget_bytes)} is below what it holds (a damaged file or "
+               "another tool's)")
+        raise UserError(f"{path}: {why}: {was}; it holds {held} record(s) in {format_size(report.file_bytes)}, and "
+                        f"{report.evicted} of them would be deleted. Pass --shrink to shrink it, or a --budget of "
+                        f"at least {format_size(max(report.file_bytes, report.header_budget or 0))}")
+    return buf, report

@@ -19,6 +19,7 @@ from typing import Any
 from firmware_sim.atomic import atomic_write_json
 from firmware_sim.digest import sha256_file
 from firmware_sim.errors import UserError
+from firmware_sim.manifest_check import check_fields
 from firmware_sim.preprocess import Preprocess
 
 SCHEMA = "edgead-artifacts"
@@ -122,6 +123,9 @@ def validate(data: Any, where: str) -> dict[str, Any]:
         raise UserError(f"{where}: manifest lacks {missing}")
     if not isinstance(data["files"], dict):
         raise UserError(f"{where}: 'files' must map file names to size and sha256")
+    for name in data["files"]:
+        _check_name(name)
+    check_fields(data, where)
     for fmt, entry in data["formats"].items():
         for gname, g in entry.get("graphs", {}).items():
             if g.get("file") not in data["files"]:
@@ -143,7 +147,7 @@ def load_manifest(art_dir: str | os.PathLike, verify: bool = True) -> Manifest:
         raise UserError(f"{path}: no manifest (not an edgead artifact folder, or an unfinished export)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise UserError(f"{path}: manifest is not valid JSON ({e})") from None
     data = validate(data, str(path))
     if verify:

@@ -7,6 +7,7 @@ parameters (size, mean, std, channel order) travel in the artifact manifest; see
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,11 +27,16 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 def _open(path: Path, what: str) -> Image.Image:
     try:
-        img = Image.open(path)
-        img.load()  # decode now so truncated files fail here, with the file's name
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that: refuse both, before decoding gigabytes.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            img.load()  # decode now so truncated files fail here, with the file's name
     except FileNotFoundError:
         raise UserError(f"{path}: {what} not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UserError(f"{path}: {what} is too large to decode safely ({e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{path}: cannot read {what} ({e}); expected a readable PNG, JPEG, BMP or TIFF file") from None
     return img
 

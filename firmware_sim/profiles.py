@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,23 +38,53 @@ class DeviceProfile:
                 "flash_needed": flash_needed, "flash_available": self.usable_flash, "flash_headroom": flash_head}
 
 
+_EXPECTED = '{"profiles": {"name": {"ram_bytes": ..., "flash_bytes": ...}}}'
+MAX_BYTES = 2**60  # an exabyte: beyond any device, far below where arithmetic on sizes could misbehave
+
+
+def _bytes(p: dict, field: str, where: str, default: int | None = None) -> int:
+    """A byte count: an integer (or a float with an integer value, as JSON writers emit 4e9) in 0..MAX_BYTES."""
+    v = p.get(field, default)
+    if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_BYTES:
+        raise UserError(f"{where}: field {field!r} is {v!r}: expected a whole number of bytes in 0..{MAX_BYTES}")
+    return v
+
+
+def _profile(key: str, p, path: Path) -> DeviceProfile:
+    where = f"{path}: profile {key!r}"
+    if not isinstance(p, dict):
+        raise UserError(f"{where} is a JSON {type(p).__name__}: expected an object with ram_bytes and flash_bytes")
+    label = p.get("label", key)
+    if not isinstance(label, str):
+        raise UserError(f"{where}: field 'label' is {label!r}: expected a string")
+    ram, flash = _bytes(p, "ram_bytes", where), _bytes(p, "flash_bytes", where)
+    ram_res, flash_res = _bytes(p, "reserved_ram_bytes", where, 0), _bytes(p, "reserved_flash_bytes", where, 0)
+    if ram_res > ram or flash_res > flash:
+        raise UserError(f"{where}: reserved bytes exceed the total (RAM {ram_res} of {ram}, flash {flash_res} of "
+                        f"{flash})")
+    return DeviceProfile(key, label, ram, ram_res, flash, flash_res, p)
+
+
 def load_profiles(extra: str | Path | None = None) -> dict[str, DeviceProfile]:
-    """The built-in profiles, plus (overriding by key) those of a user file in the same format."""
+    """The built-in profiles, plus (overriding by key) those of a user file in the same format.
+
+    Every field is type- and range-checked; a UserError names the file, the profile and the field.
+    """
     profiles: dict[str, DeviceProfile] = {}
     for path in [BUILTIN] + ([Path(extra)] if extra else []):
         try:
-            doc = json.loads(Path(path).read_text())
-            entries = doc["profiles"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{path}: not a device profile file ({e}); expected "
-                            '{"profiles": {"name": {"ram_bytes": ..., "flash_bytes": ...}}}') from None
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise UserError(f"{path}: not a device profile file ({e}); expected {_EXPECTED}") from None
+        entries = doc.get("profiles") if isinstance(doc, dict) else None
+        if not isinstance(entries, dict):
+            what = f"a JSON {type(doc).__name__}" if not isinstance(doc, dict) else \
+                f"'profiles' is {type(entries).__name__}"
+            raise UserError(f"{path}: not a device profile file ({what}); expected {_EXPECTED}")
         for key, p in entries.items():
-            try:
-                profiles[key] = DeviceProfile(key, p.get("label", key), int(p["ram_bytes"]),
-                                              int(p.get("reserved_ram_bytes", 0)), int(p["flash_bytes"]),
-                                              int(p.get("reserved_flash_bytes", 0)), p)
-            except (KeyError, TypeError, ValueError) as e:
-                raise UserError(f"{path}: profile {key!r} needs integer ram_bytes and flash_bytes ({e})") from None
+            profiles[key] = _profile(key, p, path)
     return profiles
 
 

@@ -11,17 +11,19 @@ whole task offline with the same policy. A task whose share is smaller than one 
 
 File layout, little-endian:
   header (512 B):  b"EDGEADRB" | u16 version | u16 header size | u32 n | n bytes of JSON (shape, codec spec,
-                   quantisation description, budget, seed, policy), space-padded | u32 CRC32 of all before
+                   quantisation description, budget, seed, policy), a second copy of it, space-padded |
+                   u32 CRC32 of all before (see firmware_sim.buffer_header: one damaged copy is survivable)
   record:          b"RREC" | u32 record length | u8 kind | i64 task id | f64 unix time | i64 sample id |
                    body | u32 CRC32 of the record before it
   kind 1 (sample): body = EncodedLatent.to_bytes(), sample id = the caller's sample index
   kind 2 (task):   empty body, "sample id" = samples offered so far for this task (restores the reservoir)
-The record marker lets ``load`` resynchronise after a damaged record and keep every intact one.
+The record marker lets ``load`` resynchronise after a damaged record and keep every intact one; the records
+lost in a damaged stretch are counted from its length (task records and samples of the known record size).
+Task ids are bounded (0..MAX_TASK_ID): a record with another id is refused, since each task takes a share.
 """
 
 from __future__ import annotations
 
-import json
 import struct
 import time
 import zlib
@@ -32,14 +34,19 @@ from pathlib import Path
 import numpy as np
 
 from firmware_sim.atomic import atomic_write
+from firmware_sim.buffer_header import (  # FORMAT_VERSION and MAGIC are re-exported: the file's identity
+    FILE_HEADER_SIZE,
+    FORMAT_VERSION,  # noqa: F401
+    MAGIC,  # noqa: F401
+    HeaderLost,
+    pack_header,
+    read_header,
+)
 from firmware_sim.codecs import Codec, EncodedLatent, get_codec
 from firmware_sim.errors import UserError
 from firmware_sim.sizes import format_size, parse_size
 
-MAGIC = b"EDGEADRB"
-FORMAT_VERSION = 1
-FILE_HEADER_SIZE = 512
-_HEAD = struct.Struct("<8sHHI")
+MAX_TASK_ID = 65535
 _REC = struct.Struct("<4sIBqdq")
 _SYNC = b"RREC"
 RECORD_OVERHEAD = _REC.size + 4  # record header + CRC32: 37 bytes
@@ -73,9 +80,52 @@ class Record:
 @dataclass
 class LoadReport:
     path: str
-    kept: int = 0
-    dropped: int = 0  # damaged spans skipped; each is one record (or adjacent damaged records), see errors
+    kept: int = 0  # samples in the loaded buffer
+    dropped: int = 0  # sample records lost to damage (counted per record, see errors for where)
+    evicted: int = 0  # intact samples removed because the budget could not hold them all
     errors: list[str] = field(default_factory=list)
+    header_budget: int | None = None  # the budget the file's header states (None: header lost)
+    file_bytes: int = 0  # bytes of samples and task records the file held, header included
+
+
+def _check_task_id(task_id: int) -> int:
+    if isinstance(task_id, bool) or not 0 <= int(task_id) <= MAX_TASK_ID:
+        raise UserError(f"task id {task_id!r}: expected an integer in 0..{MAX_TASK_ID}")
+    return int(task_id)
+
+
+def _whole_records(length: int, sample: int, min_samples: int = 0) -> int | None:
+    """Samples in ``length`` bytes of whole records (task records and ``sample``-byte samples), most samples
+    first since tasks are few; None if no such split exists."""
+    for s in range(length // sample, min_samples - 1, -1):
+        if (length - s * sample) % TASK_RECORD_SIZE == 0:
+            return s
+    return None
+
+
+def _lost_samples(data: bytes, start: int, end: int, sample: int | None) -> int:
+    """How many sample records the damaged stretch ``data[start:end]`` held (``sample``: a sample record's size,
+    None if the codec's size varies).
+
+    A stretch that ends at an intact record held whole records, so its length decomposes. A stretch at the end
+    of the file is walked record by record from its markers: a truncated record counts once, a task record
+    not at all, and bytes without a marker that do not decompose into records (appended garbage) lose nothing.
+    """
+    if end < len(data):
+        s = _whole_records(end - start, sample) if sample else None
+        return s if s is not None else (max(1, round((end - start) / sample)) if sample else 1)
+    lost, pos = 0, start
+    while pos < end:
+        head = data[pos:min(pos + _REC.size, end)]
+        if head[:4] != _SYNC[:len(head[:4])]:  # no record starts here: a damaged marker, or not records at all
+            return lost + ((_whole_records(end - pos, sample, 1) or 0) if sample else 0)
+        if len(head) > 8 and (head[8] == KIND_TASK or head[8] != KIND_SAMPLE  # its kind or length says task
+                              and struct.unpack_from("<I", head, 4)[0] == TASK_RECORD_SIZE):
+            pos += TASK_RECORD_SIZE
+            continue
+        lost += 1
+        pos = pos + sample if sample else end
+    return lost
 
 
 def _pack_record(kind: int, task_id: int, timestamp: float, sample_id: int, body: bytes) -> bytes:
@@ -192,7 +242,7 @@ class ReplayBuffer:
         if encoded.codec != self.codec.name:
             raise UserError(f"latent encoded with {encoded.codec!r} offered to a {self.codec.spec} buffer")
         self._set_shape(encoded.shape)
-        record = Record(int(task_id), time.time() if timestamp is None else float(timestamp), int(sample_id),
+        record = Record(_check_task_id(task_id), time.time() if timestamp is None else float(timestamp), int(sample_id),
                         encoded.to_bytes())
         self._check_fits(record.nbytes)
         return record
@@ -308,14 +358,9 @@ class ReplayBuffer:
 
     # -- file ------------------------------------------------------------------------------------------
     def _header(self) -> bytes:
-        meta = json.dumps({"shape": list(self.shape) if self.shape else None, "codec": self.codec.spec,
-                           "quantisation": self.codec.description, "budget_bytes": self.budget_bytes,
-                           "seed": self.seed, "policy": self.policy}, separators=(",", ":")).encode()
-        room = FILE_HEADER_SIZE - _HEAD.size - 4
-        if len(meta) > room:
-            raise UserError(f"replay buffer header description is {len(meta)} B, over the {room} B available")
-        head = _HEAD.pack(MAGIC, FORMAT_VERSION, FILE_HEADER_SIZE, len(meta)) + meta.ljust(room, b" ")
-        return head + struct.pack("<I", zlib.crc32(head))
+        return pack_header({"shape": list(self.shape) if self.shape else None, "codec": self.codec.spec,
+                            "quantisation": self.codec.description, "budget_bytes": self.budget_bytes,
+                            "seed": self.seed, "policy": self.policy})
 
     def to_bytes(self) -> bytes:
         parts = [self._header()]
@@ -332,34 +377,47 @@ class ReplayBuffer:
         return atomic_write(path, lambda f: f.write(data))
 
     @classmethod
-    def load(cls, path: str | Path, budget_bytes: int | str | None = None) -> tuple[ReplayBuffer, LoadReport]:
-        """Read a buffer file, keeping every intact record; damaged ones are dropped and reported.
+    def load(cls, path: str | Path, budget_bytes: int | str | None = None,
+             expect: tuple[str, tuple[int, ...]] | None = None) -> tuple[ReplayBuffer, LoadReport]:
+        """Read a buffer file, keeping every intact record; damaged ones are dropped, counted and reported.
 
-        ``budget_bytes`` overrides the file's budget (the buffer is shrunk to fit if it is smaller).
+        ``budget_bytes`` overrides the file's budget; records that no longer fit are evicted and counted in
+        ``LoadReport.evicted`` (callers that must not shrink a buffer check it). ``expect`` = (codec, latent
+        shape), e.g. from the model: if both header copies are damaged the records are salvaged with these
+        (the budget is then ``budget_bytes`` or the file's size). Any malformed input is a UserError.
         """
         path = Path(path)
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise UserError(f"cannot read replay buffer {path}: {exc.strerror or exc}") from exc
-        if len(data) < _HEAD.size or data[:8] != MAGIC:
-            raise UserError(f"{path} is not an edgead replay buffer (expected the magic bytes {MAGIC!r})")
-        _, version, header_size, meta_len = _HEAD.unpack_from(data)
-        if version != FORMAT_VERSION:
-            raise UserError(f"{path}: replay buffer format version {version} is not supported "
-                            f"(this reader knows version {FORMAT_VERSION})")
-        if header_size != FILE_HEADER_SIZE or len(data) < header_size or meta_len > header_size - _HEAD.size - 4:
-            raise UserError(f"{path}: replay buffer header is truncated or malformed")
-        if zlib.crc32(data[:header_size - 4]) != struct.unpack_from("<I", data, header_size - 4)[0]:
-            raise UserError(f"{path}: replay buffer header is corrupt (CRC mismatch)")
-        meta = json.loads(data[_HEAD.size:_HEAD.size + meta_len])
+        report = LoadReport(str(path))
+        try:
+            meta, note = read_header(data, str(path))
+            report.header_budget = meta["budget_bytes"]
+        except HeaderLost as exc:
+            if expect is None:
+                raise
+            codec, shape = get_codec(expect[0]), tuple(int(d) for d in expect[1])
+            least = FILE_HEADER_SIZE + TASK_RECORD_SIZE + RECORD_OVERHEAD + codec.bytes_per_sample(shape)
+            meta = {"shape": shape, "codec": expect[0], "seed": 0, "policy": "random",
+                    "budget_bytes": max(len(data), least)}
+            note = (f"{exc}; salvaging records as codec {expect[0]}, shape {shape}"
+                    + ("" if budget_bytes is not None else f", budget {format_size(meta['budget_bytes'])}"))
+        if note:
+            report.errors.append(note)
         buf = cls(meta["budget_bytes"] if budget_bytes is None else budget_bytes, meta["codec"],
                   meta["seed"], meta["policy"], latent_shape=meta["shape"])
-        report = LoadReport(str(path))
-        pos, ordinal = header_size, 0
+        sample = (RECORD_OVERHEAD + buf.codec.bytes_per_sample(buf.shape)
+                  if buf.codec.fixed_size and buf.shape is not None else None)
+        pos, ordinal, damaged = FILE_HEADER_SIZE, 0, []
         while pos < len(data):
             parsed, why = _parse_record(data, pos)
-            if parsed is not None and parsed[0] == KIND_SAMPLE:
+            if parsed is not None and not 0 <= parsed[1] <= MAX_TASK_ID:
+                parsed, why = None, f"task id {parsed[1]} outside 0..{MAX_TASK_ID}"
+            elif parsed is not None and parsed[0] == KIND_TASK and parsed[3] < 0:
+                parsed, why = None, f"task record says {parsed[3]} samples offered"
+            elif parsed is not None and parsed[0] == KIND_SAMPLE:
                 try:
                     encoded = EncodedLatent.from_bytes(parsed[4])
                     if encoded.codec != buf.codec.name:
@@ -375,8 +433,7 @@ class ReplayBuffer:
                 while pos != -1 and _parse_record(data, pos)[0] is None:  # a marker inside damaged bytes
                     pos = data.find(_SYNC, pos + 1)
                 pos = len(data) if pos == -1 else pos
-                report.dropped += 1
-                report.errors.append(f"{path}: record #{ordinal} (bytes {start}-{pos}) dropped: {why}")
+                damaged.append((ordinal, start, pos, why))
             else:
                 kind, task_id, timestamp, sample_id, body = parsed
                 buf._tasks.setdefault(task_id, [])
@@ -384,13 +441,26 @@ class ReplayBuffer:
                     buf._offered[task_id], buf._updated[task_id] = sample_id, timestamp
                 else:
                     buf._tasks[task_id].append(Record(task_id, timestamp, sample_id, bytes(body)))
-                    report.kept += 1
                 pos += RECORD_OVERHEAD + len(body)
             ordinal += 1
+        kept = [r.nbytes for r in buf.records()]
+        sample = sample or (round(sum(kept) / len(kept)) if kept else None)  # variable-size codecs: the mean
+        for ordinal, start, end, why in damaged:
+            lost = _lost_samples(data, start, end, sample)
+            report.dropped += lost
+            what = (f"{lost} sample record(s) dropped" if lost or end < len(data) or data[start:start + 4] == _SYNC
+                    else "ignored: bytes after the last record that are not a record")
+            report.errors.append(f"{path}: record #{ordinal} (bytes {start}-{end}) {what}: {why}")
         for task_id, records in buf._tasks.items():  # a damaged task record: rebuild what can be known
             buf._offered[task_id] = max(buf._offered.get(task_id, 0), len(records))
             buf._updated.setdefault(task_id, max((r.timestamp for r in records), default=time.time()))
+        report.file_bytes, before = buf.nbytes, len(buf)
         buf._rebalance()
+        report.kept, report.evicted = len(buf), before - len(buf)
+        if report.evicted:
+            report.errors.append(f"{path}: {report.evicted} of {before} intact record(s) evicted: the budget "
+                                 f"{format_size(buf.budget_bytes)} cannot hold the {format_size(report.file_bytes)} "
+                                 "they fill")
         # Continue with fresh but reproducible randomness: replaying the seed's draws after a reboot
         # would correlate the decisions before and after it.
         buf.reseed(sum(buf._offered.values()))

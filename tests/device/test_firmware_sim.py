@@ -160,7 +160,8 @@ def test_buffer_within_budget_and_file_valid(host, tmp_path, capsys):
     img = files[rec.sample_id]
     one.infer(img)
     assert next(ReplayBuffer.load(tmp_path / "one.bin")[0].records()).data == rec.data
-    # buffer stats / export / import through the CLI.
+    # buffer stats / export / import through the CLI, once the device has let the buffer go (it holds its lock).
+    device.detach_buffer()
     assert fw_main(["buffer", "stats", str(path)]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["records"] == len(buf) and stats["load"]["dropped"] == 0 and stats["file_bytes"] <= budget

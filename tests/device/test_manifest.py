@@ -23,7 +23,7 @@ def _minimal(files: list[str]) -> dict:
              "outputs": [{"name": "latent", "shape": [1, 2, 2, 4], "dtype": "int8", "layout": "NHWC",
                           "quantization": {"scale": [0.05], "zero_point": [3], "axis": None}}]}
     return {"model": "paste", "backbone": "mcunet-in3", "levels": [6, 10, 14],
-            "input": {"image_size": 8, "preprocess": {"image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3}},
+            "input": {"image_size": 16, "preprocess": {"image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3}},
             "formats": {"tflite-int8": {"graphs": {"trunk": graph}}}, "calibration": {"threshold": 0.5},
             "tools": {"numpy": "2"}}
 

@@ -181,10 +181,18 @@ def test_truncated_file_keeps_intact_records(tmp_path):
 
 
 def test_bad_header_is_a_user_error(tmp_path):
-    path, _, _ = _saved_buffer(tmp_path)
+    path, _, buf = _saved_buffer(tmp_path)
     good = path.read_bytes()
+    # One damaged copy of the header: the second copy is read and every record kept.
     for name, data in {"magic": b"NOTABUFF" + good[8:], "version": good[:8] + b"\x63\x00" + good[10:],
-                       "crc": good[:100] + b"x" + good[101:], "short": good[:10]}.items():
+                       "crc": good[:100] + b"x" + good[101:]}.items():
+        (tmp_path / f"one-{name}.bin").write_bytes(data)
+        loaded, report = ReplayBuffer.load(tmp_path / f"one-{name}.bin")
+        assert len(loaded) == len(buf) and report.dropped == 0 and "header" in report.errors[0], name
+    both = good[:100] + b"x" + good[101:300] + b"y" + good[301:]  # the first copy and the second one
+    for name, data in {"magic": b"NOTABUFF" + good[8:], "both": both, "short": good[:10]}.items():
+        if name == "magic":
+            data = b"NOTABUFF" + good[8:300] + b"y" + good[301:]
         bad = tmp_path / f"bad-{name}.bin"
         bad.write_bytes(data)
         with pytest.raises(UserError, match="bad-"):
