@@ -1,8 +1,9 @@
 """Running a strategy over a task stream, with a checkpoint after each task and exact resume.
 
 After task i: the student is trained (current data + replay), calibrated on the task's held-out normals,
-the replay memory takes its share of task i, every task seen so far is evaluated, and the checkpoint,
-memory file and run state are written atomically. Task i's training depends only on (seed, i) and the
+the earlier tasks are recalibrated from their calibration anchors (edgead.cl.calibration), the replay memory
+takes its share of task i, every task seen so far is evaluated (with the deployed F1 at each kind of
+threshold), and the checkpoint, memory file and run state are written atomically. Task i's training depends only on (seed, i) and the
 saved state, so `--resume` after a kill ends with the results of an uninterrupted run.
 """
 
@@ -12,12 +13,15 @@ import json
 import platform
 import sys
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from edgead.cl.calibration import AGNOSTIC_RULE, ANCHOR_CODEC, CalibrationAnchors, rescale, task_agnostic
+from edgead.cl.deployed import deployed_row, deployed_summary
 from edgead.cl.memory import ImageMemory, LatentMemory
 from edgead.cl.results import SCHEMA, summarise
 from edgead.data.loading import LoadedSplit
@@ -27,7 +31,7 @@ from edgead.engine.evaluate import evaluate_split, fit_calibration
 from edgead.engine.trainer import TrainConfig, train_task
 from edgead.errors import EdgeadError
 from edgead.models.cost import detector_cost
-from edgead.models.teacher_student import DetectorConfig, TeacherStudent
+from edgead.models.teacher_student import Calibration, DetectorConfig, TeacherStudent
 from firmware_sim.atomic import atomic_write_json
 from firmware_sim.preprocess import Preprocess
 
@@ -67,7 +71,14 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
                strategy: str = "finetune", codec: str | None = None, budget_bytes: int | None = None,
                memory_size: int = 100, policy: str = "random", weights: str | None = None,
                resume: bool = False, skip_bad: bool = False, device_buffer: Path | None = None,
-               device_trunk: Path | None = None, command: str | None = None, log=print) -> dict:
+               device_trunk: Path | None = None, command: str | None = None, calibration_anchors: int = 1,
+               log=print) -> dict:
+    """Train ``strategy`` over ``stream`` into ``out``; returns results.json's content.
+
+    calibration_anchors: held-out normals per task kept (as int8 latent crops, never replayed) to recalibrate
+    every earlier task's threshold after each later update; inside ``budget_bytes`` when one is given.
+    0 keeps each task's threshold as fitted (stale after later tasks).
+    """
     validate_strategy(strategy, det, codec, device_buffer=device_buffer, device_trunk=device_trunk)
     out = Path(out)
     config = {"detector": det.to_dict(), "train": {k: v for k, v in train.to_dict().items() if k != "progress"},
@@ -76,6 +87,8 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
               "tasks": stream.names, "data_root": str(stream.root),
               "device_buffer": None if device_buffer is None else str(device_buffer),
               "device_trunk": None if device_trunk is None else str(device_trunk)}
+    if calibration_anchors != 1:  # only when not the default, so earlier runs' configs still resume
+        config["calibration_anchors"] = calibration_anchors
     state_path = out / "state.json"
     done = 0
     if resume:
@@ -93,21 +106,34 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
     torch.manual_seed(train.seed)
     model = TeacherStudent(det, weights=weights)
     cost = detector_cost(model)
-    memory = _make_memory(strategy, det, tuple(cost["latent_shape"]), budget_bytes, memory_size, codec,
+    anchors = CalibrationAnchors(calibration_anchors, tuple(cost["latent_shape"]), det.image_size, train.seed)
+    memory_budget = budget_bytes
+    if budget_bytes is not None and strategy in ("replay", "compressed-replay"):
+        reserve = anchors.reserve_bytes(len(stream))
+        if budget_bytes <= reserve:
+            raise EdgeadError(f"replay budget {budget_bytes:,} B is smaller than the calibration anchors it must "
+                              f"hold ({reserve:,} B: {len(stream)} tasks x {calibration_anchors}); use a larger "
+                              f"budget or fewer calibration anchors")
+        memory_budget = budget_bytes - reserve
+    memory = _make_memory(strategy, det, tuple(cost["latent_shape"]), memory_budget, memory_size, codec,
                           train.seed, policy, len(stream))
     if device_buffer is not None:
         if not isinstance(memory, LatentMemory):
             raise EdgeadError("--device-buffer needs --strategy compressed-replay")
-        memory = LatentMemory.from_file(Path(device_buffer), train.seed, budget_bytes)
+        memory = LatentMemory.from_file(Path(device_buffer), train.seed, memory_budget)
     if device_trunk is not None:
         memory.use_device_trunk(Path(device_trunk), tuple(cost["latent_shape"]), det.image_size)
     rows: list[list[dict]] = []
     timings: list[dict] = []
+    fit_cals: list[Calibration] = []  # each task's calibration as fitted right after it
     if done:
         model, pre, meta = load_checkpoint(out / "checkpoints" / f"task_{done - 1:02d}.pt")
         rows, timings = meta["rows"], meta["timings"]
+        fit_cals = [Calibration(**c) for c in meta.get("fit_calibrations", [])]
         if memory is not None:
             memory.load(out / "memory" / f"after_task_{done - 1:02d}.{_suffix(memory)}")
+        if calibration_anchors:
+            anchors.load(out / "calibration" / f"after_task_{done - 1:02d}.npz")
         log(f"resuming {out} after task {done}/{len(stream)}")
 
     cache: dict[int, TaskData] = {}
@@ -129,11 +155,21 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
         replay = memory.source() if memory is not None and i > 0 else None
         report = train_task(model, train_split.images, val_split.images, pre, train, replay=replay,
                             seed=train.seed * 1000 + i, desc=f"{task.name}")
-        model.calibration = fit_calibration(model, val_split.images, pre, train.device)
+        fit_cals.append(fit_calibration(model, d.val.images, pre, train.device))
+        anchors.add(i, model, d.val.images, pre)
+        cals = [fit_cals[j] if j == i else rescale(fit_cals[j], anchors.ratio(model, j)) for j in range(i + 1)]
+        model.calibration = task_agnostic(cals)
+        model.calibration.extra["per_task"] = {stream.names[j]: asdict(c) for j, c in enumerate(cals)}
         if memory is not None:
             memory.update(i, model, d.train.images, pre)
         t_eval = time.perf_counter()
-        row = [evaluate_split(model, data(j).test, pre, train.device) for j in range(i + 1)]
+        row = []
+        for j in range(i + 1):
+            res = evaluate_split(model, data(j).test, pre, train.device, return_outputs=True)
+            oracle = fit_calibration(model, data(j).val.images, pre, train.device).threshold
+            row.append({**res["metrics"], **deployed_row(
+                data(j).test.labels, res["scores"], task=cals[j].threshold, agnostic=model.calibration.threshold,
+                last_task=fit_cals[i].threshold, fit=fit_cals[j].threshold, oracle=oracle)})
         report["eval_seconds"] = time.perf_counter() - t_eval
         report.pop("history", None)
         rows.append(row)
@@ -144,13 +180,33 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
         if memory is not None:
             mem_path = out / "memory" / f"after_task_{i:02d}.{_suffix(memory)}"
             memory.save(mem_path)
+        if calibration_anchors:
+            anchors.save(out / "calibration" / f"after_task_{i:02d}.npz")
         save_checkpoint(out / "checkpoints" / f"task_{i:02d}.pt", model, pre, task_index=i, tasks=stream.names,
-                        rows=rows, timings=timings)
+                        rows=rows, timings=timings, fit_calibrations=[asdict(c) for c in fit_cals])
         results = _results(config, stream, cost, memory, rows, timings, command)
+        results["memory"]["calibration_bytes"] = anchors.nbytes
+        results["memory"]["total_bytes"] = results["memory"]["additional_bytes"] + anchors.nbytes
+        results["calibration"] = {
+            "method": "anchor-drift" if calibration_anchors else "fit-only",
+            "anchors_per_task": calibration_anchors, "anchor_codec": ANCHOR_CODEC,
+            "anchor_latent_crop": list(anchors.crop_shape), "bytes": anchors.nbytes,
+            "inside_budget": budget_bytes is not None and memory is not None,
+            "task_agnostic_rule": AGNOSTIC_RULE,
+            "per_task": {stream.names[j]: _json_cal(c) for j, c in enumerate(cals)},
+            "task_agnostic": _json_cal(model.calibration, per_task=False),
+        }
+        results["deployed"] = deployed_summary(rows, stream.names)
         atomic_write_json(out / "results.json", results)
         atomic_write_json(state_path, {"config": config, "completed_tasks": i + 1, "memory_file":
                                        None if mem_path is None else str(mem_path.relative_to(out))})
     return json.loads((out / "results.json").read_text())
+
+
+def _json_cal(c: Calibration, per_task: bool = True) -> dict:
+    d = asdict(c)
+    d["extra"] = {k: v for k, v in d["extra"].items() if per_task or k != "per_task"}
+    return json.loads(json.dumps(d).replace("NaN", "null"))
 
 
 def _suffix(memory) -> str:
