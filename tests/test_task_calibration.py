@@ -88,7 +88,7 @@ def test_without_anchors_thresholds_stay_as_fitted(synth_root, tmp_path):
 
 
 def test_budget_below_the_anchors_is_refused(synth_root, tmp_path):
-    with pytest.raises(EdgeadError, match="replay budget 2,000 B is smaller than the calibration anchors"):
+    with pytest.raises(EdgeadError, match="replay budget 2,000 B is too small: smaller than one sample plus the calibration anchors"):
         run_stream(TaskStream(synth_root, ["nut", "brick"]), DET, CFG, tmp_path / "r", strategy="compressed-replay",
                    codec="int8-channel", budget_bytes=2_000, log=lambda m: None)
 

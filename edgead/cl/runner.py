@@ -111,9 +111,9 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
     if budget_bytes is not None and strategy in ("replay", "compressed-replay"):
         reserve = anchors.reserve_bytes(len(stream))
         if budget_bytes <= reserve:
-            raise EdgeadError(f"replay budget {budget_bytes:,} B is smaller than the calibration anchors it must "
-                              f"hold ({reserve:,} B: {len(stream)} tasks x {calibration_anchors}); use a larger "
-                              f"budget or fewer calibration anchors")
+            raise EdgeadError(f"replay budget {budget_bytes:,} B is too small: smaller than one sample plus the "
+                              f"calibration anchors it holds ({reserve:,} B: {len(stream)} tasks x "
+                              f"{calibration_anchors}); use a larger budget or fewer calibration anchors")
         memory_budget = budget_bytes - reserve
     memory = _make_memory(strategy, det, tuple(cost["latent_shape"]), memory_budget, memory_size, codec,
                           train.seed, policy, len(stream))
