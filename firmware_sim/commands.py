@@ -54,15 +54,25 @@ def list_images(target: str | os.PathLike, warn: Warn = _stderr) -> list[Path]:
 
 def run(artifact: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike | None = None,
         threads: int | None = None, delegate: str | None = None, buffer: str | os.PathLike | None = None,
-        budget: str | int | None = None, task: int | None = None, format: str | None = None,
+        budget: str | int | None = None, task: str | int | None = None, format: str | None = None,
         emit: Emit = lambda d: None, warn: Warn = _stderr, xnnpack: bool = True) -> dict:
-    """Score every image; one dict per image to ``emit``; an overlay PNG per image in ``out``; a summary back."""
-    if buffer is None and (budget is not None or task is not None):
-        raise UserError("--budget and --task apply to a replay buffer: give --buffer FILE too")
+    """Score every image; one dict per image to ``emit``; an overlay PNG per image in ``out``; a summary back.
+
+    ``task``: a task name of the artifact (decide with that task's threshold; with a buffer, its records go to
+    that task's index) or an integer buffer task id (the task-agnostic threshold). None: the task-agnostic
+    threshold and the newest buffer task.
+    """
+    task_name, buffer_task = _parse_task(task)
+    if buffer is None and (budget is not None or buffer_task is not None and task_name is None):
+        raise UserError("--budget and an integer --task apply to a replay buffer: give --buffer FILE too "
+                        "(or --task NAME for a task's threshold)")
     files = list_images(images, warn)
     device = Device(artifact, format=format, threads=threads, delegate=delegate, xnnpack=xnnpack)
+    if task_name is not None:
+        device.use_task(task_name)
+        buffer_task = device.manifest.tasks.index(task_name)
     if buffer is not None:
-        device.attach_buffer(buffer, budget, task)
+        device.attach_buffer(buffer, budget, buffer_task)
         report = device.buffer_report
         if report is not None and report.dropped:
             warn(f"{buffer}: dropped {report.dropped} damaged record(s); kept {report.kept}")
@@ -90,11 +100,20 @@ def run(artifact: str | os.PathLike, images: str | os.PathLike, out: str | os.Pa
     if done == 0:
         raise UserError(f"--images {images}: none of the {len(files)} image file(s) could be read")
     summary = {"images": done, "skipped": skipped, "anomalous": anomalous, "format": device.format,
-               "interpreter": device.interpreter, "threshold": device.threshold}
+               "interpreter": device.interpreter, "threshold": device.threshold, "task": device.task_name}
     if device.buffer is not None:
         device.buffer.save(device.buffer_path)
         summary["buffer"] = {"path": str(device.buffer_path), "task": device.task_id, **device.buffer.stats()}
     return summary
+
+
+def _parse_task(task: str | int | None) -> tuple[str | None, int | None]:
+    """(task name, buffer task id) from --task: digits are a buffer task id, anything else a task name."""
+    if task is None:
+        return None, None
+    if isinstance(task, int) or str(task).strip().lstrip("-").isdigit():
+        return None, int(task)
+    return str(task), None
 
 
 # -- buffer -----------------------------------------------------------------------------------------------
