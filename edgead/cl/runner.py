@@ -3,8 +3,8 @@
 After task i: the student is trained (current data + replay), calibrated on the task's held-out normals,
 the earlier tasks are recalibrated from their calibration anchors (edgead.cl.calibration), the replay memory
 takes its share of task i, every task seen so far is evaluated (with the deployed F1 at each kind of
-threshold), and the checkpoint, memory file and run state are written atomically. Task i's training depends only on (seed, i) and the
-saved state, so `--resume` after a kill ends with the results of an uninterrupted run.
+threshold), and the checkpoint, memory file and run state are written atomically. Task i's training depends
+only on (seed, i) and the saved state, so `--resume` after a kill ends with the results of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -133,7 +133,11 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
         if memory is not None:
             memory.load(out / "memory" / f"after_task_{done - 1:02d}.{_suffix(memory)}")
         if calibration_anchors:
-            anchors.load(out / "calibration" / f"after_task_{done - 1:02d}.npz")
+            saved = out / "calibration" / f"after_task_{done - 1:02d}.npz"
+            if not saved.is_file():
+                raise EdgeadError(f"cannot resume {out}: {saved} is missing (a run from before per-task "
+                                  f"calibration); start it again in a new --out")
+            anchors.load(saved)
         log(f"resuming {out} after task {done}/{len(stream)}")
 
     cache: dict[int, TaskData] = {}
