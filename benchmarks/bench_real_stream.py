@@ -56,7 +56,7 @@ BUDGETS = "50kB,100kB,150kB,300kB,1MB,2.46MB"
 MAIN = ("finetune", "joint", "replay", "int8-channel")  # the methods whose m[i][j] heatmaps are drawn
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "img_forget_abs", "pix_forget_abs", "aupro_forget_abs",
         "deployed_f1_task", "deployed_f1_agnostic", "deployed_f1_last_task", "deployed_f1_fit",
-        "deployed_f1_oracle", "additional_bytes", "calibration_bytes", "total_bytes", "buffer_samples", "wall_s")
+        "deployed_f1_oracle", "threshold_error_task", "threshold_error_fit", "additional_bytes", "calibration_bytes", "total_bytes", "buffer_samples", "wall_s")
 
 
 def parse_tasks(text: str) -> list[str]:
@@ -108,6 +108,8 @@ def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int
         "pix_forget_abs": m["pixel_auroc"]["forgetting_absolute"],
         "aupro_forget_abs": m["aupro"]["forgetting_absolute"],
         **{f"deployed_f1_{k}": v for k, v in dep["final_average"].items()},
+        "threshold_error_task": dep["threshold_error_vs_oracle"]["task"],
+        "threshold_error_fit": dep["threshold_error_vs_oracle"]["fit"],
         "deployed_per_task": dep["per_task"],
         "additional_bytes": mem["additional_bytes"],
         "calibration_bytes": mem["calibration_bytes"],

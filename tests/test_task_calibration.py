@@ -68,6 +68,11 @@ def test_stream_keeps_one_calibration_per_task_inside_the_budget(synth_root, tmp
         for k, v in dep["per_task"][n].items():
             assert v is None or 0.0 <= v <= 1.0, (n, k, v)
     assert [len(r) for r in dep["matrix"]["task"]] == [1, 2, 3]
+    thr = dep["threshold_per_task"]
+    for n in names:
+        assert thr[n]["task"] == pytest.approx(per[n]["threshold"]) and thr[n]["oracle"] > 0
+    for k in ("task", "fit"):
+        assert dep["threshold_error_vs_oracle"][k] >= 0
     # the checkpoint carries every task's calibration (what export writes into the manifest)
     model, _, meta = load_checkpoint(tmp_path / "r" / "checkpoints" / "task_02.pt")
     assert model.calibration.threshold == pytest.approx(cal["task_agnostic"]["threshold"])

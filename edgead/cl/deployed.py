@@ -23,8 +23,16 @@ THRESHOLDS = ("task", "agnostic", "last_task", "fit", "oracle")
 
 
 def deployed_row(labels: np.ndarray, scores: np.ndarray, **thresholds: float) -> dict:
-    """{deployed_f1_<kind>: F1} for each threshold kind given (keys of THRESHOLDS)."""
-    return {f"deployed_f1_{k}": deployed_f1(labels, scores, thresholds[k]) for k in THRESHOLDS if k in thresholds}
+    """{deployed_f1_<kind>: F1, threshold_<kind>: threshold} for each threshold kind given (keys of THRESHOLDS)."""
+    out = {f"deployed_f1_{k}": deployed_f1(labels, scores, thresholds[k]) for k in THRESHOLDS if k in thresholds}
+    out.update({f"threshold_{k}": float(thresholds[k]) if math.isfinite(thresholds[k]) else None
+                for k in THRESHOLDS if k in thresholds})
+    return out
+
+
+def _rel_error(row: dict, kind: str) -> float | None:
+    a, ref = row.get(f"threshold_{kind}"), row.get("threshold_oracle")
+    return abs(a - ref) / ref if a is not None and ref else None
 
 
 def deployed_summary(rows: list[list[dict]], names: list[str]) -> dict:
@@ -35,7 +43,17 @@ def deployed_summary(rows: list[list[dict]], names: list[str]) -> dict:
     for k in THRESHOLDS:
         vals = [v[k] for v in per_task.values() if v[k] is not None and math.isfinite(v[k])]
         avg[k] = float(np.mean(vals)) if vals else None
+    # How well recalibration tracks the final model: relative distance of the deployed threshold to the
+    # oracle's, for the tasks before the last (the last one was just fitted), recalibrated vs as fitted.
+    err = {}
+    for k in ("task", "fit"):
+        vals = [e for e in (_rel_error(r, k) for r in last[:-1]) if e is not None]
+        err[k] = float(np.mean(vals)) if vals else None
     return {
+        "threshold_per_task": {names[j]: {k: last[j].get(f"threshold_{k}") for k in THRESHOLDS}
+                               for j in range(len(last))},
+        "threshold_error_vs_oracle": {**err, "definition": "mean over the tasks before the last of "
+                                      "|threshold - oracle| / oracle: 'task' recalibrated, 'fit' as fitted"},
         "metric": "image F1 of the anomalous class at a stored threshold (not the best over thresholds)",
         "thresholds": {"task": "the task's own threshold, recalibrated after every update (--task NAME)",
                        "agnostic": "the task-agnostic threshold (no --task)",
