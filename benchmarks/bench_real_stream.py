@@ -229,7 +229,7 @@ def plot_pareto(summary: list[dict], path: Path, title: str) -> Path:
         for ref, style in (("finetune", ":"), ("joint", "--")):
             for r in summary:
                 if r["method"] == ref and r[key] is not None:
-                    ax.axhline(r[key], color="k", ls=style, lw=1.1, label=f"{ref} ({format_size(int(r['total_bytes']))}"
+                    ax.axhline(r[key], color="k", ls=style, lw=1.1, label=f"{ref} ({short_size(int(r['total_bytes']))}"
                                " anchors)")
         for m in dict.fromkeys(r["method"] for r in pts):
             for mode, marker in (("budget", "o"), ("count", "s")):

@@ -112,3 +112,26 @@ def test_anchors_save_and_load_round_trip(synth_root, tmp_path):
     b = CalibrationAnchors(2, model.latent_shape(), 64, seed=0)
     b.load(tmp_path / "a.npz")
     assert b.fit_scores == a.fit_scores and b.score(model, 0) == pytest.approx(a.score(model, 0))
+
+
+def test_resume_restores_the_anchors_and_thresholds(synth_root, tmp_path, monkeypatch):
+    from edgead.cl import runner as runner_mod
+
+    stream = TaskStream(synth_root, ["nut", "brick"])
+    kw = dict(strategy="compressed-replay", codec="int8-channel", budget_bytes=60_000, log=lambda m: None)
+    full = run_stream(stream, DET, CFG, tmp_path / "full", **kw)
+    real, calls = runner_mod.train_task, {"n": 0}
+
+    def dies_on_second_task(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner_mod, "train_task", dies_on_second_task)
+    with pytest.raises(KeyboardInterrupt):
+        run_stream(stream, DET, CFG, tmp_path / "cut", **kw)
+    monkeypatch.setattr(runner_mod, "train_task", real)
+    resumed = run_stream(stream, DET, CFG, tmp_path / "cut", resume=True, **kw)
+    assert resumed["calibration"]["per_task"] == full["calibration"]["per_task"]
+    assert resumed["deployed"]["per_task"] == full["deployed"]["per_task"]
