@@ -72,7 +72,7 @@ def parse_tasks(text: str) -> list[str]:
 
 def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int, epochs: int,
             budget_bytes: int | None = None, memory_size: int | None = None, weights: str | None = None,
-            device_trunk: str | None = None, work_dir: str | None = None) -> dict:
+            device_trunk: str | None = None, work_dir: str | None = None, calibration_anchors: int = 1) -> dict:
     """One run_stream of the sweep -> its numbers (or {"infeasible": why} for a budget below one sample)."""
     from edgead.cl.runner import run_stream
     from edgead.data import TaskStream
@@ -91,7 +91,8 @@ def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int
     t0 = time.perf_counter()
     try:
         res = run_stream(TaskStream(data, tasks), det, TrainConfig(epochs=epochs, seed=seed, progress=False), out,
-                         weights=weights, log=lambda m: None, command="bench_real_stream", **kw)
+                         weights=weights, log=lambda m: None, command="bench_real_stream",
+                         calibration_anchors=calibration_anchors, **kw)
     except (EdgeadError, UserError) as e:
         if "replay budget" not in str(e):  # only "less than one sample" is a result
             raise
@@ -297,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--weights", default=os.environ.get("EDGEAD_WEIGHTS_DIR"))
+    p.add_argument("--calibration-anchors", type=int, default=1,
+                   help="held-out normals per task kept to recalibrate thresholds (0: thresholds as fitted)")
     p.add_argument("--jobs", type=int, default=1, help="local processes (with --ray local: its CPUs)")
     p.add_argument("--ray", default=None, help="run on Ray: a cluster address, auto, or local")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -350,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = [Run(_key(m, b, n, s), "benchmarks.bench_real_stream:run_one",
                     {"data": str(Path(a.data).resolve()), "tasks": tasks, "method": m, "seed": s,
                      "image_size": a.image_size, "epochs": a.epochs, "budget_bytes": b, "memory_size": n,
-                     "weights": a.weights, "device_trunk": trunk if m == "int8-device" else None})
+                     "weights": a.weights, "device_trunk": trunk if m == "int8-device" else None,
+                     **({"calibration_anchors": a.calibration_anchors} if a.calibration_anchors != 1 else {})})
                 for m, _, b, n, s in specs]
         res = run_sweep(name, runs, sweep_dir, jobs=a.jobs, ray=a.ray, threads=a.threads, resume=a.resume,
                         progress=True, log=lambda m: print(m, flush=True))
