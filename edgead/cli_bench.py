@@ -49,7 +49,10 @@ class _BenchGroup(click.Group):
                 code = main(list(args))
             except SystemExit as e:  # argparse's --help and usage errors
                 code = e.code
-            if isinstance(code, str) or (isinstance(code, int) and code != 0):  # some mains return a dict
+            if isinstance(code, str):  # a script's "error: ..." (bad input): printed, exit status 2
+                click.echo(code, err=True)
+                raise SystemExit(2)
+            if isinstance(code, int) and code != 0:  # some mains return a dict
                 raise SystemExit(code)
 
         return run

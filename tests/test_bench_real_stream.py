@@ -55,3 +55,12 @@ def test_registered_as_edgead_bench_real_stream():
     from edgead.cli_bench import SCRIPTS
 
     assert SCRIPTS["real-stream"][0] == "bench_real_stream"
+
+
+def test_cli_bad_input_is_error_exit_2(tmp_path):
+    from click.testing import CliRunner
+
+    from edgead.cli import cli
+
+    r = CliRunner().invoke(cli, ["bench", "real-stream", "--data", str(tmp_path), "--tasks", "elpv_mono,elpv_mono"])
+    assert r.exit_code == 2 and "error: --tasks names elpv_mono twice" in r.output
