@@ -227,7 +227,12 @@ def _ray(specs: list[dict], threads: int, address: str, local_cpus: int) -> Iter
         ray.init(num_cpus=local_cpus, runtime_env={"env_vars": {"PYTHONPATH": path}}, log_to_driver=False,
                  include_dashboard=False)
     elif started:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise EdgeadError(f"--ray {address}: no Ray cluster reachable there ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); start one (`ray start --head`) or "
+                              f"use --ray local") from None
     try:
         task = ray.remote(num_cpus=threads, max_retries=0)(execute)
         pending = [task.remote(s, threads) for s in specs]
