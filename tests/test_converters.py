@@ -422,3 +422,22 @@ def test_image_level_task_in_a_stream_reports_pixel_metrics_as_na(synth_root, tm
     print_table(res)
     out = capsys.readouterr().out
     assert "(over 1 of 2 tasks)" in out.splitlines()[3] and "over" not in out.splitlines()[1]
+
+
+def test_elpv_checks_both_categories_before_writing(tmp_path):
+    src = _elpv(tmp_path / "src")
+    (tmp_path / "out" / "elpv_poly").mkdir(parents=True)
+    (tmp_path / "out" / "elpv_poly" / "keep.txt").write_text("mine")
+    with pytest.raises(EdgeadError, match=r"elpv_poly: already exists"):
+        convert_elpv(src, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["elpv_poly"]  # mono not written either
+
+
+@pytest.mark.parametrize("name", ["bsdata", "elpv", "battery-weld"])
+def test_conversion_is_byte_identical_for_a_seed(tmp_path, name):
+    src = {"bsdata": lambda: _bsd(tmp_path / "src"), "elpv": lambda: _elpv(tmp_path / "src"),
+           "battery-weld": lambda: _weld_zip(tmp_path)}[name]()
+    cats = convert(name, src, tmp_path / "out", seed=3)
+    first = [_tree_digest(c) for c in cats]
+    assert convert(name, src, tmp_path / "out", seed=3, overwrite=True) == cats
+    assert [_tree_digest(c) for c in cats] == first

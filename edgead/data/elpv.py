@@ -15,6 +15,7 @@ and test/good; defective cells go to test/defective. Uncertain cells are dropped
 from __future__ import annotations
 
 import importlib.util
+from contextlib import ExitStack
 from pathlib import Path
 
 from edgead.data.category_writer import CategoryWriter, command_line, split_normals
@@ -80,32 +81,38 @@ def convert_elpv(src: str | Path, out: str | Path, *, uncertain: str = "drop", s
     rows = read_labels(data_dir)
     out = Path(out)
     written = []
-    for kind in CELL_TYPES:
-        normals, defects, left_out = [], [], 0
-        for image, prob, k in rows:
-            if k != kind:
-                continue
-            if prob == 0.0 or (uncertain == "as-normal" and prob < 1.0):
-                normals.append(image)
-            elif prob == 1.0:
-                defects.append((image, "defective"))
-            elif uncertain == "as-defect":
-                defects.append((image, "uncertain"))
-            else:
-                left_out += 1
-        train, test = split_normals(normals, seed, test_fraction)
-        with CategoryWriter(out, f"elpv_{kind}", overwrite=overwrite) as w:
-            for split, items in (("train", train), ("test", test)):
-                for p in items:
-                    w.add_image(p, split, "good")
-            for p, defect in defects:
-                w.add_image(p, "test", defect)
-            written.append(w.finish({
-                "dataset": "elpv", "cell_type": kind, "source": SOURCE if str(src) == PACKAGE else str(data_dir),
-                "license": LICENSE, "seed": seed, "test_fraction": test_fraction, "uncertain": uncertain,
-                "split": "probability 0 = normal (seeded split), 1 = test/defective; image-level labels only",
-                "ignored": {"uncertain_left_out": left_out},
-                "command": command_line("elpv", src, out, seed=seed, test_fraction=test_fraction,
-                                        uncertain=uncertain),
-            }))
+    with ExitStack() as stack:  # both categories checked (exists? --overwrite?) before either is written
+        writers = {k: stack.enter_context(CategoryWriter(out, f"elpv_{k}", overwrite=overwrite)) for k in CELL_TYPES}
+        for kind in CELL_TYPES:
+            written.append(_write_category(writers[kind], kind, rows, src, data_dir, out, uncertain, seed,
+                                           test_fraction))
     return written
+
+
+def _write_category(w: CategoryWriter, kind: str, rows: list[tuple[Path, float, str]], src, data_dir: Path,
+                    out: Path, uncertain: str, seed: int, test_fraction: float) -> Path:
+    normals, defects, left_out = [], [], 0
+    for image, prob, k in rows:
+        if k != kind:
+            continue
+        if prob == 0.0 or (uncertain == "as-normal" and prob < 1.0):
+            normals.append(image)
+        elif prob == 1.0:
+            defects.append((image, "defective"))
+        elif uncertain == "as-defect":
+            defects.append((image, "uncertain"))
+        else:
+            left_out += 1
+    train, test = split_normals(normals, seed, test_fraction)
+    for split, items in (("train", train), ("test", test)):
+        for p in items:
+            w.add_image(p, split, "good")
+    for p, defect in defects:
+        w.add_image(p, "test", defect)
+    return w.finish({
+        "dataset": "elpv", "cell_type": kind, "source": SOURCE if str(src) == PACKAGE else str(data_dir),
+        "license": LICENSE, "seed": seed, "test_fraction": test_fraction, "uncertain": uncertain,
+        "split": "probability 0 = normal (seeded split), 1 = test/defective; image-level labels only",
+        "ignored": {"uncertain_left_out": left_out},
+        "command": command_line("elpv", src, out, seed=seed, test_fraction=test_fraction, uncertain=uncertain),
+    })
