@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchkit import header, out_json, write_json
+from benchkit import header, out_json, run_as_script, write_json
 
 TARGET = 1.3
 
@@ -96,4 +96,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

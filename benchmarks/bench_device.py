@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchkit import check, header, out_json, print_table, write_json
+from benchkit import check, header, out_json, print_table, run_as_script, write_json
 from latency import export_artifact, p50_ms, random_frames, torch_predict, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,4 +155,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from bench_cl_quality import METRIC_KEYS, run_one
-from benchkit import RESULTS, check, header, print_table, write_csv, write_json
+from benchkit import RESULTS, check, header, print_table, run_as_script, write_csv, write_json
 from edgead.data import TaskStream
 from edgead.data.stream import split_validation
 from edgead.data.synth import generate_dataset
@@ -295,4 +294,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_as_script(main)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from benchkit import out_json
+from benchkit import out_json, run_as_script
 from edgead.metrics import aupro, evaluate_all, pixel_ap, pixel_auroc, pixel_f1_max, pixel_metrics
 from firmware_sim.atomic import atomic_write_json
 
@@ -149,4 +149,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_as_script(main)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchkit import RESULTS, check, header, print_table, write_csv, write_json
+from benchkit import RESULTS, check, header, print_table, run_as_script, write_csv, write_json
 from edgead.errors import EdgeadError
 from latency import ROOT, peak_rss_bytes
 
@@ -284,4 +284,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_as_script(main)

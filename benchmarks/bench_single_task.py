@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchkit import RESULTS, check, header, print_table, write_csv, write_json
+from benchkit import RESULTS, check, header, print_table, run_as_script, write_csv, write_json
 from edgead.cl.config import ReplayConfig
 from edgead.cl.runner import run_stream
 from edgead.data import TaskStream
@@ -207,4 +206,4 @@ def expectations(rows: list[dict]) -> list[dict]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_as_script(main)

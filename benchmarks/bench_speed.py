@@ -4,7 +4,7 @@ One run, one thread each, the same seeded frames: each model is trained briefly 
 real checkpoint exists), exported to every interpreter format it supports (`onnx`, `onnx-int8`,
 `tflite-int8`; one artifact folder per format, so one format's failure cannot hide another's numbers),
 then every (model, format) is loaded and timed back to back, each in a fresh process
-(benchmarks/_latency.py): p50/p95 latency and peak resident memory (VmHWM) per format, uncontaminated by
+(benchmarks/latency.py): p50/p95 latency and peak resident memory (VmHWM) per format, uncontaminated by
 the others. Interpreter formats run as the device runs them (firmware_sim.Device: preprocessing + graphs +
 numpy distance; that process imports no torch); `torch` is the float checkpoint through model.predict.
 Ratios are against STFPM-ResNet18 float torch of the same run. STFPM-ResNet18 has random weights (no
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchkit import RESULTS, check, header, print_table, write_csv, write_json
+from benchkit import RESULTS, check, header, print_table, run_as_script, write_csv, write_json
 from edgead.errors import EdgeadError
 from latency import (
     INTERPRETER_FORMATS,
@@ -282,4 +281,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_as_script(main)

@@ -94,3 +94,16 @@ def print_table(rows: list[dict], cols: list[str], *, digits: int = 3, out=None)
 def check(name: str, ok: bool, detail: str) -> dict:
     print(f"{'PASS' if ok else 'FAIL'}: {name} ({detail})", flush=True)
     return {"check": name, "pass": bool(ok), "detail": detail}
+
+
+def run_as_script(main) -> None:
+    """`python benchmarks/X.py`: run ``main`` and exit as the CLIs do: 2 with `error: ...` for bad input
+    (a main that raises or returns a message), 0 when it returns 0, None or a result dict."""
+    try:
+        code = main()
+    except SystemExit as e:  # argparse's --help (0) and usage errors (2), or SystemExit("error: ...")
+        code = e.code
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)

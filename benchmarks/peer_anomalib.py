@@ -20,7 +20,7 @@ Image and pixel AUROC come from the raw model outputs (score = max of the anomal
 with scikit-learn, the definition edgead's metrics match; anomalib's own `Engine.test` numbers are kept
 beside them. Latency: p50 and minimum of normalise + forward (anomaly map and score) of one seeded uint8
 frame, batch 1, float32, `--threads` torch threads, as
-benchmarks/_latency.torch_predict times edgead's models.
+benchmarks/latency.py: torch_predict times edgead's models.
 The last stdout line is `EDGEAD_PEER_RESULT {json}`; Lightning's own output comes before it.
 """
 
@@ -178,7 +178,7 @@ def aurocs(out: dict) -> tuple[float, float | None]:
 
 
 def latency_ms(model, image_size: int, runs: int, warmup: int = 3) -> dict:
-    """Same seeded frames and the same work as benchmarks/_latency.torch_predict: normalise, then forward."""
+    """Same seeded frames and the same work as benchmarks/latency.py: torch_predict: normalise, then forward."""
     import torch
 
     rng = np.random.default_rng(0)

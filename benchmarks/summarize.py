@@ -25,6 +25,7 @@ to `results/`. This page is regenerated from those files by `python benchmarks/s
 | `bench_cl_speed.py` | time per epoch: compressed replay vs image replay vs fine-tuning, one run |
 | `bench_cl_quality.py` | a 4-task stream: fine-tuning, image replay, compressed replay per codec; same count and 2.46 MB |
 | `bench_memory_budget.py` | budgets 0.1-19.66 MB x image replay / each codec / the device's int8 latents; Pareto plot |
+| `bench_real_stream.py` | the real product stream: finetune / joint / replay / each codec x 50 kB-2.46 MB and 100 samples x seeds, as one sweep (`--jobs`, `--ray`); deployed F1 at stored thresholds |
 | `bench_peer.py` | anomalib's STFPM (own venv) beside edgead's PaSTe and STFPM on the same split |
 | `python -m export.study_size RUN` | int8 TFLite bytes broken down; per-channel / per-tensor / mixed |
 | `bench_speed.py` | 3 models x float torch / onnx / onnx-int8 / tflite-int8: latency, memory, size, MACs |

@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchkit import run_as_script
 from edgead.cl.config import ReplayConfig
 from edgead.cl.runner import run_stream
 from edgead.data import MVTEC_THESIS_ORDER, TaskStream
@@ -134,4 +135,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_as_script(main)

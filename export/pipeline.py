@@ -203,7 +203,9 @@ def build_manifest(run: Run, opts: ExportOptions, exports: dict[str, FormatExpor
             "definition": "per level: L2-normalise teacher and student over channels, 0.5 * squared distance; "
                           "bilinear upsample (align_corners=False) to out_size; multiply levels; score = max",
         },
-        "calibration": {k: _finite(v) for k, v in asdict(model.calibration).items()},
+        "calibration": {k: _finite(v) for k, v in asdict(model.calibration).items() if k != "extra"}
+        | {"extra": {k: v for k, v in model.calibration.extra.items() if k != "per_task"}},
+        "task_calibration": task_calibration(model.calibration),
         "quantization_calibration": {"images": calib_n, "available": pool_n, "seed": seed,
                                      "source": f"normal training images (validation split held out) of {tasks}"},
         "cost": {k: cost[k] for k in ("params", "macs", "latent_shape", "latent_bytes",
@@ -215,6 +217,17 @@ def build_manifest(run: Run, opts: ExportOptions, exports: dict[str, FormatExpor
                    "checkpoint": run.checkpoint.name, "checkpoint_sha256": sha256_file(run.checkpoint)},
         "tools": tool_versions(),
     }
+
+
+def task_calibration(cal) -> dict | None:
+    """The manifest's per-task thresholds (firmware_sim ``run --task NAME``), in task order; None for a run
+    trained before per-task calibration."""
+    per = cal.extra.get("per_task")
+    if not per:
+        return None
+    return {"tasks": list(per), "per_task": {t: {k: _finite(v) for k, v in c.items() if k != "extra"}
+                                             for t, c in per.items()},
+            "task_agnostic": "the top-level 'calibration': " + str(cal.extra.get("rule", "as fitted"))}
 
 
 def _check_out(out: Path, force: bool) -> None:

@@ -53,8 +53,10 @@ def parser(prog: str = "python -m firmware_sim") -> argparse.ArgumentParser:
     r.add_argument("--no-xnnpack", action="store_true", help="TFLite: built-in kernels without XNNPACK.")
     r.add_argument("--buffer", default=None, help="Replay buffer file to keep the int8 trunk latents in.")
     r.add_argument("--budget", default=None, help="Buffer budget, e.g. 256KB (needed to create a buffer file).")
-    r.add_argument("--task", type=int, default=None, help="Task id of these images (default: the newest in the "
-                   "buffer, else 0).")
+    r.add_argument("--task", default=None, help="Task of these images: a task NAME of the artifact decides with "
+                   "that task's own threshold (and keeps buffer records under its index); an integer is a buffer "
+                   "task id. Default: the task-agnostic threshold (the max over the tasks' thresholds) and the "
+                   "newest task in the buffer, else 0.")
     r.add_argument("--wait", action="store_true", help="If another process has the buffer, wait for it instead "
                    "of failing.")
     r.add_argument("--shrink", action="store_true", help="Allow a --budget below the buffer file's: records that "

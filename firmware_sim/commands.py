@@ -57,21 +57,28 @@ def list_images(target: str | os.PathLike, warn: Warn = _stderr) -> list[Path]:
 
 def run(artifact: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike | None = None,
         threads: int | None = None, delegate: str | None = None, buffer: str | os.PathLike | None = None,
-        budget: str | int | None = None, task: int | None = None, format: str | None = None,
+        budget: str | int | None = None, task: str | int | None = None, format: str | None = None,
         emit: Emit = lambda d: None, warn: Warn = _stderr, xnnpack: bool = True, shrink: bool = False,
         wait: bool = False) -> dict:
     """Score every image; one dict per image to ``emit``; an overlay PNG per image in ``out``; a summary back.
 
-    With ``buffer`` the file is locked for the whole run (``wait``: queue behind another process instead of
-    failing); ``shrink`` allows a ``budget`` below the file's, counting the evicted records. A frame that cannot
-    be read is skipped with a warning and counted in the summary's ``skipped``.
+    ``task``: a task name of the artifact (decide with that task's threshold; with a buffer, its records go to
+    that task's index) or an integer buffer task id (the task-agnostic threshold). None: the task-agnostic
+    threshold and the newest buffer task. With ``buffer`` the file is locked for the whole run (``wait``: queue
+    behind another process instead of failing); ``shrink`` allows a ``budget`` below the file's, counting the
+    evicted records. A frame that cannot be read is skipped with a warning and counted in ``skipped``.
     """
-    if buffer is None and (budget is not None or task is not None or shrink):
-        raise UserError("--budget, --task and --shrink apply to a replay buffer: give --buffer FILE too")
+    task_name, buffer_task = _parse_task(task)
+    if buffer is None and (budget is not None or shrink or buffer_task is not None and task_name is None):
+        raise UserError("--budget, --shrink and an integer --task apply to a replay buffer: give --buffer FILE "
+                        "too (or --task NAME for a task's threshold)")
     files = list_images(images, warn)
     device = Device(artifact, format=format, threads=threads, delegate=delegate, xnnpack=xnnpack)
+    if task_name is not None:
+        device.use_task(task_name)
+        buffer_task = device.manifest.tasks.index(task_name)
     if buffer is not None:
-        device.attach_buffer(buffer, budget, task, shrink=shrink, wait=wait, warn=warn)
+        device.attach_buffer(buffer, budget, buffer_task, shrink=shrink, wait=wait, warn=warn)
     try:
         report = device.buffer_report
         if report is not None:
@@ -125,7 +132,17 @@ def score_files(device, files: list[Path], images: str | os.PathLike, out: str |
     if done == 0:
         raise UserError(f"--images {images}: none of the {len(files)} image file(s) could be read")
     return {"images": done, "skipped": skipped, "anomalous": anomalous, "format": device.format,
-            "interpreter": device.interpreter, "threshold": device.threshold}
+            "interpreter": device.interpreter, "threshold": device.threshold,
+            "task": getattr(device, "task_name", None)}
+
+
+def _parse_task(task: str | int | None) -> tuple[str | None, int | None]:
+    """(task name, buffer task id) from --task: digits are a buffer task id, anything else a task name."""
+    if task is None:
+        return None, None
+    if isinstance(task, int) or str(task).strip().lstrip("-").isdigit():
+        return None, int(task)
+    return str(task), None
 
 
 # -- buffer -----------------------------------------------------------------------------------------------

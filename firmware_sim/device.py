@@ -138,9 +138,8 @@ class Device:
         check_against_graphs(self.manifest, format, runners)
         self.detector = DeployedDetector(runners, self.manifest.levels, self.manifest.image_size)
         self.preprocess = self.manifest.preprocess
-        cal = self.manifest.data["calibration"]
-        self.threshold = self.manifest.threshold
-        self._lo, self._hi = cal.get("score_min"), cal.get("score_max")
+        self.task_name: str | None = None
+        self.use_task(None)
         self.buffer: ReplayBuffer | None = None
         self.buffer_path: Path | None = None
         self.buffer_report: LoadReport | None = None
@@ -148,6 +147,13 @@ class Device:
         self.task_id = 0
         self._sample_id = 0
         self._lat_q: tuple | None = None  # (scale, zero point, dtype) of the latent, read on first use
+
+    def use_task(self, name: str | None) -> None:
+        """Decide with task ``name``'s own threshold and score range (None: the task-agnostic ones)."""
+        cal = self.manifest.calibration(name)
+        self.task_name = name
+        self.threshold = float(cal["threshold"]) if cal.get("threshold") is not None else float("nan")
+        self._lo, self._hi = cal.get("score_min"), cal.get("score_max")
 
     # -- inference ---------------------------------------------------------------------------------------
     @property

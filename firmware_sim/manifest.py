@@ -4,7 +4,8 @@ One implementation for both sides, numpy- and stdlib-only. It says what each fil
 input size and preprocessing with the input quantisation; every graph's inputs and outputs with names, shapes,
 dtypes and quantisation parameters, the trunk latent's in particular for the replay buffer), the deployment
 threshold and score statistics, parameter counts and MACs, the tool versions, and every file's size and
-sha256. ``load_manifest`` refuses a manifest of another schema version and any file that is missing or whose
+sha256; ``task_calibration`` holds each task's own threshold and score statistics (the top-level
+``calibration`` is the task-agnostic one, for images of any task). ``load_manifest`` refuses a manifest of another schema version and any file that is missing or whose
 size or hash differs, naming the file, so a device never runs a model other than the one that was checked.
 """
 
@@ -69,6 +70,22 @@ class Manifest:
     @property
     def threshold(self) -> float:
         return float(self.data["calibration"]["threshold"])
+
+    @property
+    def tasks(self) -> list[str]:
+        """Names of the tasks with their own threshold (empty for an export without per-task calibration)."""
+        return list((self.data.get("task_calibration") or {}).get("tasks", []))
+
+    def calibration(self, task: str | None = None) -> dict[str, Any]:
+        """Threshold and score statistics: the task-agnostic ones, or task ``task``'s own (UserError listing
+        the tasks for a name this artifact does not know)."""
+        if task is None:
+            return self.data["calibration"]
+        per = (self.data.get("task_calibration") or {}).get("per_task") or {}
+        if task not in per:
+            have = ", ".join(per) if per else "none (exported without per-task thresholds)"
+            raise UserError(f"--task {task!r}: not a task of {self.root / MANIFEST_NAME}; its tasks: {have}")
+        return per[task]
 
     @property
     def formats(self) -> list[str]:

@@ -34,6 +34,9 @@ class ReplayConfig:
         policy: which samples stay when a task's share shrinks (random or coverage).
         device_buffer: start from a replay buffer file collected on a device (compressed-replay).
         device_trunk: keep latents as a device does, from this PaSTe export's int8 TFLite trunk (int8-device).
+        calibration_anchors: held-out normals per task kept (int8 latent crops, never replayed; inside the
+            byte budget when there is one) to recalibrate earlier tasks' thresholds after each later update;
+            0 keeps each task's threshold as fitted.
     """
 
     strategy: str = "finetune"
@@ -43,6 +46,7 @@ class ReplayConfig:
     policy: str = "random"
     device_buffer: Path | None = None
     device_trunk: Path | None = None
+    calibration_anchors: int = 1
     codec_obj: Codec | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +61,8 @@ class ReplayConfig:
             raise EdgeadError(f"replay budget {self.budget_bytes} B: expected a positive number of bytes")
         if self.budget_bytes is None and (self.memory_size is None or self.memory_size < 1):
             raise EdgeadError(f"--memory-size {self.memory_size}: expected at least 1 sample")
+        if self.calibration_anchors < 0:
+            raise EdgeadError(f"calibration anchors {self.calibration_anchors}: expected 0 or more per task")
         if self.device_buffer is not None and self.strategy != "compressed-replay":
             raise EdgeadError("--device-buffer needs --strategy compressed-replay")
         if self.strategy == "compressed-replay":
@@ -72,12 +78,12 @@ class ReplayConfig:
     @classmethod
     def from_options(cls, strategy: str = "finetune", codec: str | None = None, budget: str | int | None = None,
                      memory_size: int = 100, policy: str = "random", device_buffer: Path | str | None = None,
-                     device_trunk: Path | str | None = None) -> ReplayConfig:
+                     device_trunk: Path | str | None = None, calibration_anchors: int = 1) -> ReplayConfig:
         """From command-line style values: ``budget`` as text such as 2.46MB, 500kB or 100000B."""
         budget_bytes = parse_size(budget) if isinstance(budget, str) else budget
         return cls(strategy, codec, budget_bytes, memory_size, policy,
                    None if device_buffer is None else Path(device_buffer),
-                   None if device_trunk is None else Path(device_trunk))
+                   None if device_trunk is None else Path(device_trunk), calibration_anchors)
 
     @property
     def keeps_memory(self) -> bool:
@@ -89,7 +95,8 @@ class ReplayConfig:
             raise EdgeadError("compressed-replay stores the shared trunk's latents and needs --model paste")
 
     def to_dict(self) -> dict:
-        """The replay part of results.json's `config` (the keys and values it has always had)."""
+        """The replay part of results.json's `config` (the keys and values it has always had; the number of
+        calibration anchors is recorded by run_stream only when it is not the default)."""
         return {"strategy": self.strategy, "codec": self.codec, "budget_bytes": self.budget_bytes,
                 "memory_size": None if self.budget_bytes is not None else self.memory_size,
                 "policy": self.policy,
@@ -101,4 +108,5 @@ class ReplayConfig:
         """Inverse of to_dict (for a run's recorded configuration)."""
         return cls(d["strategy"], d.get("codec"), d.get("budget_bytes"), d.get("memory_size") or 100,
                    d.get("policy", "random"), None if d.get("device_buffer") is None else Path(d["device_buffer"]),
-                   None if d.get("device_trunk") is None else Path(d["device_trunk"]))
+                   None if d.get("device_trunk") is None else Path(d["device_trunk"]),
+                   d.get("calibration_anchors", 1))

@@ -12,6 +12,9 @@ Stable keys (documented in the README):
   memory.additional_bytes          bytes the replay memory really occupies after the last task
   memory.buffer_samples            samples kept per task after the last task
   timings.per_task[i]              {train_seconds, prepare_seconds, epoch_seconds[], selected_epoch, eval_seconds}
+  memory.calibration_bytes / memory.total_bytes   calibration anchors; replay memory + anchors
+  calibration.per_task.<task> / calibration.task_agnostic   thresholds and score statistics (edgead.cl.calibration)
+  deployed.per_task.<task>.<kind>, deployed.final_average, deployed.matrix   F1 at stored thresholds (edgead.cl.deployed)
 """
 
 from __future__ import annotations

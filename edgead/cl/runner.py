@@ -1,9 +1,10 @@
 """Running a strategy over a task stream, with a checkpoint after each task and exact resume.
 
 After task i: the student is trained (current data + replay), calibrated on the task's held-out normals,
-the replay memory takes its share of task i, every task seen so far is evaluated, and the checkpoint,
-memory file and run state are written atomically. Task i's training depends only on (seed, i) and the
-saved state, so `--resume` after a kill ends with the results of an uninterrupted run.
+the earlier tasks are recalibrated from their calibration anchors (edgead.cl.calibration), the replay memory
+takes its share of task i, every task seen so far is evaluated (with the deployed F1 at each kind of
+threshold), and the checkpoint, memory file and run state are written atomically. Task i's training depends
+only on (seed, i) and the saved state, so `--resume` after a kill ends with the results of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ import json
 import platform
 import sys
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from edgead.cl.calibration import AGNOSTIC_RULE, ANCHOR_CODEC, CalibrationAnchors, rescale, task_agnostic
 from edgead.cl.config import ReplayConfig
+from edgead.cl.deployed import deployed_row, deployed_summary
 from edgead.cl.memory import ImageMemory, LatentMemory, ReplayMemory
 from edgead.cl.results import SCHEMA, summarise
 from edgead.cl.run_folder import STATE_NAME, check_new_run_folder, config_differences, config_path, read_state
@@ -30,23 +34,22 @@ from edgead.engine.evaluate import evaluate_split, fit_calibration
 from edgead.engine.trainer import TrainConfig, train_task
 from edgead.errors import EdgeadError
 from edgead.models.cost import detector_cost
-from edgead.models.teacher_student import DetectorConfig, TeacherStudent
+from edgead.models.teacher_student import Calibration, DetectorConfig, TeacherStudent
 from edgead.outputs import check_writable, writing
 from firmware_sim.atomic import atomic_write_json
 from firmware_sim.preprocess import Preprocess
 
 
 def _make_memory(replay: ReplayConfig, det: DetectorConfig, latent_shape: tuple[int, ...], seed: int,
-                 n_tasks: int) -> ReplayMemory | None:
+                 n_tasks: int, budget_bytes: int | None) -> ReplayMemory | None:
+    """The strategy's memory; ``budget_bytes`` is the replay budget less what calibration reserves."""
     if replay.device_buffer is not None:
-        return LatentMemory.from_file(replay.device_buffer, seed, replay.budget_bytes)
+        return LatentMemory.from_file(replay.device_buffer, seed, budget_bytes)
     if replay.strategy == "replay":
-        return ImageMemory(det.image_size, budget_bytes=replay.budget_bytes, memory_size=replay.memory_size,
-                           seed=seed)
+        return ImageMemory(det.image_size, budget_bytes=budget_bytes, memory_size=replay.memory_size, seed=seed)
     if replay.strategy == "compressed-replay":
-        return LatentMemory.new(replay.codec_obj, latent_shape,
-                                budget_bytes=replay.budget_bytes, memory_size=replay.memory_size, seed=seed,
-                                policy=replay.policy, max_tasks=n_tasks)
+        return LatentMemory.new(replay.codec_obj, latent_shape, budget_bytes=budget_bytes,
+                                memory_size=replay.memory_size, seed=seed, policy=replay.policy, max_tasks=n_tasks)
     return None
 
 
@@ -71,7 +74,12 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
 
     Returns:
         results.json's content: the metric matrix m[i][j] and its summary (final averages, forgetting),
-        memory (architecture and additional bytes), cost and timings.
+        memory (architecture and additional bytes), cost and timings; per-task calibration and the F1 each
+        product sees at its deployed threshold.
+
+    Per-task thresholds: each task is calibrated on its own held-out normals; ``replay.calibration_anchors``
+    of them per task are kept (as int8 latent crops, never replayed, inside the byte budget when there is one)
+    to recalibrate every earlier task's threshold after each later update (edgead/cl/calibration.py).
     """
     if out is None:
         raise EdgeadError("run_stream needs an output folder (out)")
@@ -89,6 +97,9 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
                                      "policy", "tasks", "data_root", "device_buffer", "device_trunk")}
     if getattr(stream, "max_train", None) is not None:  # only when set, so older runs still resume
         config["max_train"] = stream.max_train
+    calibration_anchors = replay.calibration_anchors
+    if calibration_anchors != 1:  # only when not the default, so earlier runs' configs still resume
+        config["calibration_anchors"] = calibration_anchors
     state_path = out / STATE_NAME
     done = 0
     if resume:
@@ -106,7 +117,16 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
     torch.manual_seed(train.seed)
     model = TeacherStudent(det, weights=weights)
     cost = detector_cost(model)
-    memory = _make_memory(replay, det, tuple(cost["latent_shape"]), train.seed, len(stream))
+    anchors = CalibrationAnchors(calibration_anchors, tuple(cost["latent_shape"]), det.image_size, train.seed)
+    memory_budget = replay.budget_bytes
+    if replay.budget_bytes is not None and replay.keeps_memory:
+        reserve = anchors.reserve_bytes(len(stream))
+        if replay.budget_bytes <= reserve:
+            raise EdgeadError(f"replay budget {replay.budget_bytes:,} B is too small: smaller than one sample plus "
+                              f"the calibration anchors it holds ({reserve:,} B: {len(stream)} tasks x "
+                              f"{calibration_anchors}); use a larger budget or fewer calibration anchors")
+        memory_budget = replay.budget_bytes - reserve
+    memory = _make_memory(replay, det, tuple(cost["latent_shape"]), train.seed, len(stream), memory_budget)
     if replay.device_trunk is not None:
         memory.use_device_trunk(replay.device_trunk, tuple(cost["latent_shape"]), det.image_size)
     # Room for every file still to be written (a checkpoint and a memory file per task), before training.
@@ -114,11 +134,19 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
     check_writable(out, what="--out", largest_file=max(ckpt, mem), total_bytes=(len(stream) - done) * (ckpt + mem))
     rows: list[list[dict]] = []
     timings: list[dict] = []
+    fit_cals: list[Calibration] = []  # each task's calibration as fitted right after it
     if done:
         model, pre, meta = load_checkpoint(out / "checkpoints" / f"task_{done - 1:02d}.pt")
         rows, timings = meta["rows"], meta["timings"]
+        fit_cals = [Calibration(**c) for c in meta.get("fit_calibrations", [])]
         if memory is not None:
             memory.load(out / "memory" / f"after_task_{done - 1:02d}.{memory.file_suffix}", skip_bad=skip_bad, log=log)
+        if calibration_anchors:
+            saved = out / "calibration" / f"after_task_{done - 1:02d}.npz"
+            if not saved.is_file():
+                raise EdgeadError(f"cannot resume {out}: {saved} is missing (a run from before per-task "
+                                  f"calibration); start it again in a new --out")
+            anchors.load(saved)
         log(f"resuming {out} after task {done}/{len(stream)}")
 
     cache: dict[int, TaskData] = {}
@@ -140,11 +168,21 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
         source = memory.source() if memory is not None and i > 0 else None
         report = train_task(model, train_split.images, val_split.images, pre, train, replay=source,
                             seed=train.seed * 1000 + i, desc=f"{task.name}")
-        model.calibration = fit_calibration(model, val_split.images, pre, train.device)
+        fit_cals.append(fit_calibration(model, d.val.images, pre, train.device))
+        anchors.add(i, model, d.val.images, pre)
+        cals = [fit_cals[j] if j == i else rescale(fit_cals[j], anchors.ratio(model, j)) for j in range(i + 1)]
+        model.calibration = task_agnostic(cals)
+        model.calibration.extra["per_task"] = {stream.names[j]: asdict(c) for j, c in enumerate(cals)}
         if memory is not None:
             memory.update(i, model, d.train.images, pre)
         t_eval = time.perf_counter()
-        row = [evaluate_split(model, data(j).test, pre, train.device) for j in range(i + 1)]
+        row = []
+        for j in range(i + 1):
+            res = evaluate_split(model, data(j).test, pre, train.device, return_outputs=True)
+            oracle = fit_calibration(model, data(j).val.images, pre, train.device).threshold
+            row.append({**res["metrics"], **deployed_row(
+                data(j).test.labels, res["scores"], task=cals[j].threshold, agnostic=model.calibration.threshold,
+                last_task=fit_cals[i].threshold, fit=fit_cals[j].threshold, oracle=oracle)})
         report["eval_seconds"] = time.perf_counter() - t_eval
         report.pop("history", None)
         rows.append(row)
@@ -157,14 +195,35 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
             if memory is not None:
                 mem_path = out / "memory" / f"after_task_{i:02d}.{memory.file_suffix}"
                 memory.save(mem_path)
+            if calibration_anchors:
+                anchors.save(out / "calibration" / f"after_task_{i:02d}.npz")
             save_checkpoint(out / "checkpoints" / f"task_{i:02d}.pt", model, pre, task_index=i,
-                            tasks=stream.names, rows=rows, timings=timings)
+                            tasks=stream.names, rows=rows, timings=timings,
+                            fit_calibrations=[asdict(c) for c in fit_cals])
             kept = _joint_kept(data, i) if replay.strategy == "joint" else None
             results = _results(config, stream, cost, memory, rows, timings, command, kept)
+            results["memory"]["calibration_bytes"] = anchors.nbytes
+            results["memory"]["total_bytes"] = results["memory"]["additional_bytes"] + anchors.nbytes
+            results["calibration"] = {
+                "method": "anchor-drift" if calibration_anchors else "fit-only",
+                "anchors_per_task": calibration_anchors, "anchor_codec": ANCHOR_CODEC,
+                "anchor_latent_crop": list(anchors.crop_shape), "bytes": anchors.nbytes,
+                "inside_budget": replay.budget_bytes is not None and memory is not None,
+                "task_agnostic_rule": AGNOSTIC_RULE,
+                "per_task": {stream.names[j]: _json_cal(c) for j, c in enumerate(cals)},
+                "task_agnostic": _json_cal(model.calibration, per_task=False),
+            }
+            results["deployed"] = deployed_summary(rows, stream.names)
             atomic_write_json(out / "results.json", results)
             atomic_write_json(state_path, {"config": config, "completed_tasks": i + 1, "memory_file":
                                            None if mem_path is None else str(mem_path.relative_to(out))})
     return json.loads((out / "results.json").read_text())
+
+
+def _json_cal(c: Calibration, per_task: bool = True) -> dict:
+    d = asdict(c)
+    d["extra"] = {k: v for k, v in d["extra"].items() if per_task or k != "per_task"}
+    return json.loads(json.dumps(d).replace("NaN", "null"))
 
 
 def _joint_kept(data, i: int) -> dict[int, tuple[int, int]]:

@@ -21,6 +21,8 @@ SCRIPTS = {
     "speed": ("bench_speed", "Latency, peak RAM, size, MACs of every model x format; training time per epoch."),
     "scaling": ("bench_scaling", "Training time and memory per task as the number of tasks grows."),
     "peer": ("bench_peer", "anomalib's STFPM beside ours on the same split (builds its own venv)."),
+    "real-stream": ("bench_real_stream", "The real product stream: every method x budget x seed, as one sweep "
+                    "(--jobs N, --ray ADDRESS)."),
     "cl-quality": ("bench_cl_quality", "Fine-tuning vs image replay vs compressed replay per codec."),
     "cl-speed": ("bench_cl_speed", "Time per epoch: compressed replay vs image replay vs fine-tuning."),
     "device": ("bench_device", "Device runtime: memory growth over 5,000 inferences, latency per format."),

@@ -1,0 +1,170 @@
+"""Per-task calibration that stays right after later tasks, without stored images.
+
+A task's threshold and score statistics are fitted on its own held-out normals right after it is trained
+(`fit_calibration`). Training later tasks moves the student, and with it the scores of the earlier products'
+normals, so a threshold fitted once goes stale; and a single threshold fitted on the last task is tuned to the
+last product only. The choice made here:
+
+* **Calibration anchors** — per task, ``per_task`` (default 1) held-out normal images are kept as a small crop
+  (``anchor_side`` x ``anchor_side``, 8 at MCUNet's stride 8) of their frozen-trunk latent, int8-channel encoded
+  (about 1.8 kB at 24 channels): no image is stored. The anchors are never replayed (training on them would
+  pull their scores down and hide the drift). Their mean score is recorded when the task is calibrated.
+* **Recalibration** after every later update: each earlier task's threshold and score statistics are scaled by
+  ``ratio = mean anchor score now / mean anchor score at calibration``. Scores are distances between teacher
+  and student features, so a student that drifts on a product scales that product's normal scores; the ratio
+  of the same anchors (same crop, same quantisation error) cancels everything but that drift.
+* With a byte budget the anchors are reserved **inside** it: the replay memory gets the budget minus the
+  anchors of every task of the stream (a device has to reserve them up front too). With a sample count, or
+  for fine-tuning and joint training (no memory), they are extra bytes, reported as ``calibration_bytes``.
+
+Why not a slice of replayed samples or their stored scores: at microcontroller budgets a task keeps at most
+one or two latents, sometimes none (image replay at 50 kB keeps no image at all), and fine-tuning keeps
+nothing; anchors cost a fixed ~1.8 kB per task for every strategy. The runner measures the choice: it also
+fits an *oracle* threshold on each task's full held-out normals with the current model (evaluation only,
+never deployed) and reports the deployed F1 at every threshold (results.json ``deployed``).
+
+The task-agnostic threshold (used without ``--task`` on the device) is the **maximum** of the tasks'
+thresholds: every product's normals stay at or below their own 99th percentile, so no product gets more false
+alarms than at its own threshold; products with lower scores may miss faint defects — give ``--task``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgead.engine.tensors import compute_latents
+from edgead.errors import EdgeadError
+from edgead.models.teacher_student import Calibration
+from firmware_sim.atomic import atomic_write
+from firmware_sim.codecs import EncodedLatent, get_codec
+
+ANCHOR_CODEC = "int8-channel"
+AGNOSTIC_RULE = "max over the tasks' thresholds (no product gets more false alarms than at its own threshold)"
+
+
+def anchor_side(latent_shape: tuple[int, ...]) -> int:
+    """Side of the square latent crop an anchor keeps: a quarter of the latent, at least 8, at most all."""
+    h, w = latent_shape[-2:]
+    return int(min(h, w, max(8, h // 4)))
+
+
+class CalibrationAnchors:
+    """The calibration slice: a few never-replayed latent crops of each task's held-out normals."""
+
+    def __init__(self, per_task: int, latent_shape: tuple[int, ...], image_size: int, seed: int):
+        if per_task < 0:
+            raise EdgeadError(f"calibration anchors per task {per_task}: expected 0 or more")
+        self.per_task, self.seed = per_task, seed
+        self.latent_shape = tuple(latent_shape)
+        self.side = anchor_side(self.latent_shape)
+        self.out_size = max(1, self.side * image_size // self.latent_shape[-1])
+        self.codec = get_codec(ANCHOR_CODEC)
+        self.encoded: dict[int, list[EncodedLatent]] = {}
+        self.fit_scores: dict[int, float] = {}
+
+    @property
+    def crop_shape(self) -> tuple[int, ...]:
+        return (self.latent_shape[0], self.side, self.side)
+
+    def reserve_bytes(self, n_tasks: int) -> int:
+        """Bytes the anchors of ``n_tasks`` tasks occupy (what a byte budget must set aside)."""
+        return n_tasks * self.per_task * self.codec.bytes_per_sample(self.crop_shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for es in self.encoded.values() for e in es)
+
+    def add(self, task_index: int, model, val_images: np.ndarray, pre) -> None:
+        """Keep anchors of a task just calibrated, and their mean score under the current model."""
+        if self.per_task == 0 or len(val_images) == 0:
+            return
+        rng = np.random.default_rng([self.seed, task_index, 7])
+        pick = np.sort(rng.permutation(len(val_images))[: self.per_task])
+        z = compute_latents(model, val_images[pick], pre).cpu().numpy()
+        h, w = z.shape[-2:]
+        crops = []
+        for x in z:
+            y0, x0 = int(rng.integers(0, h - self.side + 1)), int(rng.integers(0, w - self.side + 1))
+            crops.append(self.codec.encode(np.ascontiguousarray(x[:, y0:y0 + self.side, x0:x0 + self.side])))
+        self.encoded[task_index] = crops
+        self.fit_scores[task_index] = self.score(model, task_index)
+
+    def score(self, model, task_index: int) -> float:
+        """Mean image score of a task's anchors under ``model`` (nan when the task has none)."""
+        es = self.encoded.get(task_index)
+        if not es:
+            return float("nan")
+        z = torch.from_numpy(np.stack([self.codec.decode(e) for e in es]).astype(np.float32))
+        was = model.training
+        model.eval()
+        try:
+            _, s = model.predict_latent(z.to(next(model.parameters()).device), self.out_size)
+        finally:
+            model.train(was)
+        return float(s.mean())
+
+    def ratio(self, model, task_index: int) -> float:
+        """Drift of a task's normal scores since its calibration: mean anchor score now / at calibration."""
+        before = self.fit_scores.get(task_index, float("nan"))
+        now = self.score(model, task_index)
+        return now / before if math.isfinite(before) and before > 0 and math.isfinite(now) else float("nan")
+
+    def save(self, path: Path) -> None:
+        arrays = {"tasks": np.array(sorted(self.encoded), np.int64),
+                  "fit_scores": np.array([self.fit_scores[t] for t in sorted(self.encoded)], np.float64)}
+        for t, es in self.encoded.items():
+            for k, e in enumerate(es):
+                arrays[f"t{t}_{k}"] = np.frombuffer(e.to_bytes(), np.uint8)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+    def load(self, path: Path) -> None:
+        with np.load(path, allow_pickle=False) as z:
+            tasks = [int(t) for t in z["tasks"]]
+            self.fit_scores = {t: float(s) for t, s in zip(tasks, z["fit_scores"], strict=True)}
+            self.encoded = {t: [EncodedLatent.from_bytes(z[k].tobytes()) for k in sorted(
+                (k for k in z.files if k.startswith(f"t{t}_")), key=lambda k: int(k.split("_")[1]))] for t in tasks}
+
+
+def rescale(fit: Calibration, ratio: float) -> Calibration:
+    """A task's calibration with its scores scaled by the drift ``ratio`` (unchanged when it is unknown)."""
+    if not math.isfinite(ratio) or ratio <= 0:
+        return Calibration(**{**asdict(fit), "extra": {**fit.extra, "drift_ratio": None,
+                                                       "fit_threshold": fit.threshold}})
+    return Calibration(threshold=fit.threshold * ratio, score_mean=fit.score_mean * ratio,
+                       score_std=fit.score_std * ratio, score_min=fit.score_min * ratio,
+                       score_max=fit.score_max * ratio, quantile=fit.quantile, n_images=fit.n_images,
+                       extra={**fit.extra, "drift_ratio": ratio, "fit_threshold": fit.threshold})
+
+
+def task_agnostic(cals: list[Calibration]) -> Calibration:
+    """One calibration for images of any task: the max threshold, the widest score range, pooled mean/std."""
+    ok = [c for c in cals if math.isfinite(c.threshold)]
+    if not ok:
+        return Calibration()
+    n = np.array([max(c.n_images, 1) for c in ok], float)
+    means, stds = np.array([c.score_mean for c in ok]), np.array([c.score_std for c in ok])
+    mean = float(np.average(means, weights=n))
+    return Calibration(threshold=max(c.threshold for c in ok), score_mean=mean,
+                       score_std=float(np.sqrt(np.average(stds ** 2 + (means - mean) ** 2, weights=n))),
+                       score_min=min(c.score_min for c in ok), score_max=max(c.score_max for c in ok),
+                       quantile=ok[0].quantile, n_images=int(sum(c.n_images for c in ok)),
+                       extra={"rule": AGNOSTIC_RULE})
+
+
+def deployed_f1(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float | None:
+    """F1 of the anomalous class when images scoring above ``threshold`` are called anomalous (what a factory
+    sees), not the best F1 over thresholds."""
+    if not math.isfinite(threshold):
+        return None
+    pred, pos = scores > threshold, labels == 1
+    tp = float((pred & pos).sum())
+    denom = 2 * tp + float((pred & ~pos).sum()) + float((~pred & pos).sum())
+    return 2 * tp / denom if denom else None

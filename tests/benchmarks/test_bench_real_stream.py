@@ -1,0 +1,67 @@
+"""bench real-stream: its --quick sweep runs end to end (numbers not asserted as targets), a rerun reuses the
+finished runs, and bad input (a category twice, Ray missing, another sweep's folder) is a clear error."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+import bench_real_stream as brs
+
+
+def test_quick_writes_results_plots_and_reruns_nothing(tmp_path, capsys):
+    argv = ["--quick", "--methods", "finetune,int8-channel", "--out-dir", str(tmp_path)]
+    assert brs.main(argv) == 0
+    saved = json.loads((tmp_path / "real_stream_quick.json").read_text())
+    assert saved["complete"] and saved["tasks"] == ["brick", "nut"]
+    keys = {(r["method"], r["setting"]) for r in saved["summary"]}
+    assert keys == {("finetune", "none"), ("int8-channel", "budget 30kB"), ("int8-channel", "count 4")}
+    for r in saved["runs"]:
+        assert r["total_bytes"] == r["additional_bytes"] + r["calibration_bytes"]
+        if r["budget_bytes"]:
+            assert r["total_bytes"] <= r["budget_bytes"]  # anchors are counted inside the budget
+        assert set(r["deployed_per_task"]) == {"brick", "nut"}
+        for k in ("deployed_f1_task", "deployed_f1_last_task", "deployed_f1_agnostic"):
+            assert r[k] is None or 0.0 <= r[k] <= 1.0
+    assert (tmp_path / "real_stream_quick.csv").read_text().startswith("method,")
+    for png in ("real_stream_quick_pareto.png", "real_stream_quick_matrix_finetune_none.png",
+                "real_stream_quick_matrix_int8-channel_count4.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    assert brs.main(argv) == 0  # the same sweep again: everything is already finished
+    assert "3 of 3 runs already finished" in capsys.readouterr().out
+    again = json.loads((tmp_path / "real_stream_quick.json").read_text())
+    assert [r["image_auroc"] for r in again["runs"]] == [r["image_auroc"] for r in saved["runs"]]
+    # a different sweep into the same folder is refused without --resume
+    with pytest.raises(SystemExit, match="holds another sweep"):
+        brs.main(["--quick", "--methods", "finetune", "--out-dir", str(tmp_path)])
+
+
+def test_bad_input(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="--tasks names magnetic_tile twice"):
+        brs.main(["--data", str(tmp_path), "--tasks", "magnetic_tile,bsdata,magnetic_tile"])
+    with pytest.raises(SystemExit, match="--data FOLDER"):
+        brs.main(["--tasks", "bsdata"])
+    with pytest.raises(SystemExit, match="--methods sgd"):
+        brs.main(["--data", str(tmp_path), "--methods", "finetune,sgd"])
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(SystemExit, match=r"pip install 'edgead\[cluster\]'"):
+        brs.main(["--quick", "--methods", "finetune", "--ray", "auto", "--out-dir", str(tmp_path / "r")])
+
+
+def test_registered_as_edgead_bench_real_stream():
+    from edgead.cli.bench import SCRIPTS
+
+    assert SCRIPTS["real-stream"][0] == "bench_real_stream"
+
+
+def test_cli_bad_input_is_error_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "edgead", "bench", "real-stream", "--data", str(tmp_path), "--tasks",
+                        "elpv_mono,elpv_mono"], capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and "error: --tasks names elpv_mono twice" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
