@@ -256,14 +256,22 @@ def test_lock_refuses_a_second_writer_and_wait_queues(tmp_path):
         with pytest.raises(UserError, match=f"in use by another process \\(pid {holder.pid}") as e:
             BufferLock(path).acquire()
         assert "--wait" in str(e.value)
+        import threading
+
         notes: list[str] = []
         waiter = BufferLock(path, wait=True, notify=notes.append)
         t0 = time.monotonic()
+        queued = threading.Thread(target=waiter.acquire)
+        queued.start()
+        while not notes and time.monotonic() - t0 < 20:  # the waiter says it waits before the holder lets go
+            time.sleep(0.05)
+        assert notes and "waiting" in notes[0]
+        assert not waiter.held
         holder.stdin.write("\n")
         holder.stdin.flush()
-        with waiter:
-            assert waiter.held
-        assert notes and "waiting" in notes[0] and time.monotonic() - t0 < 30
+        queued.join(30)
+        assert waiter.held and time.monotonic() - t0 < 30
+        waiter.release()
     finally:
         holder.kill()
         holder.wait()

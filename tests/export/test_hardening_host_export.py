@@ -65,6 +65,7 @@ def test_full_disk_stops_export_before_work_with_the_path(run_dir, tmp_path):
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_tflite_conversion_without_room_for_its_savedmodel_says_so(tmp_path):
     # The converter writes a SavedModel of the float weights (~800 kB here) into the temporary folder.
     script = textwrap.dedent("""
