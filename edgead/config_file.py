@@ -36,15 +36,10 @@ def read_config(path: str | Path) -> dict:
     Returns:
         dict of key -> value (keys with `-` turned into `_`).
     """
-    import yaml
+    from edgead.yaml_file import load_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise EdgeadError(f"--config {path}: file not found")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise EdgeadError(f"--config {path}: not valid YAML ({e})") from None
+    doc = load_yaml(path, "--config")
     if doc is None:
         return {}
     if not isinstance(doc, dict):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from edgead.data.layout import CategoryIndex, scan_folder
 from edgead.data.loading import load_entries
-from edgead.data.stream import TaskData, TaskStream, split_validation, subsample
+from edgead.data.stream import TaskData, TaskSequence, TaskStream, split_validation, subsample
 from edgead.errors import EdgeadError
 from firmware_sim.preprocess import Preprocess
 
@@ -114,7 +114,7 @@ class FolderTask:
         return TaskData(normals.subset(tr), normals.subset(va), test_split)
 
 
-class FolderStream:
+class FolderStream(TaskSequence):
     """Folder tasks in order; `root` is the dataset file that describes them (recorded by runs)."""
 
     def __init__(self, specs: list[FolderSpec], root: str | Path, names: list[str] | None = None,
@@ -131,15 +131,6 @@ class FolderStream:
             specs = [by_name[n] for n in names]
         self.tasks = [FolderTask(i, s, max_train) for i, s in enumerate(specs)]
 
-    def __iter__(self):
-        return iter(self.tasks)
-
-    def __len__(self) -> int:
-        return len(self.tasks)
-
-    @property
-    def names(self) -> list[str]:
-        return [t.name for t in self.tasks]
 
 
 def is_dataset_file(path: str | Path) -> bool:
@@ -148,15 +139,10 @@ def is_dataset_file(path: str | Path) -> bool:
 
 def read_dataset_file(path: str | Path) -> list[FolderSpec]:
     """The task folders named by a dataset file (see the module docstring for its form)."""
-    import yaml
+    from edgead.yaml_file import load_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise EdgeadError(f"{path}: dataset file not found")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise EdgeadError(f"{path}: not valid YAML ({e})") from None
+    doc = load_yaml(path, "dataset file")
     if not isinstance(doc, dict):
         raise EdgeadError(f"{path}: expected a mapping (normal:, abnormal:, ... or tasks: [...])")
     base = path.resolve().parent

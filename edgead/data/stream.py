@@ -78,7 +78,23 @@ class Task:
         return TaskData(normals.subset(tr), normals.subset(va), test)
 
 
-class TaskStream:
+class TaskSequence:
+    """What every stream of tasks offers: iteration, length and the task names, in order (``self.tasks``)."""
+
+    tasks: list
+
+    def __iter__(self):
+        return iter(self.tasks)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+
+class TaskStream(TaskSequence):
     """Categories of one dataset root, in order. Checks every category exists before anything trains."""
 
     def __init__(self, root: str | Path, categories: list[str] | tuple[str, ...] | None = None,
@@ -101,12 +117,3 @@ class TaskStream:
                               f"available: {present or 'none'}")
         self.tasks = [Task(i, c, self.root, max_train) for i, c in enumerate(categories)]
 
-    def __iter__(self):
-        return iter(self.tasks)
-
-    def __len__(self) -> int:
-        return len(self.tasks)
-
-    @property
-    def names(self) -> list[str]:
-        return [t.name for t in self.tasks]
