@@ -68,7 +68,8 @@ def parse_tasks(text: str) -> list[str]:
 
 def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int, epochs: int,
             budget_bytes: int | None = None, memory_size: int | None = None, weights: str | None = None,
-            device_trunk: str | None = None, work_dir: str | None = None, calibration_anchors: int = 1) -> dict:
+            device_trunk: str | None = None, work_dir: str | None = None, calibration_anchors: int = 1,
+            max_train: int | None = None) -> dict:
     """One run_stream of the sweep -> its numbers (or {"infeasible": why} for a budget below one sample)."""
     from edgead.cl.config import ReplayConfig
     from edgead.cl.runner import run_stream
@@ -88,7 +89,7 @@ def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int
     t0 = time.perf_counter()
     try:
         replay = ReplayConfig(calibration_anchors=calibration_anchors, **kw)
-        res = run_stream(TaskStream(data, tasks), det, TrainConfig(epochs=epochs, seed=seed, progress=False), replay,
+        res = run_stream(TaskStream(data, tasks, max_train=max_train), det, TrainConfig(epochs=epochs, seed=seed, progress=False), replay,
                          out, weights=weights, log=lambda m: None, command="bench_real_stream")
     except (EdgeadError, UserError) as e:
         if "replay budget" not in str(e):  # only "less than one sample" is a result
@@ -291,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-size", type=int, default=100, help="the sample-count setting (0: none)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--max-train", type=int, default=None,
+                   help="at most N normal training images per task (seeded draw; default: all)")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--weights", default=os.environ.get("EDGEAD_WEIGHTS_DIR"))
     p.add_argument("--calibration-anchors", type=int, default=1,
@@ -345,11 +348,12 @@ def main(argv: list[str] | None = None) -> int:
             inputs.mkdir(parents=True, exist_ok=True)
             trunk = str(device_trunk(Path(a.data), tasks[0], a.image_size, a.weights, inputs))
         specs = plan(tasks, methods, budgets, a.memory_size, seeds)
-        runs = [Run(_key(m, b, n, s), "benchmarks.bench_real_stream:run_one",
+        runs = [Run(_key(m, b, n, s), "bench_real_stream:run_one",
                     {"data": str(Path(a.data).resolve()), "tasks": tasks, "method": m, "seed": s,
                      "image_size": a.image_size, "epochs": a.epochs, "budget_bytes": b, "memory_size": n,
                      "weights": a.weights, "device_trunk": trunk if m == "int8-device" else None,
-                     **({"calibration_anchors": a.calibration_anchors} if a.calibration_anchors != 1 else {})})
+                     **({"calibration_anchors": a.calibration_anchors} if a.calibration_anchors != 1 else {}),
+                     **({"max_train": a.max_train} if a.max_train is not None else {})})
                 for m, _, b, n, s in specs]
         res = run_sweep(name, runs, sweep_dir, jobs=a.jobs, ray=a.ray, threads=a.threads, resume=a.resume,
                         progress=True, log=lambda m: print(m, flush=True))

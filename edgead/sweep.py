@@ -28,6 +28,7 @@ import importlib
 import json
 import os
 import re
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -223,7 +224,7 @@ def _ray(specs: list[dict], threads: int, address: str, local_cpus: int) -> Iter
     if started and address == "local":
         # A Ray of `local_cpus` CPUs on this machine; the driver's import path travels to its workers, so a
         # checkout run with PYTHONPATH works too.
-        path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), os.getcwd()) if p)
+        path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), os.getcwd(), *sys.path) if p)
         ray.init(num_cpus=local_cpus, runtime_env={"env_vars": {"PYTHONPATH": path}}, log_to_driver=False,
                  include_dashboard=False)
     elif started:

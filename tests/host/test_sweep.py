@@ -11,7 +11,7 @@ import pytest
 from edgead.errors import EdgeadError
 from edgead.sweep import Run, run_sweep
 
-FN = "benchmarks.bench_real_stream:run_one"
+FN = "bench_real_stream:run_one"
 
 
 def _runs(root, seeds=(0, 1), bad=False) -> list[Run]:
