@@ -39,6 +39,20 @@ class HostDetector:
         self.threshold = float(cal.threshold)
         self._lo, self._hi = cal.score_min, cal.score_max
         self.interpreter = f"torch {torch.__version__}"
+        self.task_name: str | None = None  # None: the task-agnostic threshold
+
+    def use_task(self, name: str) -> None:
+        """Decide with task ``name``'s own threshold and score range (as `device run --task NAME` does)."""
+        per = self.model.calibration.extra.get("per_task") or {}
+        if not per:
+            raise EdgeadError(f"--task {name}: this checkpoint has no per-task thresholds (a run trained before "
+                              "per-task calibration); leave --task out to use its one threshold")
+        if name not in per:
+            raise EdgeadError(f"--task {name!r}: not a task of this checkpoint; its tasks: {', '.join(per)}")
+        cal = per[name]
+        self.task_name = name
+        self.threshold = float(cal["threshold"])
+        self._lo, self._hi = cal.get("score_min"), cal.get("score_max")
 
     def normalize(self, score: float | np.ndarray) -> float | np.ndarray:
         """Scores (or a map) -> 0..1 with the threshold at 0.5 (as the device normalises)."""
@@ -104,14 +118,16 @@ def load_host_detector(run_dir: str | Path, task: str | int | None = None, devic
     return HostDetector(model, pre, device)
 
 
-def predict_run(run_dir: str | Path, images: str | Path, task: str | int | None = None,
-                out: str | Path | None = None, emit=lambda d: None, warn=None, device: str = "cpu") -> dict:
+def predict_run(run_dir: str | Path, images: str | Path, task: str | None = None,
+                out: str | Path | None = None, emit=lambda d: None, warn=None, device: str = "cpu",
+                checkpoint: str | int | None = None) -> dict:
     """Score an image file or every image in a folder with a run's checkpoint.
 
     Args:
         run_dir: the run folder (edgead train --out).
         images: an image file or a folder (searched recursively).
-        task: the checkpoint after this task (name or index; default the last).
+        task: decide with this product's own threshold (a task name; default: the task-agnostic threshold).
+        checkpoint: the checkpoint after this task (name or index; default the last).
         out: folder for one overlay PNG per image.
         emit: receives each per-image dict (the JSON line).
         warn: receives each warning message.
@@ -124,5 +140,8 @@ def predict_run(run_dir: str | Path, images: str | Path, task: str | int | None 
 
     warn = warn or commands._stderr
     files = commands.list_images(images, warn)
-    detector = load_host_detector(run_dir, task, device)
-    return commands.score_files(detector, files, images, out, emit, warn)
+    detector = load_host_detector(run_dir, checkpoint, device)
+    if task is not None:
+        detector.use_task(str(task))
+    summary = commands.score_files(detector, files, images, out, emit, warn)
+    return {**summary, "task": detector.task_name}

@@ -11,15 +11,19 @@ import click
 @click.command("predict")
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run folder (edgead train --out).")
 @click.option("--images", required=True, type=click.Path(path_type=Path), help="An image file or a folder of images.")
-@click.option("--task", default=None, help="Checkpoint after this task, by name or index (default: the last).")
+@click.option("--task", default=None, help="Decide with this product's own threshold (a task name; default: the "
+              "task-agnostic threshold, the max over the tasks'), as `edgead device run --task NAME`.")
+@click.option("--checkpoint", default=None, help="The checkpoint after this task, by name or index (default: the "
+              "last).")
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for one anomaly-map overlay PNG per image.")
 @click.option("--device", default="cpu", show_default=True, help="torch device.")
-def predict(run_dir, images, task, out, device):
+def predict(run_dir, images, task, checkpoint, out, device):
     """Score images on the host: one JSON line per image (path, score, normalized score, decision, latency),
     the same lines and overlays as `edgead device run`, without exporting first."""
     from edgead.predict import predict_run
 
     summary = predict_run(run_dir, images, task, out, emit=lambda d: click.echo(json.dumps(d, default=str)),
-                          warn=lambda m: click.echo(f"warning: {m}", err=True), device=device)
+                          warn=lambda m: click.echo(f"warning: {m}", err=True), device=device,
+                          checkpoint=checkpoint)
     click.echo(json.dumps({"summary": summary}, default=str), err=True)

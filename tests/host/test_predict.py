@@ -72,8 +72,8 @@ def test_cli_lines_scores_and_overlays(run, synth_root, tmp_path, capsys):
 def test_task_by_name_or_index_and_errors(run, synth_root):
     one = synth_root / "nut" / "test" / "good" / "000.png"
     by_name, by_index = [], []
-    predict_run(run, one, task="nut", emit=by_name.append)
-    predict_run(run, one, task=0, emit=by_index.append)
+    predict_run(run, one, checkpoint="nut", emit=by_name.append)
+    predict_run(run, one, checkpoint=0, emit=by_index.append)
     model, pre, _ = load_checkpoint(run / "checkpoints" / "task_00.pt")
     _, s = predict_images(model, pre.resize_uint8(load_rgb(one))[None], pre)
     assert by_name[0]["score"] == by_index[0]["score"] == pytest.approx(float(s[0]), rel=1e-5)
@@ -81,6 +81,23 @@ def test_task_by_name_or_index_and_errors(run, synth_root):
         load_host_detector(run, "grass")
     with pytest.raises(UserError, match="no such file or folder"):
         predict_run(run, synth_root / "missing")
+
+
+def test_task_name_decides_with_that_products_threshold(run, synth_root):
+    """`--task NAME`: the final checkpoint, that task's own threshold (as `device run --task NAME`)."""
+    one = synth_root / "pill" / "test" / "good" / "000.png"
+    model, _, _ = load_checkpoint(run / "checkpoints" / "task_01.pt")
+    per = model.calibration.extra["per_task"]
+    assert set(per) == {"nut", "pill"} and per["nut"]["threshold"] != per["pill"]["threshold"]
+    for name in ("nut", "pill"):
+        lines = []
+        summary = predict_run(run, one, task=name, emit=lines.append)
+        assert summary["task"] == name and summary["threshold"] == pytest.approx(per[name]["threshold"])
+        assert lines[0]["decision"] == ("anomalous" if lines[0]["score"] > per[name]["threshold"] else "normal")
+    agnostic = predict_run(run, one)
+    assert agnostic["task"] is None and agnostic["threshold"] == pytest.approx(model.calibration.threshold)
+    with pytest.raises(EdgeadError, match="--task 'grass': not a task of this checkpoint; its tasks: nut, pill"):
+        predict_run(run, one, task="grass")
 
 
 def test_unreadable_file_is_skipped_like_the_device(run, synth_root, tmp_path):
