@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from edgead.errors import EdgeadError
-from edgead.metrics import forgetting
+from edgead.metrics.forgetting import forgetting_per_task
 
 METRICS = ("image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "pixel_ap", "aupro")
 SCHEMA = "edgead-results/1"
@@ -54,9 +54,18 @@ def summarise(rows: list[list[dict]]) -> dict:
             "average_per_step": [_clean(float(np.nanmean(m[i, : i + 1]))) if np.isfinite(m[i, : i + 1]).any()
                                  else None for i in range(t)],
         }
-        finite = np.isfinite(np.tril(m) + np.triu(np.zeros_like(m), 1)).all() if t else False
+        # Forgetting of each earlier task j reads only its own column, so tasks without this metric (image-level
+        # tasks have no pixel metrics) are left out of the average instead of voiding it.
+        known = [j for j in range(t - 1) if np.isfinite(m[j:t, j]).all()]
+        entry["forgetting_tasks"] = len(known)
         for mode in ("relative", "absolute"):
-            entry[f"forgetting_{mode}"] = float(forgetting(np.where(np.isnan(m), 0, m), mode)) if finite else None
+            if t == 1:
+                value = 0.0 if np.isfinite(m[0, 0]) else None
+            elif known:
+                value = float(forgetting_per_task(np.where(np.isnan(m), 0, m), mode)[known].mean())
+            else:
+                value = None
+            entry[f"forgetting_{mode}"] = value
         out[name] = entry
     return out
 
