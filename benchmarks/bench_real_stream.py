@@ -116,6 +116,8 @@ def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int
         "buffer_samples": int(sum(mem["buffer_samples"].values())),
         "buffer_per_task": mem["buffer_samples"],
         "image_auroc_matrix": m["image_auroc"]["matrix"],
+        "pixel_auroc_matrix": m["pixel_auroc"]["matrix"],
+        "aupro_matrix": m["aupro"]["matrix"],
         "wall_s": time.perf_counter() - t0,
     }
 
@@ -371,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out_dir / f"{name}.json", {**meta, "complete": not res.failed, "failed": res.failed,
                                           "summary": summary, "runs": rows, "checks": checks})
     write_csv(out_dir / f"{name}.csv", [{k: v for k, v in r.items() if k not in (
-        "buffer_per_task", "image_auroc_matrix", "deployed_per_task")} for r in rows])
+        "buffer_per_task", "image_auroc_matrix", "pixel_auroc_matrix", "aupro_matrix", "deployed_per_task")}
+        for r in rows])
     print_table(summary, ["method", "setting", "seeds", "image_auroc", "image_auroc_std", "pixel_auroc", "aupro",
                           "img_forget_abs", "deployed_f1_last_task", "deployed_f1_task", "total_bytes",
                           "buffer_samples"])
