@@ -79,6 +79,12 @@ def info(model, backbone, levels, bootstrap, image_size, as_json):
 @click.option("--policy", type=click.Choice(["random", "coverage"]), default="random", show_default=True)
 @click.option("--replay-ratio", default=0.5, show_default=True, help="Fraction of each batch replayed.")
 @click.option("--epochs", default=20, show_default=True)
+@click.option("--steps", type=int, default=None,
+              help="Training budget in optimiser steps per task instead of --epochs (same for small and large "
+                   "categories).")
+@click.option("--resize", type=click.Choice(["squash", "pad", "tile"]), default="squash", show_default=True,
+              help="Non-square images: squash to a square, pad (letterbox, padding left out of pixel metrics) "
+                   "or tile (square tiles, score = max). Recorded in checkpoints and exports.")
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--lr", default=0.4, show_default=True)
 @click.option("--momentum", default=0.9, show_default=True)
@@ -99,8 +105,8 @@ def info(model, backbone, levels, bootstrap, image_size, as_json):
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(root, tasks, model, backbone, levels, bootstrap, image_size, strategy, codec, budget, memory_size, policy,
-          replay_ratio, epochs, batch_size, lr, momentum, weight_decay, select_every, val_fraction, seed, device,
-          weights, no_pretrained, device_buffer, device_trunk, resume, skip_bad, out, quiet):
+          replay_ratio, epochs, steps, resize, batch_size, lr, momentum, weight_decay, select_every, val_fraction, seed,
+          device, weights, no_pretrained, device_buffer, device_trunk, resume, skip_bad, out, quiet):
     """Train over one task or a stream of tasks; writes checkpoints and OUT/results.json."""
     from edgead.cl.runner import run_stream, validate_strategy
     from edgead.data import TaskStream
@@ -111,7 +117,8 @@ def train(root, tasks, model, backbone, levels, bootstrap, image_size, strategy,
     validate_strategy(strategy, det, codec, device_buffer=device_buffer, device_trunk=device_trunk)
     budget_bytes = parse_size(budget) if budget is not None else None
     stream = TaskStream(root, [t.strip() for t in tasks.split(",")] if tasks else None)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+    cfg = TrainConfig(epochs=epochs, steps=steps, resize=resize, batch_size=batch_size, lr=lr, momentum=momentum,
+                      weight_decay=weight_decay,
                       seed=seed, device=device, replay_ratio=replay_ratio, select_every=select_every,
                       val_fraction=val_fraction, progress=not quiet)
     res = run_stream(stream, det, cfg, out, strategy=strategy, codec=codec, budget_bytes=budget_bytes,

@@ -108,14 +108,17 @@ class Device:
     def interpreter(self) -> str:
         return next(iter(self.detector.runners.values())).module
 
-    def pixels(self, image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
-        """Any image (path, PIL image of any mode, uint8 array) -> (1, S, S, 3) uint8 as the manifest says."""
+    def _rgb(self, image: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8 or image.ndim not in (2, 3):
                 raise UserError(f"image array {image.dtype} {image.shape}: expected uint8 (H, W) or (H, W, 3)")
             image = Image.fromarray(image)
-        img = load_rgb_from(image) if isinstance(image, Image.Image) else load_rgb(image)
-        return self.preprocess.resize_uint8(img)[None]
+        return load_rgb_from(image) if isinstance(image, Image.Image) else load_rgb(image)
+
+    def pixels(self, image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
+        """Any image (path, PIL image of any mode, uint8 array) -> its views (K, S, S, 3) uint8 as the manifest
+        says (K = 1 unless the resize mode is tile)."""
+        return self.preprocess.views(self._rgb(image))
 
     def normalize(self, score: float | np.ndarray) -> float | np.ndarray:
         """Scores (or a map) -> 0..1 with the threshold at 0.5: min-max of the calibration scores."""
@@ -129,18 +132,21 @@ class Device:
 
     def infer(self, image: str | os.PathLike | Image.Image | np.ndarray) -> Result:
         t0 = time.perf_counter()
-        x = self.pixels(image)
+        img = self._rgb(image)
+        x = self.preprocess.views(img)
         clock: dict[str, float] = {"preprocess": time.perf_counter() - t0}
-        amap, raw = self.detector.run_one(x, self.path, clock)
-        stored = None
-        if self.buffer is not None:
-            t1 = time.perf_counter()
-            stored = self._keep(raw)
-            clock["buffer"] = time.perf_counter() - t1
-        score = float(amap[0].max())
-        return Result(score, self.normalize(score), bool(score > self.threshold), amap[0],
+        maps, stored = [], None
+        for k in range(len(x)):  # one view, or the tiles of a long image
+            amap, raw = self.detector.run_one(x[k:k + 1], self.path, clock)
+            maps.append(amap[0])
+            if self.buffer is not None:
+                t1 = time.perf_counter()
+                stored = self._keep(raw) or bool(stored)
+                clock["buffer"] = clock.get("buffer", 0.0) + time.perf_counter() - t1
+        frame, score = self.preprocess.merge(np.stack(maps), img.size)
+        return Result(score, self.normalize(score), bool(score > self.threshold), frame,
                       1000.0 * (time.perf_counter() - t0), {k: 1000.0 * v for k, v in clock.items()}, stored,
-                      x[0])
+                      x[0] if len(x) == 1 else self.preprocess.frame_uint8(img))
 
     # -- replay buffer ---------------------------------------------------------------------------------------
     def latent_quantization(self) -> tuple[np.ndarray, np.ndarray, str]:

@@ -89,7 +89,7 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
     elif state_path.exists():
         raise EdgeadError(f"{out}: already holds a run (pass --resume to continue it, or choose another --out)")
 
-    pre = Preprocess(image_size=det.image_size)
+    pre = Preprocess(image_size=det.image_size, resize_mode=train.resize)
     torch.manual_seed(train.seed)
     model = TeacherStudent(det, weights=weights)
     cost = detector_cost(model)
@@ -129,7 +129,7 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
         replay = memory.source() if memory is not None and i > 0 else None
         report = train_task(model, train_split.images, val_split.images, pre, train, replay=replay,
                             seed=train.seed * 1000 + i, desc=f"{task.name}")
-        model.calibration = fit_calibration(model, val_split.images, pre, train.device)
+        model.calibration = fit_calibration(model, val_split, pre, train.device)
         if memory is not None:
             memory.update(i, model, d.train.images, pre)
         t_eval = time.perf_counter()
