@@ -165,3 +165,16 @@ def test_recipe_quick(tmp_path):
     assert len({(r["category"], r["half"], r["n_test"]) for r in rows}) == len(n)
     assert saved["choice"]["chosen"] in bench_recipe.QUICK_RECIPES
     assert (tmp_path / "recipe_quick.csv").is_file() and (tmp_path / "recipe_quick_summary.csv").is_file()
+
+
+def test_steps_budget_spaces_selection_checks_out():
+    from edgead.engine.trainer import MAX_SELECTION_CHECKS
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    val = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    cfg = TrainConfig(steps=60, batch_size=4, progress=False)  # one step per epoch: 60 epochs
+    rep = train_task(_tiny_model(), images, val, Preprocess(image_size=64), cfg)
+    checks = [h["epoch"] for h in rep["history"] if "selection" in h]
+    assert rep["epochs"] == 60 and 2 <= len(checks) <= MAX_SELECTION_CHECKS + 1
+    assert checks[-1] == 60 and 1 <= rep["selected_epoch"] <= 60

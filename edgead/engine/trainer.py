@@ -24,6 +24,10 @@ from firmware_sim.preprocess import Preprocess
 
 # Above this, teacher features are recomputed per batch instead of cached for the task (host RAM guard).
 TEACHER_CACHE_LIMIT_BYTES = 3 * 2**30
+# With a steps budget a tiny category runs hundreds of epochs (33 images, batch 8, 1,000 steps: 250 epochs);
+# a selection check every epoch would then cost as much as the training (measured: battery weld, 300 steps,
+# 421 s). So a steps budget spaces the checks out to at most this many (plus the last epoch).
+MAX_SELECTION_CHECKS = 20
 
 
 @dataclass
@@ -116,6 +120,7 @@ def train_task(model, train_images: np.ndarray, val_images: np.ndarray, pre: Pre
     history, epoch_s = [], []
     best = (-np.inf, None, 0)
     n_epochs = cfg.n_epochs(len(z_cur), n_cur)
+    every = cfg.select_every if cfg.steps is None else max(cfg.select_every, n_epochs // MAX_SELECTION_CHECKS)
     steps_done = 0
     bar = tqdm(range(n_epochs), desc=desc, disable=not cfg.progress, leave=False)
     for epoch in bar:
@@ -145,7 +150,7 @@ def train_task(model, train_images: np.ndarray, val_images: np.ndarray, pre: Pre
             losses.append(loss.item())
         epoch_s.append(time.perf_counter() - te)
         rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": epoch_s[-1]}
-        if sel is not None and ((epoch + 1) % cfg.select_every == 0 or epoch + 1 == n_epochs):
+        if sel is not None and ((epoch + 1) % every == 0 or epoch + 1 == n_epochs):
             rec["selection"] = sel.score(model)
             if rec["selection"] > best[0]:
                 best = (rec["selection"], copy.deepcopy(model.student_tail.state_dict()), epoch + 1)
