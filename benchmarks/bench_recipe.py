@@ -15,6 +15,8 @@ then evaluates on the two halves of the test set from `edgead.data.dev_split.dev
 ELPV), deployed F1 at the stored threshold, training seconds. The summary gives mean and spread (std) over
 seeds; the recipe is CHOSEN by its mean dev image AUROC over the categories (among recipes within --max-time
 x the `before` training time) and REPORTED on the report half, which played no part in the choice.
+Pixel metrics are computed in each mode's frame (firmware_sim.preprocess): squash in the squashed square, pad
+and tile in the letterbox frame with the padding left out. Training seconds depend on the machine's load.
 Writes benchmarks/results/recipe[_TAG].json and .csv (rows) and recipe[_TAG]_summary.csv.
 """
 

@@ -185,7 +185,9 @@ class Preprocess:
             return maps[0], float(maps[0].max())
         if self.resize_mode == "pad":
             valid = self.frame_valid(size)
-            return maps[0], float(maps[0][valid].max())
+            frame = maps[0].copy()
+            frame[~valid] = frame[valid].min()  # the padding is not the image: never a peak in an overlay
+            return frame, float(frame[valid].max())
         (rw, rh), starts = self.tile_layout(size)
         big = np.full((rh, rw), -np.inf, np.float32)
         for m, (x, y) in zip(maps, starts, strict=True):
