@@ -213,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="", help="suffix of the results file names")
     p.add_argument("--out-dir", default=str(RESULTS), help="folder for the results files")
     p.add_argument("--quick", action="store_true", help="tiny synthetic data at 64 px, budgets of a few steps")
+    p.add_argument("--merge", default=None,
+                   help="comma list of saved results files: recompute the summary, choice and checks over all "
+                        "their rows (e.g. categories measured in separate runs) and write them under --tag")
     a = p.parse_args(argv)
+    if a.merge:
+        return _merge(a, argv)
     known = {**(QUICK_RECIPES if a.quick else RECIPES), **dict(a.recipe)}
     names = list(QUICK_RECIPES) if a.quick else [n.strip() for n in a.recipes.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
@@ -252,6 +257,24 @@ def main(argv: list[str] | None = None) -> int:
                  "aupro_mean", "deployed_f1_mean", "train_s_mean"])
     tag = f"_{a.tag}" if a.tag else ""
     print(f"wrote {a.out_dir}/recipe{tag}.json, .csv and _summary.csv")
+    return 0
+
+
+def _merge(a, argv) -> int:
+    import json
+
+    rows, recipes, sources = [], {}, []
+    for f in a.merge.split(","):
+        d = json.loads(Path(f).read_text())
+        for name, rec in d["recipes"].items():
+            if recipes.setdefault(name, rec) != rec:
+                raise SystemExit(f"{f}: recipe {name!r} differs from another file's ({rec} vs {recipes[name]})")
+        rows += d["rows"]
+        sources.append({"file": Path(f).name, "command": d["command"], "date": d["date"],
+                        "complete": d["complete"]})
+    summary = _save(rows, {**header(argv), "merged_from": sources}, a, recipes, final=True)
+    print_table([s for s in summary if s["half"] == "report"],
+                ["category", "recipe", "seeds", "image_auroc_mean", "pixel_auroc_mean", "train_s_mean"])
     return 0
 
 

@@ -178,3 +178,26 @@ def test_steps_budget_spaces_selection_checks_out():
     checks = [h["epoch"] for h in rep["history"] if "selection" in h]
     assert rep["epochs"] == 60 and 2 <= len(checks) <= MAX_SELECTION_CHECKS + 1
     assert checks[-1] == 60 and 1 <= rep["selected_epoch"] <= 60
+
+
+def test_recipe_merge_recomputes_from_rows(tmp_path):
+    from benchmarks import bench_recipe
+
+    rows = []
+    for cat, gain in (("a", 0.1), ("b", 0.0)):
+        for rec, base in (("before", 0.7), ("better", 0.7 + gain)):
+            for half in ("dev", "report"):
+                rows.append({"category": cat, "recipe": rec, "seed": 0, "half": half, "n_test": 4,
+                             "image_auroc": base, "pixel_auroc": None, "aupro": None, "deployed_f1": 0.5,
+                             "train_s": 1.0, "steps": 1, "epochs": 1, "selected_epoch": 1})
+    for i, cat in enumerate(("a", "b")):
+        part = [r for r in rows if r["category"] == cat]
+        (tmp_path / f"p{i}.json").write_text(json.dumps({
+            "command": "x", "date": "d", "complete": True, "rows": part,
+            "recipes": {"before": bench_recipe.BEFORE, "better": {**bench_recipe.BEFORE, "steps": 9}}}))
+    files = f"{tmp_path / 'p0.json'},{tmp_path / 'p1.json'}"
+    assert bench_recipe.main(["--merge", files, "--out-dir", str(tmp_path), "--tag", "all"]) == 0
+    saved = json.loads((tmp_path / "recipe_all.json").read_text())
+    assert saved["choice"]["chosen"] == "better" and saved["choice"]["categories"] == ["a", "b"]
+    assert saved["choice"]["report_gain_image_auroc"] == pytest.approx(0.05)
+    assert [c["pass"] for c in saved["checks"]] == [True, True]
