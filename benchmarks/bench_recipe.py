@@ -269,7 +269,8 @@ def _merge(a, argv) -> int:
         for name, rec in d["recipes"].items():
             if recipes.setdefault(name, rec) != rec:
                 raise SystemExit(f"{f}: recipe {name!r} differs from another file's ({rec} vs {recipes[name]})")
-        rows += d["rows"]
+        cats = {c.strip() for c in a.categories.split(",")}
+        rows += [r for r in d["rows"] if r["category"] in cats]  # --categories: e.g. leave out an unfinished one
         sources.append({"file": Path(f).name, "command": d["command"], "date": d["date"],
                         "complete": d["complete"]})
     summary = _save(rows, {**header(argv), "merged_from": sources}, a, recipes, final=True)
