@@ -196,7 +196,7 @@ def test_recipe_merge_recomputes_from_rows(tmp_path):
             "command": "x", "date": "d", "complete": True, "rows": part,
             "recipes": {"before": bench_recipe.BEFORE, "better": {**bench_recipe.BEFORE, "steps": 9}}}))
     files = f"{tmp_path / 'p0.json'},{tmp_path / 'p1.json'}"
-    assert bench_recipe.main(["--merge", files, "--out-dir", str(tmp_path), "--tag", "all"]) == 0
+    assert bench_recipe.main(["--merge", files, "--categories", "a,b", "--out-dir", str(tmp_path), "--tag", "all"]) == 0
     saved = json.loads((tmp_path / "recipe_all.json").read_text())
     assert saved["choice"]["chosen"] == "better" and saved["choice"]["categories"] == ["a", "b"]
     assert saved["choice"]["report_gain_image_auroc"] == pytest.approx(0.05)
