@@ -1,4 +1,4 @@
-"""`edgead data ...`: synthetic data, Magnetic-Tile conversion, and a look at a dataset."""
+"""`edgead data ...`: synthetic data, conversion of public datasets, and a look at a dataset."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from edgead.data.converters import CONVERTERS
 from edgead.errors import EdgeadError
 
 
@@ -34,18 +35,28 @@ def synth(out: Path, categories: str | None, seed: int, image_size: int, n_train
 
 
 @data.command()
-@click.argument("dataset", type=click.Choice(["magnetic-tile"]))
+@click.argument("dataset", type=click.Choice(list(CONVERTERS)))
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the train/test-good split.")
-@click.option("--test-fraction", default=0.2, show_default=True, type=float)
+@click.option("--test-fraction", default=None, type=float,
+              help="Share of the normals that go to test/good (default: the converter's, 0.2; mpdd 1/3).")
+@click.option("--variant", default=None, type=click.Choice(["original", "denoised"]),
+              help="battery-weld: the published zip (original, default) or the authors' denoised copy.")
+@click.option("--uncertain", default=None, type=click.Choice(["drop", "as-defect", "as-normal"]),
+              help="elpv: cells with a defect probability strictly between 0 and 1 (default: drop).")
 @click.option("--overwrite", is_flag=True)
-def convert(dataset: str, src: Path, out: Path, seed: int, test_fraction: float, overwrite: bool) -> None:
-    """Convert a public dataset at SRC into MVTec AD layout under OUT."""
-    from edgead.data.magnetic_tile import convert_magnetic_tile
+def convert(dataset: str, src: Path, out: Path, seed: int, test_fraction: float | None, variant: str | None,
+            uncertain: str | None, overwrite: bool) -> None:
+    """Convert a public dataset at SRC into MVTec AD layout under OUT (elpv: SRC `package` = the pip package)."""
+    import json
 
-    final = convert_magnetic_tile(src, out, seed=seed, test_fraction=test_fraction, overwrite=overwrite)
-    click.echo(f"wrote {final}")
+    from edgead.data.converters import convert as run_converter
+
+    for final in run_converter(dataset, src, out, seed=seed, overwrite=overwrite, test_fraction=test_fraction,
+                               variant=variant, uncertain=uncertain):
+        counts = json.loads((final / "dataset.json").read_text())["counts"]
+        click.echo(f"wrote {final}: train {counts['train']}, test {counts['test']}")
 
 
 @data.command()

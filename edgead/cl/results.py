@@ -3,7 +3,9 @@
 Stable keys (documented in the README):
   schema, created, command, config, tasks,
   metrics.<name>.matrix            m[i][j] = metric on task j after training task i (null above the diagonal)
-  metrics.<name>.final_average     mean of the last row
+  metrics.<name>.final_average     mean of the last row over the tasks that have the metric (pixel metrics
+                                   of an image-level task, e.g. ELPV, are null, never 0, and stay out)
+  metrics.<name>.final_average_tasks  how many tasks that mean covers
   metrics.<name>.average_per_step  mean of row i over tasks 0..i
   metrics.<name>.forgetting_relative / forgetting_absolute
   memory.architecture_bytes        {fp32, int8} of all parameters (teacher, student, shared counted once)
@@ -45,6 +47,7 @@ def summarise(rows: list[list[dict]]) -> dict:
         entry = {
             "matrix": [[_clean(float(m[i, j])) if j <= i else None for j in range(t)] for i in range(t)],
             "final_average": _clean(float(np.nanmean(last))) if np.isfinite(last).any() else None,
+            "final_average_tasks": int(np.isfinite(last).sum()),
             "average_per_step": [_clean(float(np.nanmean(m[i, : i + 1]))) if np.isfinite(m[i, : i + 1]).any()
                                  else None for i in range(t)],
         }

@@ -139,7 +139,8 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, out:
         rows.append(row)
         timings.append(report)
         log("  " + "  ".join(f"{stream.names[j]}: img {r['image_auroc']:.3f} pix "
-                             f"{(r['pixel_auroc'] or float('nan')):.3f}" for j, r in enumerate(row)))
+                             + ("n/a" if r["pixel_auroc"] is None else f"{r['pixel_auroc']:.3f}")
+                             for j, r in enumerate(row)))
         mem_path = None
         if memory is not None:
             mem_path = out / "memory" / f"after_task_{i:02d}.{_suffix(memory)}"

@@ -6,6 +6,7 @@ errors there name the exact file.
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,13 +73,14 @@ def scan_mvtec(root: str | Path, category: str, *, skip_bad: bool = False) -> Ca
 
     test: list[Entry] = []
     test_dir = _require_dir(cat_dir / "test", "test")
+    image_level = _image_level_only(cat_dir)
     for defect_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()):
         for p in _images_in(defect_dir, skip_bad, skipped):
             if defect_dir.name == GOOD:
                 test.append(Entry(p, 0, GOOD))
                 continue
             mask = _find_mask(cat_dir / "ground_truth" / defect_dir.name, p.stem)
-            if mask is None:
+            if mask is None and not image_level:
                 msg = (f"{p}: no ground-truth mask; expected "
                        f"{cat_dir / 'ground_truth' / defect_dir.name / (p.stem + '_mask.png')}")
                 if not skip_bad:
@@ -90,6 +92,20 @@ def scan_mvtec(root: str | Path, category: str, *, skip_bad: bool = False) -> Ca
         raise EdgeadError(f"{test_dir}: no test images (expected test/good and test/<defect> folders)")
     _warn_skipped(skipped)
     return CategoryIndex(category, cat_dir, train, test, skipped)
+
+
+def _image_level_only(cat_dir: Path) -> bool:
+    """True when the category's dataset.json (written by `edgead data convert`) says it has no pixel labels:
+    its defective images then come without masks and pixel metrics are n/a, rather than a missing mask
+    being an error."""
+    path = cat_dir / "dataset.json"
+    if not path.is_file():
+        return False
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EdgeadError(f"{path}: not readable JSON ({e})") from None
+    return isinstance(doc, dict) and doc.get("pixel_labels") is False
 
 
 def _find_mask(folder: Path, stem: str) -> Path | None:

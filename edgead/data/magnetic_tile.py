@@ -5,24 +5,22 @@ tiles. The split is fixed and documented: the MT_Free images, sorted by name, ar
 numpy's default_rng(seed) (seed 0 by default) and the first `test_fraction` (20%) go to test/good, the rest
 to train/good. Defect classes become test/<class> (lower case: blowhole, break, crack, fray, uneven) with
 masks binarised at > 127 into ground_truth/<class>/<stem>_mask.png (0/255). Images are copied byte for
-byte (no re-encoding). The category is written to a temporary folder and renamed into place at the end.
+byte (no re-encoding). The category is written to a temporary folder and renamed into place at the end,
+with a dataset.json (counts, source, license, command).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
+from edgead.data.category_writer import CategoryWriter, command_line, image_size, split_normals
 from edgead.errors import EdgeadError
-from firmware_sim.preprocess import load_mask
 
 NORMAL_CLASS = "MT_Free"
 DEFECT_CLASSES = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven")
+LICENSE = ("none stated; the authors welcome use with a citation: Huang, Qiu, Yuan, Surface defect saliency "
+           "of magnetic tile, The Visual Computer 36 (2020) 85-96")
+SOURCE = "github.com/abin24/Magnetic-tile-defect-datasets. (commit cc4eb530)"
 
 
 def _pairs(class_dir: Path) -> list[tuple[Path, Path]]:
@@ -42,44 +40,25 @@ def _pairs(class_dir: Path) -> list[tuple[Path, Path]]:
 
 def convert_magnetic_tile(src: str | Path, out: str | Path, *, category: str = "magnetic_tile",
                           seed: int = 0, test_fraction: float = 0.2, overwrite: bool = False) -> Path:
+    """Convert a Magnetic-Tile folder (MT_<Class>/Imgs/) into `<out>/<category>`; returns that folder."""
     src, out = Path(src), Path(out)
     if not (src / NORMAL_CLASS).is_dir():
         raise EdgeadError(f"{src}: not a Magnetic-Tile folder (expected {NORMAL_CLASS}/ and MT_<Defect>/ inside)")
-    if not 0.0 < test_fraction < 1.0:
-        raise EdgeadError(f"test fraction {test_fraction}: expected a value in (0, 1)")
-    final = out / category
-    if final.exists() and any(final.iterdir()) and not overwrite:
-        raise EdgeadError(f"{final}: already exists and is not empty (pass --overwrite to replace it)")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{category}.", dir=out))
-    try:
-        free = _pairs(src / NORMAL_CLASS)
-        perm = np.random.default_rng(seed).permutation(len(free))
-        n_test = int(round(len(free) * test_fraction))
-        test_ids = set(perm[:n_test].tolist())
-        for i, (jpg, _) in enumerate(free):
-            _copy(jpg, tmp / ("test" if i in test_ids else "train") / "good" / jpg.name)
+    train, test = split_normals(_pairs(src / NORMAL_CLASS), seed, test_fraction)
+    with CategoryWriter(out, category, overwrite=overwrite) as w:
+        for split, items in (("train", train), ("test", test)):
+            for jpg, _ in items:
+                w.add_image(jpg, split, "good")
         for cls in DEFECT_CLASSES:
             if not (src / cls).is_dir():
                 continue
             name = cls.removeprefix("MT_").lower()
             for jpg, mask_src in _pairs(src / cls):
-                _copy(jpg, tmp / "test" / name / jpg.name)
-                with Image.open(jpg) as im:
-                    size = im.size
-                mask = load_mask(mask_src, expected_size=size)
-                dst = tmp / "ground_truth" / name / f"{jpg.stem}_mask.png"
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(mask.astype(np.uint8) * 255).save(dst)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
-def _copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
+                w.add_image(jpg, "test", name)
+                w.add_mask_file(mask_src, image_size(jpg), name, jpg.stem)
+        return w.finish({
+            "dataset": "magnetic-tile", "source": SOURCE, "license": LICENSE, "seed": seed,
+            "test_fraction": test_fraction,
+            "split": f"{NORMAL_CLASS} sorted by name, seeded split; MT_<Class> -> test/<class>",
+            "command": command_line("magnetic-tile", src, out, seed=seed, test_fraction=test_fraction),
+        })
