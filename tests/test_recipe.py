@@ -102,9 +102,10 @@ def test_train_records_steps_and_resize_and_eval_uses_them(synth_root, tmp_path)
     assert res["timings"]["per_task"][0]["steps"] == 3
     payload = torch.load(out / "checkpoints" / "task_00.pt", weights_only=True)
     assert payload["preprocess"]["resize_mode"] == "pad"
-    r = _edgead("eval", "--run", out)
+    r = _edgead("eval", "--run", out, "--per-defect")
     assert r.returncode == 0, r.stderr
     ev = json.loads(r.stdout)["metrics"]["nut"]
+    assert ev["per_defect"] and all(0.0 <= v["pixel_auroc"] <= 1.0 for v in ev["per_defect"].values())
     # eval reads the mode from the checkpoint, so it reproduces the run's own numbers
     assert ev["image_auroc"] == pytest.approx(res["metrics"]["image_auroc"]["final_average"])
     assert ev["pixel_auroc"] == pytest.approx(res["metrics"]["pixel_auroc"]["final_average"])

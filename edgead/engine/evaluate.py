@@ -7,7 +7,7 @@ import numpy as np
 from edgead.data.loading import LoadedSplit
 from edgead.engine.tensors import predict_images
 from edgead.engine.views import predict_split
-from edgead.metrics import evaluate_all, image_auroc, image_f1_max, pixel_auroc
+from edgead.metrics import evaluate_all, image_auroc, image_f1_max, pixel_auroc, pixel_metrics
 from edgead.models.teacher_student import Calibration
 from firmware_sim.preprocess import Preprocess
 
@@ -50,7 +50,9 @@ def per_defect_metrics(split: LoadedSplit, maps: np.ndarray, scores: np.ndarray)
         sel = good | mine
         row = {"n": int(mine.sum()), "image_auroc": float(image_auroc(split.labels[sel], scores[sel]))}
         if split.has_masks and split.masks[mine].any():
-            row["pixel_auroc"] = float(pixel_auroc(split.masks[mine], maps[mine]))
+            row["pixel_auroc"] = float(pixel_auroc(split.masks[mine], maps[mine]) if split.valid is None else
+                                       pixel_metrics(split.masks[mine], maps[mine],
+                                                     valid=split.valid[mine])["pixel_auroc"])
             row["defect_pixel_share"] = float(split.masks[mine].sum() / total)
         out[t] = row
     return out
