@@ -170,7 +170,9 @@ def choose(summary: list[dict], max_time: float) -> dict:
         table[rec] = {h: {m: _stats([s[f"{m}_mean"] for s in per[h]])[0] for m in METRICS} for h in per}
         table[rec]["train_s"] = float(sum(s["train_s_mean"] for s in per["dev"]))
     out = {"categories": cats, "per_recipe": table, "chosen": None, "max_time": max_time}
-    if "before" not in table:
+    if "before" not in table:  # e.g. resize modes at one budget: the best on dev, no time limit to apply
+        ok = [r for r, v in table.items() if v["dev"]["image_auroc"] is not None]
+        out["chosen"] = max(ok, key=lambda r: table[r]["dev"]["image_auroc"]) if ok else None
         return out
     limit = max_time * table["before"]["train_s"]
     ok = {r: v for r, v in table.items() if v["train_s"] <= limit and v["dev"]["image_auroc"] is not None}
@@ -185,7 +187,7 @@ def choose(summary: list[dict], max_time: float) -> dict:
 
 def expectations(choice: dict) -> list[dict]:
     """The issue's bars, on the REPORT half of the recipe chosen on DEV."""
-    if not choice.get("chosen"):
+    if not choice.get("chosen") or "before" not in choice["per_recipe"]:
         return []
     rec, before = choice["per_recipe"][choice["chosen"]], choice["per_recipe"]["before"]
     gain, ratio = choice["report_gain_image_auroc"], choice["time_ratio"]

@@ -157,10 +157,13 @@ def _recipe(d: dict, name: str) -> str:
     c = d.get("choice") or {}
     per = [{"recipe": r, **{f"{h} {m}": v[h][m] for h in ("dev", "report") for m in ("image_auroc", "pixel_auroc")},
             "train_s (sum)": v["train_s"]} for r, v in c.get("per_recipe", {}).items()]
-    chosen = (f"Chosen on the dev halves (mean image AUROC over {', '.join(c['categories'])}, within "
-              f"{c['max_time']}x the `before` training time): **{c['chosen']}**." if c.get("chosen") else "")
+    limit = f", within {c.get('max_time')}x the `before` training time" if "time_ratio" in c else ""
+    chosen = (f"Chosen on the dev halves (mean image AUROC over {', '.join(c['categories'])}{limit}): "
+              f"**{c['chosen']}**." if c.get("chosen") else "")
     recipes = "; ".join(f"`{k}`: {', '.join(f'{a}={b}' for a, b in v.items())}" for k, v in d["recipes"].items())
-    return (f"## Training recipes: {name}\n\n{_head(d)}\n\nRecipes: {recipes}.\n\nMeans over categories "
+    src = "".join(f"\n- `{m['command']}` ({m['date']})" for m in d.get("merged_from", []))
+    src = f"\n\nMerged from the rows of:{src}" if src else ""
+    return (f"## Training recipes: {name}\n\n{_head(d)}{src}\n\nRecipes: {recipes}.\n\nMeans over categories "
             f"(pixel metrics over the categories that have masks):\n\n{_table(per, list(per[0]) if per else [])}"
             f"\n\n{chosen}\n\nPer category (mean and std over seeds):\n\n{_table(d['summary'], cols)}\n\n"
             f"{_checks(d)}\n")
