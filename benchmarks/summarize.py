@@ -31,6 +31,7 @@ to `results/`. This page is regenerated from those files by `python benchmarks/s
 | `bench_speed.py` | 3 models x float torch / onnx / onnx-int8 / tflite-int8: latency, memory, size, MACs |
 | `bench_scaling.py` | training time per task and memory vs number of tasks (2, 4, 8) at a fixed budget |
 | `thesis.py` (`edgead bench thesis`) | the seed thesis's table over MVTec AD (needs the dataset) |
+| `bench_recipe.py` | training recipes and `--resize` modes on the real categories: chosen on a dev half, reported on the other |
 """
 
 
@@ -147,6 +148,24 @@ def _peer(d: dict, name: str) -> str:
             f"{notes}\n\n![peer](results/{name}.png)\n\n{_checks(d)}\n")
 
 
+def _recipe(d: dict, name: str) -> str:
+    cols = ["category", "recipe", "half", "seeds", "image_auroc_mean", "image_auroc_std", "pixel_auroc_mean",
+            "aupro_mean", "deployed_f1_mean", "train_s_mean"]
+    c = d.get("choice") or {}
+    per = [{"recipe": r, **{f"{h} {m}": v[h][m] for h in ("dev", "report") for m in ("image_auroc", "pixel_auroc")},
+            "train_s (sum)": v["train_s"]} for r, v in c.get("per_recipe", {}).items()]
+    limit = f", within {c.get('max_time')}x the `before` training time" if "time_ratio" in c else ""
+    chosen = (f"Chosen on the dev halves (mean image AUROC over {', '.join(c['categories'])}{limit}): "
+              f"**{c['chosen']}**." if c.get("chosen") else "")
+    recipes = "; ".join(f"`{k}`: {', '.join(f'{a}={b}' for a, b in v.items())}" for k, v in d["recipes"].items())
+    src = "".join(f"\n- `{m['command']}` ({m['date']})" for m in d.get("merged_from", []))
+    src = f"\n\nMerged from the rows of:{src}" if src else ""
+    return (f"## Training recipes: {name}\n\n{_head(d)}{src}\n\nRecipes: {recipes}.\n\nMeans over categories "
+            f"(pixel metrics over the categories that have masks):\n\n{_table(per, list(per[0]) if per else [])}"
+            f"\n\n{chosen}\n\nPer category (mean and std over seeds):\n\n{_table(d['summary'], cols)}\n\n"
+            f"{_checks(d)}\n")
+
+
 def section(path: Path) -> str | None:
     d = json.loads(path.read_text())
     name = path.stem
@@ -177,6 +196,8 @@ def section(path: Path) -> str | None:
         return _speed(d, name)
     if name.startswith("scaling"):
         return _scaling(d, name)
+    if name.startswith("recipe"):
+        return _recipe(d, name)
     if name == "metrics":
         rows = [{"metric": k, **v} for k, v in d["results"].items()] if isinstance(d["results"], dict) else d["results"]
         cols = ["metric", "best_s", "mean_s", "peak_extra_bytes", "memory_multiple_of_maps"]

@@ -103,7 +103,8 @@ class Detector:
             mask: str | os.PathLike | None = None, normal_test: str | os.PathLike | None = None,
             max_train: int | None = None, strategy: str = "finetune", codec: str | None = None,
             budget: str | int | None = None, memory_size: int = 100, policy: str = "random",
-            replay_ratio: float = 0.5, epochs: int = 20, batch_size: int = 32, lr: float = 0.4,
+            replay_ratio: float = 0.5, epochs: int = 20, steps: int | None = None, resize: str = "squash",
+            batch_size: int = 32, lr: float = 0.4,
             momentum: float = 0.9, weight_decay: float = 1e-4, select_every: int = 1, val_fraction: float = 0.1,
             seed: int = 0, out: str | os.PathLike | None = None, resume: bool = False, skip_bad: bool = False,
             force: bool = False,
@@ -120,7 +121,8 @@ class Detector:
             budget: replay memory in bytes (int) or as text ("500kB", "2.46MB").
             memory_size: replay samples when no budget.
             policy: "random" or "coverage" (which latents compressed replay keeps).
-            replay_ratio, epochs, batch_size, lr, momentum, weight_decay, select_every, val_fraction, seed:
+            replay_ratio, epochs, steps, resize, batch_size, lr, momentum, weight_decay, select_every, val_fraction,
+            seed:
                 training settings, as the `edgead train` options of the same names.
             out: run folder (default: a new temporary folder, see `run_dir`).
             resume: continue a killed run in `out`.
@@ -150,7 +152,7 @@ class Detector:
             check_writable(out, what="--out")
         stream = stream_from_options(data, task_text, normal=normal, abnormal=abnormal, mask=mask,
                                      normal_test=normal_test, max_train=max_train, out=out)
-        train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+        train = TrainConfig(epochs=epochs, steps=steps, resize=resize, batch_size=batch_size, lr=lr, momentum=momentum,
                             weight_decay=weight_decay, seed=seed, device=self.device, replay_ratio=replay_ratio,
                             select_every=select_every, val_fraction=val_fraction, progress=progress)
         paths = {"data": data, "normal": normal, "abnormal": abnormal, "mask": mask, "normal_test": normal_test}
@@ -161,7 +163,7 @@ class Detector:
                 "tasks": task_text, "model": c.model, "backbone": c.backbone,
                 "levels": ",".join(map(str, c.levels)), "bootstrap": c.bootstrap, "image_size": c.image_size,
                 "strategy": strategy, "codec": codec, "budget": None if budget is None else str(budget),
-                "memory_size": memory_size, "policy": policy, "replay_ratio": replay_ratio, "epochs": epochs,
+                "memory_size": memory_size, "policy": policy, "replay_ratio": replay_ratio, "epochs": epochs, "steps": steps, "resize": resize,
                 "batch_size": batch_size, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                 "select_every": select_every, "val_fraction": val_fraction, "seed": seed, "device": self.device,
                 "weights": self.weights, "no_pretrained": not c.pretrained, "skip_bad": skip_bad})

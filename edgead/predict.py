@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from edgead.errors import EdgeadError
-from firmware_sim.device import Result, image_pixels, normalize_score
+from firmware_sim.device import Result, image_pixels, image_rgb, normalize_score
 from firmware_sim.preprocess import Preprocess
 
 
@@ -59,7 +59,7 @@ class HostDetector:
         return normalize_score(score, self._lo, self._hi, self.threshold)
 
     def pixels(self, image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
-        """Any image -> (1, S, S, 3) uint8 as the model sees it."""
+        """Any image -> its model inputs (K, S, S, 3) uint8 (K = 1 unless the run uses --resize tile)."""
         return image_pixels(image, self.preprocess)
 
     @torch.no_grad()
@@ -72,13 +72,15 @@ class HostDetector:
         from edgead.engine.tensors import predict_images
 
         t0 = time.perf_counter()
-        x = self.pixels(image)
+        img = image_rgb(image)
+        x = self.preprocess.views(img)  # one view, or the tiles of a long image (as the device)
         t1 = time.perf_counter()
         maps, _ = predict_images(self.model, x, self.preprocess, device=self.device)
+        frame, score = self.preprocess.merge(maps, img.size)
         t2 = time.perf_counter()
-        score = float(maps[0].max())
-        return Result(score, self.normalize(score), bool(score > self.threshold), maps[0], 1000.0 * (t2 - t0),
-                      {"preprocess": 1000.0 * (t1 - t0), "model": 1000.0 * (t2 - t1)}, None, x[0])
+        return Result(score, self.normalize(score), bool(score > self.threshold), frame, 1000.0 * (t2 - t0),
+                      {"preprocess": 1000.0 * (t1 - t0), "model": 1000.0 * (t2 - t1)}, None,
+                      x[0] if len(x) == 1 else self.preprocess.frame_uint8(img))
 
 
 def checkpoint_of(run_dir: str | Path, task: str | int | None = None) -> tuple[Path, int, list[str]]:

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgead.data.loading import LoadedSplit
+from edgead.engine.views import merge_views
 from edgead.metrics import image_auroc, pixel_auroc
+from firmware_sim.preprocess import Preprocess
 from firmware_sim.runtime import DeployedDetector, Prediction
 
 
@@ -66,9 +68,13 @@ def latent_error(z: np.ndarray, ref: np.ndarray) -> dict[str, float]:
             "reference_abs_max": float(np.abs(r).max())}
 
 
-def compare(test: LoadedSplit, ref: Reference, pred: Prediction, tol: Tolerance) -> dict:
-    ref_img, ref_pix = _aurocs(test, ref.maps, ref.scores)
-    img, pix = _aurocs(test, pred.maps, pred.scores)
+def compare(test: LoadedSplit, ref: Reference, pred: Prediction, tol: Tolerance,
+            pre: Preprocess | None = None) -> dict:
+    """pre: the run's preprocessing; with pad or tile the AUROCs are on per-image maps and scores (views merged
+    as the device merges them), the map cosines and latents per view."""
+    per_image = (lambda m, s: (m, s)) if pre is None else (lambda m, s: merge_views(test, pre, m, s))  # noqa: E731
+    ref_img, ref_pix = _aurocs(test, *per_image(ref.maps, ref.scores))
+    img, pix = _aurocs(test, *per_image(pred.maps, pred.scores))
     cos = row_cosines(pred.maps, ref.maps)
     out = {
         "image_auroc": {"float": ref_img, "format": img, "delta": None if img is None else img - ref_img},
@@ -97,5 +103,5 @@ def compare(test: LoadedSplit, ref: Reference, pred: Prediction, tol: Tolerance)
 
 
 def evaluate_format(detector: DeployedDetector, paths: list[str], test: LoadedSplit, ref: Reference,
-                    tol: Tolerance) -> dict[str, dict]:
-    return {path: compare(test, ref, detector.predict(test.images, path), tol) for path in paths}
+                    tol: Tolerance, pre: Preprocess | None = None) -> dict[str, dict]:
+    return {path: compare(test, ref, detector.predict(test.images, path), tol, pre) for path in paths}

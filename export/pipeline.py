@@ -183,8 +183,11 @@ def build_manifest(run: Run, opts: ExportOptions, exports: dict[str, FormatExpor
         "detector": cfg.to_dict(),
         "input": {
             "image_size": cfg.image_size, "preprocess": pre.to_dict(),
-            "pixels": "RGB uint8 (1, S, S, 3) from Preprocess.resize_uint8; every graph normalises with the "
-                      "preprocess mean/std inside, so the runtime feeds pixels (NCHW float32 0..255 for ONNX)",
+            "pixels": "RGB uint8 (K, S, S, 3) views from Preprocess.views (K > 1 only for resize_mode tile), "
+                      "one graph call per view, per-image map and score from Preprocess.merge; every graph "
+                      "normalises with the preprocess mean/std inside, so the runtime feeds pixels (NCHW float32 "
+                      "0..255 for ONNX)",
+            "resize_mode": pre.resize_mode,
             "normalisation": "in_graph",
             "quantization": {fmt: fx.graphs["full"]["inputs"][0]["quantization"] for fmt, fx in exports.items()},
         },
@@ -320,7 +323,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
         fidelity = {"test_images": len(test), "tasks": tasks, "tolerance": asdict(opts.tolerance), "formats": {}}
         for fmt, fx in exports.items():
             paths = ["full"] if run.model.trunk is None else ["trunk+head", "full"]
-            fidelity["formats"][fmt] = evaluate_format(fx.detector(run.model), paths, test, ref, opts.tolerance)
+            fidelity["formats"][fmt] = evaluate_format(fx.detector(run.model), paths, test, ref, opts.tolerance,
+                                                          run.pre)
         drift = [f"{fmt} ({path}): {'; '.join(r['drift'])}" for fmt, per in fidelity["formats"].items()
                  for path, r in per.items() if r["drift"]]
         fidelity["within_tolerance"] = not drift

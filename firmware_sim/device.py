@@ -50,14 +50,18 @@ class Result:
                 **({"buffered": self.stored} if self.stored is not None else {})}
 
 
-def image_pixels(image: str | os.PathLike | Image.Image | np.ndarray, preprocess) -> np.ndarray:
-    """Any image (path, PIL image of any mode, uint8 array) -> (1, S, S, 3) uint8 resized by ``preprocess``."""
+def image_rgb(image: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:
+    """Any image (path, PIL image of any mode, uint8 array) -> an RGB PIL image; bad input is a UserError."""
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
             raise UserError(f"image array {image.dtype} {image.shape}: expected uint8 (H, W) or (H, W, 3)")
         image = Image.fromarray(image)
-    img = load_rgb_from(image) if isinstance(image, Image.Image) else load_rgb(image)
-    return preprocess.resize_uint8(img)[None]
+    return load_rgb_from(image) if isinstance(image, Image.Image) else load_rgb(image)
+
+
+def image_pixels(image: str | os.PathLike | Image.Image | np.ndarray, preprocess) -> np.ndarray:
+    """Any image -> its model inputs (K, S, S, 3) uint8 as ``preprocess`` says (K = 1 unless tile mode)."""
+    return preprocess.views(image_rgb(image))
 
 
 def normalize_score(score: float | np.ndarray, lo: float | None, hi: float | None,
@@ -161,7 +165,8 @@ class Device:
         return next(iter(self.detector.runners.values())).module
 
     def pixels(self, image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
-        """Any image (path, PIL image of any mode, uint8 array) -> (1, S, S, 3) uint8 as the manifest says."""
+        """Any image (path, PIL image of any mode, uint8 array) -> its views (K, S, S, 3) uint8 as the manifest
+        says (K = 1 unless the resize mode is tile)."""
         return image_pixels(image, self.preprocess)
 
     def normalize(self, score: float | np.ndarray) -> float | np.ndarray:
@@ -170,18 +175,21 @@ class Device:
 
     def infer(self, image: str | os.PathLike | Image.Image | np.ndarray) -> Result:
         t0 = time.perf_counter()
-        x = self.pixels(image)
+        img = image_rgb(image)
+        x = self.preprocess.views(img)
         clock: dict[str, float] = {"preprocess": time.perf_counter() - t0}
-        amap, raw = self.detector.run_one(x, self.path, clock)
-        stored = None
-        if self.buffer is not None:
-            t1 = time.perf_counter()
-            stored = self._keep(raw)
-            clock["buffer"] = time.perf_counter() - t1
-        score = float(amap[0].max())
-        return Result(score, self.normalize(score), bool(score > self.threshold), amap[0],
+        maps, stored = [], None
+        for k in range(len(x)):  # one view, or the tiles of a long image
+            amap, raw = self.detector.run_one(x[k:k + 1], self.path, clock)
+            maps.append(amap[0])
+            if self.buffer is not None:
+                t1 = time.perf_counter()
+                stored = self._keep(raw) or bool(stored)
+                clock["buffer"] = clock.get("buffer", 0.0) + time.perf_counter() - t1
+        frame, score = self.preprocess.merge(np.stack(maps), img.size)
+        return Result(score, self.normalize(score), bool(score > self.threshold), frame,
                       1000.0 * (time.perf_counter() - t0), {k: 1000.0 * v for k, v in clock.items()}, stored,
-                      x[0])
+                      x[0] if len(x) == 1 else self.preprocess.frame_uint8(img))
 
     # -- replay buffer ---------------------------------------------------------------------------------------
     def latent_quantization(self) -> tuple[np.ndarray, np.ndarray, str]:

@@ -113,7 +113,7 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
     check_writable(out, what="--out")  # before the weights load and the data are read
     check_stream_masks(stream, skip_bad=skip_bad)  # every task's masks, before the first task trains
 
-    pre = Preprocess(image_size=det.image_size)
+    pre = Preprocess(image_size=det.image_size, resize_mode=train.resize)
     torch.manual_seed(train.seed)
     model = TeacherStudent(det, weights=weights)
     cost = detector_cost(model)
@@ -168,7 +168,7 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
         source = memory.source() if memory is not None and i > 0 else None
         report = train_task(model, train_split.images, val_split.images, pre, train, replay=source,
                             seed=train.seed * 1000 + i, desc=f"{task.name}")
-        fit_cals.append(fit_calibration(model, d.val.images, pre, train.device))
+        fit_cals.append(fit_calibration(model, d.val, pre, train.device))
         anchors.add(i, model, d.val.images, pre)
         cals = [fit_cals[j] if j == i else rescale(fit_cals[j], anchors.ratio(model, j)) for j in range(i + 1)]
         model.calibration = task_agnostic(cals)

@@ -28,6 +28,8 @@ SCRIPTS = {
     "device": ("bench_device", "Device runtime: memory growth over 5,000 inferences, latency per format."),
     "metrics": ("bench_metrics", "Pixel metrics: time and memory against scikit-learn."),
     "single-task": ("bench_single_task", "PaSTe vs STFPM, ImageNet vs random teacher, one category."),
+    "recipe": ("bench_recipe", "Training recipes and --resize modes on real categories: chosen on a dev half, "
+               "reported on the other."),
     "thesis": ("thesis", "The seed thesis's table over the ten MVTec AD objects (--mvtec PATH)."),
 }
 

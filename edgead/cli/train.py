@@ -36,6 +36,12 @@ from edgead.config_file import config_option
 @click.option("--policy", type=click.Choice(["random", "coverage"]), default="random", show_default=True)
 @click.option("--replay-ratio", default=0.5, show_default=True, help="Fraction of each batch replayed.")
 @click.option("--epochs", default=20, show_default=True)
+@click.option("--steps", type=int, default=None,
+              help="Training budget in optimiser steps per task instead of --epochs (same for small and large "
+                   "categories).")
+@click.option("--resize", type=click.Choice(["squash", "pad", "tile"]), default="squash", show_default=True,
+              help="Non-square images: squash to a square, pad (letterbox, padding left out of pixel metrics) "
+                   "or tile (square tiles, score = max). Recorded in checkpoints and exports.")
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--lr", default=0.4, show_default=True)
 @click.option("--momentum", default=0.9, show_default=True)
@@ -58,7 +64,7 @@ from edgead.config_file import config_option
 @click.option("--force", is_flag=True, help="Write into an --out folder that holds other files (never over a run).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(root, normal, abnormal, mask, normal_test, max_train, tasks, model, backbone, levels, bootstrap, image_size,
-          strategy, codec, budget, memory_size, policy, replay_ratio, epochs, batch_size, lr, momentum, weight_decay,
+          strategy, codec, budget, memory_size, policy, replay_ratio, epochs, steps, resize, batch_size, lr, momentum, weight_decay,
           select_every, val_fraction, seed, device, weights, no_pretrained, device_buffer, device_trunk, resume,
           skip_bad, out, force, quiet):
     """Train over one task or a stream of tasks; writes checkpoints, OUT/results.json and OUT/config.yaml."""
@@ -81,7 +87,7 @@ def train(root, normal, abnormal, mask, normal_test, max_train, tasks, model, ba
                                  max_train=max_train, out=out)
     if not (out / "state.json").exists():  # a new run (resuming keeps the recorded file as it is)
         record_config(out, context_values(click.get_current_context()))
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+    cfg = TrainConfig(epochs=epochs, steps=steps, resize=resize, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                       seed=seed, device=device, replay_ratio=replay_ratio, select_every=select_every,
                       val_fraction=val_fraction, progress=not quiet and console.level() > console.QUIET)
     # force=True: the folder was checked above, and what it holds now beside the user's files is this run's.

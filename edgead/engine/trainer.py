@@ -24,6 +24,10 @@ from firmware_sim.preprocess import Preprocess
 
 # Above this, teacher features are recomputed per batch instead of cached for the task (host RAM guard).
 TEACHER_CACHE_LIMIT_BYTES = 3 * 2**30
+# With a steps budget a tiny category runs hundreds of epochs (33 images, batch 8, 1,000 steps: 250 epochs);
+# a selection check every epoch would then cost as much as the training (measured: battery weld, 300 steps,
+# 421 s). So a steps budget spaces the checks out to at most this many (plus the last epoch).
+MAX_SELECTION_CHECKS = 20
 
 
 @dataclass
@@ -39,10 +43,18 @@ class TrainConfig:
     select_every: int = 1  # epochs between model-selection checks; 0 keeps the last epoch
     val_fraction: float = 0.1
     progress: bool = True
+    # Budget in optimiser steps instead of epochs (None: use epochs). Steps make a 33-image and a 3,000-image
+    # category train comparably long; with steps, the epochs run until the budget is spent (the last may be cut).
+    steps: int | None = None
+    resize: str = "squash"  # firmware_sim.preprocess.RESIZE_MODES; recorded in the checkpoint's preprocessing
 
     def __post_init__(self) -> None:
+        from firmware_sim.preprocess import RESIZE_MODES
+
         checks = [
             (self.epochs >= 1, f"epochs {self.epochs}: expected >= 1"),
+            (self.steps is None or self.steps >= 1, f"steps {self.steps}: expected >= 1"),
+            (self.resize in RESIZE_MODES, f"resize {self.resize!r}: expected one of {', '.join(RESIZE_MODES)}"),
             (self.batch_size >= 1, f"batch size {self.batch_size}: expected >= 1"),
             (self.lr > 0, f"learning rate {self.lr}: expected > 0"),
             (0.0 <= self.replay_ratio < 1.0, f"replay ratio {self.replay_ratio}: expected a value in [0, 1)"),
@@ -54,6 +66,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def n_epochs(self, n_samples: int, per_batch: int) -> int:
+        """Epochs to run: ``epochs``, or as many as the ``steps`` budget needs at this batch size."""
+        if self.steps is None:
+            return self.epochs
+        per_epoch = -(-max(n_samples, 1) // max(per_batch, 1))
+        return -(-self.steps // per_epoch)
 
 
 class ReplaySource(Protocol):
@@ -100,14 +119,20 @@ def train_task(model, train_images: np.ndarray, val_images: np.ndarray, pre: Pre
                           weight_decay=cfg.weight_decay)
     history, epoch_s = [], []
     best = (-np.inf, None, 0)
+    n_epochs = cfg.n_epochs(len(z_cur), n_cur)
+    every = cfg.select_every if cfg.steps is None else max(cfg.select_every, n_epochs // MAX_SELECTION_CHECKS)
+    steps_done = 0
     # disable=None: tqdm shows the bar only when stderr is a terminal (not in logs or CI output)
-    bar = tqdm(range(cfg.epochs), desc=desc, disable=True if not cfg.progress else None, leave=False)
+    bar = tqdm(range(n_epochs), desc=desc, disable=True if not cfg.progress else None, leave=False)
     for epoch in bar:
         te = time.perf_counter()
         model.train()
         losses = []
         order = rng.permutation(len(z_cur))
         for start in range(0, len(z_cur), n_cur):
+            if cfg.steps is not None and steps_done == cfg.steps:
+                break
+            steps_done += 1
             idx = order[start:start + n_cur]
             z = z_cur[idx]
             t = [f[idx] for f in t_cur] if t_cur is not None else model.teacher_features(z)
@@ -126,7 +151,7 @@ def train_task(model, train_images: np.ndarray, val_images: np.ndarray, pre: Pre
             losses.append(loss.item())
         epoch_s.append(time.perf_counter() - te)
         rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": epoch_s[-1]}
-        if sel is not None and ((epoch + 1) % cfg.select_every == 0 or epoch + 1 == cfg.epochs):
+        if sel is not None and ((epoch + 1) % every == 0 or epoch + 1 == n_epochs):
             rec["selection"] = sel.score(model)
             if rec["selection"] > best[0]:
                 best = (rec["selection"], copy.deepcopy(model.student_tail.state_dict()), epoch + 1)
@@ -137,8 +162,9 @@ def train_task(model, train_images: np.ndarray, val_images: np.ndarray, pre: Pre
     model.to(memory_format=torch.contiguous_format)
     model.eval()
     return {
-        "epochs": cfg.epochs,
-        "selected_epoch": best[2] if best[1] is not None else cfg.epochs,
+        "epochs": n_epochs,
+        "steps": steps_done,
+        "selected_epoch": best[2] if best[1] is not None else n_epochs,
         "selection_score": None if best[1] is None else float(best[0]),
         "history": history,
         "epoch_seconds": epoch_s,

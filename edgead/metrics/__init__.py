@@ -39,11 +39,12 @@ from .ranking import image_ap, image_auroc, image_f1_max, pixel_ap, pixel_auroc,
 EVALUATE_ALL_KEYS = ("image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "pixel_ap", "aupro")
 
 
-def evaluate_all(labels, scores, masks, maps, fpr_limit: float = 0.3) -> dict[str, float]:
+def evaluate_all(labels, scores, masks, maps, fpr_limit: float = 0.3, valid=None) -> dict[str, float]:
     """All image and pixel metrics of one test set, as plain floats.
 
     Keys: image_auroc, image_f1, pixel_auroc, pixel_f1, pixel_ap, aupro. ``labels``/``scores`` are
     (N,), ``masks``/``maps`` are (N, H, W) for the same N images. The pixel metrics share one sort.
+    ``valid`` (optional bool (N, H, W)): only these pixels count in the pixel metrics (not the padding).
     """
     y, s = image_inputs(labels, scores)
     m, a = pixel_inputs(masks, maps)
@@ -52,7 +53,7 @@ def evaluate_all(labels, scores, masks, maps, fpr_limit: float = 0.3) -> dict[st
             f"labels has {y.shape[0]} entries but masks has {m.shape[0]} images: expected the same N images"
         )
     image = image_stats(y, s)
-    pixel = pixel_metrics(m, a, fpr_limit=fpr_limit)
+    pixel = pixel_metrics(m, a, fpr_limit=fpr_limit, valid=valid)
     out = {"image_auroc": image["auroc"], "image_f1": image["f1"], **pixel}
     return {k: float(out[k]) for k in EVALUATE_ALL_KEYS}
 

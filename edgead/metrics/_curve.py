@@ -169,10 +169,15 @@ def _monotone_u32(scores: np.ndarray) -> np.ndarray:
 class PixelKeys:
     """All pixels packed into one uint64 array, sorted once: (float32 score order << 32) | id."""
 
-    def __init__(self, masks: np.ndarray, maps: np.ndarray, regions: bool):
+    def __init__(self, masks: np.ndarray, maps: np.ndarray, regions: bool, valid: np.ndarray | None = None):
+        # valid (N, H, W) bool: only these pixels count (e.g. not the letterbox padding); None: all of them.
         n, h, w = masks.shape
         hw = h * w
-        self.n = n * hw
+        if valid is not None and valid.shape != masks.shape:
+            raise EdgeadError(f"valid has shape {valid.shape}: expected the masks' shape {masks.shape}")
+        counts = np.full(n, hw) if valid is None else valid.reshape(n, -1).sum(axis=1)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        self.n = int(starts[-1])
         self.keys = np.empty(self.n, dtype=np.uint64)
         sizes: list[np.ndarray] = []
         n_regions = 0
@@ -184,20 +189,23 @@ class PixelKeys:
             if np.isnan(score).any():
                 r, c = np.argwhere(np.isnan(score))[0]
                 raise EdgeadError(f"maps[{i}] contains NaN at pixel ({r}, {c}): expected numbers")
-            dst = self.keys[i * hw : (i + 1) * hw]
-            dst[:] = _monotone_u32(score.ravel())
+            sel = slice(None) if valid is None else valid[i].ravel()
+            if valid is not None:
+                mask = np.where(valid[i], mask, 0)  # a defect pixel outside the image cannot count
+            dst = self.keys[starts[i] : starts[i + 1]]
+            dst[:] = _monotone_u32(score.ravel()[sel])
             dst <<= np.uint64(32)
             if regions:
                 lab, k = ndimage.label(mask != 0, structure=_STRUCTURE_8)
                 if k:
                     sizes.append(np.bincount(lab.ravel(), minlength=k + 1)[1:])
-                    lab = lab.ravel().astype(np.uint64)
+                    lab = lab.ravel()[sel].astype(np.uint64)
                     lab[lab != 0] += np.uint64(n_regions)
                     dst |= lab
                     n_regions += k
                     n_pos += int(sizes[-1].sum())
             else:
-                flat = (mask != 0).ravel()
+                flat = (mask != 0).ravel()[sel]
                 dst |= flat.astype(np.uint64)
                 n_pos += int(np.count_nonzero(flat))
         self.n_pos = n_pos

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from edgead.errors import EdgeadError
 
 from ._checks import pixel_inputs
 from ._curve import BinaryStats, PixelKeys, ProIntegral, check_fpr_limit, require_both_classes, walk
 
 
-def _region_keys(masks, maps) -> PixelKeys:
+def _region_keys(masks, maps, valid=None) -> PixelKeys:
     m, a = pixel_inputs(masks, maps)
-    keys = PixelKeys(m, a, regions=True)
+    keys = PixelKeys(m, a, regions=True, valid=None if valid is None else np.asarray(valid, bool))
     if keys.n_regions == 0:
         raise EdgeadError(
             "masks has no defect regions: AUPRO needs at least one 1 (defect) pixel in some mask"
@@ -37,10 +39,13 @@ def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
     return acc.result()
 
 
-def pixel_metrics(masks, maps, fpr_limit: float = 0.3) -> dict[str, float]:
-    """Pixel AUROC, F1-max, AP and AUPRO from a single sort of the pixels."""
+def pixel_metrics(masks, maps, fpr_limit: float = 0.3, valid=None) -> dict[str, float]:
+    """Pixel AUROC, F1-max, AP and AUPRO from a single sort of the pixels.
+
+    valid: optional bool (N, H, W); pixels outside it (letterbox padding) are left out of every metric.
+    """
     limit = check_fpr_limit(fpr_limit)
-    keys = _region_keys(masks, maps)
+    keys = _region_keys(masks, maps, valid)
     require_both_classes(keys)
     binary = BinaryStats(keys.n_pos, keys.n_neg)
     pro = ProIntegral(keys.n_neg, limit)

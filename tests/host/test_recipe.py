@@ -1,0 +1,203 @@
+"""The training recipe: a budget in optimiser steps, --resize recorded by `edgead train`, the dev / report split
+and the recipe benchmark's choice (made on dev, never on report) and --quick run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgead.data.dev_split import dev_report_split
+from edgead.engine.trainer import TrainConfig, train_task
+from edgead.errors import EdgeadError
+from edgead.models.teacher_student import DetectorConfig, TeacherStudent
+from firmware_sim.preprocess import Preprocess
+from tests.conftest import MCUNET_DIR
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- the dev / report split ----------------------------------------------------------------------------------
+
+def _test_set():
+    types = ["good"] * 20 + ["crack"] * 9 + ["hole"] * 6 + ["fray"] * 3
+    labels = [0 if t == "good" else 1 for t in types]
+    return np.asarray(labels), types
+
+
+def test_dev_report_split_is_stratified_disjoint_and_seeded():
+    labels, types = _test_set()
+    dev, rep = dev_report_split(labels, types, seed=0, key="cat")
+    assert len(np.intersect1d(dev, rep)) == 0
+    np.testing.assert_array_equal(np.union1d(dev, rep), np.arange(len(labels)))
+    t = np.asarray(types)
+    for kind, n in (("good", 20), ("crack", 9), ("hole", 6), ("fray", 3)):
+        k = int((t[dev] == kind).sum())
+        assert k in (n // 2, n - n // 2), kind  # half of each stratum, rounded
+    assert abs(len(dev) - len(rep)) <= 2
+    again, _ = dev_report_split(labels, types, seed=0, key="cat")
+    np.testing.assert_array_equal(dev, again)  # deterministic per seed
+    other = [dev_report_split(labels, types, seed=s, key="cat")[0] for s in (1, 2, 3)]
+    assert any(not np.array_equal(dev, o) for o in other)
+    assert not np.array_equal(dev, dev_report_split(labels, types, seed=0, key="other")[0])
+
+
+def test_dev_report_split_refuses_too_few():
+    with pytest.raises(EdgeadError, match="1 defective test image"):
+        dev_report_split([0, 0, 0, 1], ["good"] * 3 + ["x"], key="weld")
+    with pytest.raises(EdgeadError, match="expected"):
+        dev_report_split([0, 1], ["good"], key="weld")
+    with pytest.raises(EdgeadError, match="dev fraction"):
+        dev_report_split([0, 0, 1, 1], ["good", "good", "x", "x"], dev_fraction=1.0)
+
+
+# -- a budget in optimiser steps --------------------------------------------------------------------------------
+
+def _tiny_model():
+    torch.manual_seed(0)
+    det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=64, pretrained=False)
+    return TeacherStudent(det, load_teacher=False)
+
+
+@pytest.mark.parametrize("steps,batch,n,epochs", [(7, 4, 10, 3), (3, 8, 10, 2), (1, 32, 10, 1)])
+def test_steps_budget_runs_exactly_that_many_steps(steps, batch, n, epochs):
+    images = np.random.default_rng(0).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+    cfg = TrainConfig(steps=steps, batch_size=batch, progress=False, select_every=0)
+    assert cfg.n_epochs(n, batch) == epochs
+    rep = train_task(_tiny_model(), images, images[:0], Preprocess(image_size=64), cfg)
+    assert rep["steps"] == steps and rep["epochs"] == epochs == len(rep["history"])
+    # --epochs still works: every batch of every epoch
+    rep = train_task(_tiny_model(), images, images[:0], Preprocess(image_size=64),
+                     TrainConfig(epochs=2, batch_size=batch, progress=False, select_every=0))
+    assert rep["epochs"] == 2 and rep["steps"] == 2 * -(-n // batch)
+
+
+def test_train_config_refuses_bad_steps_and_resize():
+    with pytest.raises(EdgeadError, match="steps 0"):
+        TrainConfig(steps=0)
+    with pytest.raises(EdgeadError, match="resize 'crop'"):
+        TrainConfig(resize="crop")
+
+
+def _edgead(*args):
+    env = dict(os.environ, EDGEAD_WEIGHTS_DIR=str(MCUNET_DIR), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "edgead", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=600)
+
+
+def test_train_records_steps_and_resize_and_eval_uses_them(synth_root, tmp_path):
+    out = tmp_path / "run"
+    r = _edgead("train", "--data", synth_root, "--tasks", "nut", "--image-size", 64, "--steps", 3,
+                "--batch-size", 4, "--resize", "pad", "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["train"]["steps"] == 3 and res["config"]["train"]["resize"] == "pad"
+    assert res["timings"]["per_task"][0]["steps"] == 3
+    payload = torch.load(out / "checkpoints" / "task_00.pt", weights_only=True)
+    assert payload["preprocess"]["resize_mode"] == "pad"
+    r = _edgead("eval", "--run", out, "--per-defect", "--json")
+    assert r.returncode == 0, r.stderr
+    ev = json.loads(r.stdout)["metrics"]["nut"]
+    assert ev["per_defect"] and all(0.0 <= v["pixel_auroc"] <= 1.0 for v in ev["per_defect"].values())
+    # eval reads the mode from the checkpoint, so it reproduces the run's own numbers
+    assert ev["image_auroc"] == pytest.approx(res["metrics"]["image_auroc"]["final_average"])
+    assert ev["pixel_auroc"] == pytest.approx(res["metrics"]["pixel_auroc"]["final_average"])
+    r = _edgead("train", "--data", synth_root, "--tasks", "nut", "--resize", "crop", "--out", tmp_path / "x")
+    assert r.returncode == 2 and "crop" in r.stderr
+
+
+# -- the recipe benchmark ----------------------------------------------------------------------------------------
+
+def test_recipe_choice_is_made_on_dev_not_report():
+    from bench_recipe import choose
+
+    def row(cat, rec, half, img, t):
+        return {"category": cat, "recipe": rec, "half": half, "image_auroc_mean": img, "pixel_auroc_mean": None,
+                "aupro_mean": None, "deployed_f1_mean": 0.5, "train_s_mean": t}
+
+    summary = []
+    for cat in ("a", "b"):
+        summary += [row(cat, "before", "dev", 0.80, 10), row(cat, "before", "report", 0.80, 10),
+                    row(cat, "dev-best", "dev", 0.90, 12), row(cat, "dev-best", "report", 0.82, 12),
+                    row(cat, "report-best", "dev", 0.85, 12), row(cat, "report-best", "report", 0.95, 12),
+                    row(cat, "too-slow", "dev", 0.99, 40), row(cat, "too-slow", "report", 0.99, 40)]
+    c = choose(summary, max_time=1.5)
+    assert c["chosen"] == "dev-best"
+    assert c["report_gain_image_auroc"] == pytest.approx(0.02)
+    assert c["time_ratio"] == pytest.approx(1.2)
+    assert c["per_recipe"]["before"]["report"]["pixel_auroc"] is None  # n/a stays n/a, never 0
+
+
+def test_recipe_parse_and_refuse():
+    from bench_recipe import parse_recipe, resolve
+
+    name, over = parse_recipe("mine:steps=600,batch_size=16,lr=0.2,resize=tile")
+    r = resolve(name, over)
+    assert (r["steps"], r["batch_size"], r["lr"], r["resize"], r["image_size"]) == (600, 16, 0.2, "tile", 256)
+    with pytest.raises(Exception, match="unknown key 'stepz'"):
+        parse_recipe("x:stepz=3")
+    with pytest.raises(SystemExit, match="resize 'crop'"):
+        resolve("x", {"resize": "crop"})
+
+
+def test_recipe_quick(tmp_path):
+    import bench_recipe
+
+    assert bench_recipe.main(["--quick", "--out-dir", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "recipe_quick.json").read_text())
+    assert saved["complete"] and saved["command"] and saved["machine"]
+    rows = saved["rows"]
+    assert {r["half"] for r in rows} == {"dev", "report"}
+    assert {r["recipe"] for r in rows} == set(bench_recipe.QUICK_RECIPES)
+    for r in rows:
+        assert 0.0 <= r["image_auroc"] <= 1.0 and r["train_s"] > 0
+        assert r["deployed_f1"] is None or 0.0 <= r["deployed_f1"] <= 1.0
+    steps = {r["recipe"]: r["steps"] for r in rows}
+    assert steps["s6-b4"] == steps["s6-b4-pad"] == 6
+    # the two halves are disjoint and fixed: the same sizes for every recipe
+    n = {(r["category"], r["half"]) for r in rows}
+    assert len({(r["category"], r["half"], r["n_test"]) for r in rows}) == len(n)
+    assert saved["choice"]["chosen"] in bench_recipe.QUICK_RECIPES
+    assert (tmp_path / "recipe_quick.csv").is_file() and (tmp_path / "recipe_quick_summary.csv").is_file()
+
+
+def test_steps_budget_spaces_selection_checks_out():
+    from edgead.engine.trainer import MAX_SELECTION_CHECKS
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    val = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    cfg = TrainConfig(steps=60, batch_size=4, progress=False)  # one step per epoch: 60 epochs
+    rep = train_task(_tiny_model(), images, val, Preprocess(image_size=64), cfg)
+    checks = [h["epoch"] for h in rep["history"] if "selection" in h]
+    assert rep["epochs"] == 60 and 2 <= len(checks) <= MAX_SELECTION_CHECKS + 1
+    assert checks[-1] == 60 and 1 <= rep["selected_epoch"] <= 60
+
+
+def test_recipe_merge_recomputes_from_rows(tmp_path):
+    import bench_recipe
+
+    rows = []
+    for cat, gain in (("a", 0.1), ("b", 0.0)):
+        for rec, base in (("before", 0.7), ("better", 0.7 + gain)):
+            for half in ("dev", "report"):
+                rows.append({"category": cat, "recipe": rec, "seed": 0, "half": half, "n_test": 4,
+                             "image_auroc": base, "pixel_auroc": None, "aupro": None, "deployed_f1": 0.5,
+                             "train_s": 1.0, "steps": 1, "epochs": 1, "selected_epoch": 1})
+    for i, cat in enumerate(("a", "b")):
+        part = [r for r in rows if r["category"] == cat]
+        (tmp_path / f"p{i}.json").write_text(json.dumps({
+            "command": "x", "date": "d", "complete": True, "rows": part,
+            "recipes": {"before": bench_recipe.BEFORE, "better": {**bench_recipe.BEFORE, "steps": 9}}}))
+    files = f"{tmp_path / 'p0.json'},{tmp_path / 'p1.json'}"
+    assert bench_recipe.main(["--merge", files, "--categories", "a,b", "--out-dir", str(tmp_path), "--tag", "all"]) == 0
+    saved = json.loads((tmp_path / "recipe_all.json").read_text())
+    assert saved["choice"]["chosen"] == "better" and saved["choice"]["categories"] == ["a", "b"]
+    assert saved["choice"]["report_gain_image_auroc"] == pytest.approx(0.05)
+    assert [c["pass"] for c in saved["checks"]] == [True, True]
