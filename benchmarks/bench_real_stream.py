@@ -254,14 +254,16 @@ def plot_pareto(summary: list[dict], path: Path, title: str) -> Path:
 
 
 def heatmaps(summary: list[dict], tasks: list[str], stem: Path) -> list[Path]:
-    """m[i][j] of finetune, joint, and of replay and int8-channel at the sample count and their smallest budget."""
+    """m[i][j] of finetune, joint, and of replay and int8-channel at the sample count and at their smallest budget
+    that keeps samples (a smaller one keeps nothing and is fine-tuning again)."""
     from edgead.report import plot_matrix
 
     paths = []
     for m in MAIN:
         rows = [r for r in summary if r["method"] == m and r["image_auroc_matrix"]]
         pick = [r for r in rows if r["setting"] in ("none",) or r["setting"].startswith("count")]
-        budget = sorted((r for r in rows if r["setting"].startswith("budget")), key=lambda r: r["budget_bytes"])
+        budget = sorted((r for r in rows if r["setting"].startswith("budget") and r.get("buffer_samples")),
+                        key=lambda r: r["budget_bytes"])
         for r in pick + budget[:1]:
             tag = r["setting"].replace(" ", "")
             paths.append(plot_matrix(f"{m} {r['setting']} (mean of {r['seeds']} seed(s))", r["image_auroc_matrix"],
