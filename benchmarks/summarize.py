@@ -228,7 +228,7 @@ def _real_stream_reading(d: dict) -> str:
     if comp:
         best = min(comp, key=lambda r: r["img_forget_abs"])
         said.append(f"Below one stored image per product ({one_image:,} B for {n} products), {best['method']} latents "
-                    f"at {best['total_bytes']:,} B ({best['buffer_samples']:.0f} kept) bring forgetting to "
+                    f"at {int(best['total_bytes']):,} B ({best['buffer_samples']:.0f} kept) bring forgetting to "
                     f"{best['img_forget_abs']:.3f} and final image AUROC to {best['image_auroc']:.3f}.")
     empty = [r for r in d["summary"] if r["method"] not in ("finetune", "joint") and r["budget_bytes"]
              and not r["buffer_samples"]]

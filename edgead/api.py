@@ -231,21 +231,13 @@ class Detector:
                 raise EdgeadError("Detector.evaluate: this detector was loaded from a checkpoint file; pass data=")
             i = int(self._scorer_task_index())
             return evaluate_run(self.run_dir, i, per_defect)
-        from edgead.cl.results import METRICS
+        from edgead.cl.evaluate_run import evaluate_tasks
         from edgead.data.folder import open_stream
-        from edgead.engine.evaluate import evaluate_split, per_defect_metrics
 
         cfg = (self.results or {}).get("config", {}).get("train", {})
         names = [tasks] if isinstance(tasks, str) else tasks
-        out: dict[str, dict] = {}
-        for task in open_stream(data, names):
-            d = task.load(scorer.preprocess, val_fraction=cfg.get("val_fraction", 0.1), seed=cfg.get("seed", 0))
-            r = evaluate_split(scorer.model, d.test, scorer.preprocess, self.device, return_outputs=True)
-            out[task.name] = r["metrics"]
-            if per_defect:
-                out[task.name]["per_defect"] = per_defect_metrics(d.test, r["maps"], r["scores"])
-        average = {k: (float(np.mean(v)) if (v := [m[k] for m in out.values() if m.get(k) is not None]) else None)
-                   for k in METRICS}
+        out, average = evaluate_tasks(scorer.model, scorer.preprocess, open_stream(data, names),
+                                      cfg.get("val_fraction", 0.1), cfg.get("seed", 0), per_defect, self.device)
         return {"tasks": list(out), "metrics": out, "average": average}
 
     def _scorer_task_index(self) -> int:

@@ -39,7 +39,6 @@ def evaluate_run(run_dir: str | Path, task_index: int | None = None, per_defect:
         {"task_index", "checkpoint", "tasks", "metrics": {task: {metric: value}}, "average": {metric: value}}.
     """
     from edgead.engine.checkpoint import load_checkpoint
-    from edgead.engine.evaluate import evaluate_split, per_defect_metrics
     from firmware_sim.atomic import atomic_write_json
 
     run_dir = Path(run_dir)
@@ -51,10 +50,28 @@ def evaluate_run(run_dir: str | Path, task_index: int | None = None, per_defect:
     ckpt = run_dir / "checkpoints" / f"task_{i:02d}.pt"
     model, pre, _ = load_checkpoint(ckpt)
     train_cfg = res["config"]["train"]
+    out, average = evaluate_tasks(model, pre, run_stream_of(res, i + 1, data_root), train_cfg["val_fraction"],
+                                  train_cfg["seed"], per_defect)
+    result = {"created": datetime.now(UTC).isoformat(timespec="seconds"), "run": str(run_dir.resolve()),
+              "task_index": i, "checkpoint": ckpt.name, "tasks": list(out), "metrics": out, "average": average}
+    if write:
+        atomic_write_json(run_dir / EVAL_NAME, result)
+    return result
+
+
+def evaluate_tasks(model, pre, tasks, val_fraction: float, seed: int, per_defect: bool = False,
+                   device: str = "cpu") -> tuple[dict[str, dict], dict[str, float | None]]:
+    """Test metrics of ``model`` on each task (its test split, the held-out normals left out as in training).
+
+    Returns:
+        ({task: {metric: value[, "per_defect": ...]}}, {metric: mean over the tasks that have it, or None}).
+    """
+    from edgead.engine.evaluate import evaluate_split, per_defect_metrics
+
     out: dict[str, dict] = {}
-    for task in run_stream_of(res, i + 1, data_root):
-        d = task.load(pre, val_fraction=train_cfg["val_fraction"], seed=train_cfg["seed"])
-        r = evaluate_split(model, d.test, pre, return_outputs=True)
+    for task in tasks:
+        d = task.load(pre, val_fraction=val_fraction, seed=seed)
+        r = evaluate_split(model, d.test, pre, device, return_outputs=True)
         out[task.name] = r["metrics"]
         if per_defect:
             out[task.name]["per_defect"] = per_defect_metrics(d.test, r["maps"], r["scores"])
@@ -62,11 +79,7 @@ def evaluate_run(run_dir: str | Path, task_index: int | None = None, per_defect:
     for name in METRICS:
         vals = [m[name] for m in out.values() if m.get(name) is not None]
         average[name] = float(np.mean(vals)) if vals else None
-    result = {"created": datetime.now(UTC).isoformat(timespec="seconds"), "run": str(run_dir.resolve()),
-              "task_index": i, "checkpoint": ckpt.name, "tasks": list(out), "metrics": out, "average": average}
-    if write:
-        atomic_write_json(run_dir / EVAL_NAME, result)
-    return result
+    return out, average
 
 
 def format_table(result: dict) -> str:
