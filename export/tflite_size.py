@@ -16,7 +16,7 @@ up to the file size exactly, so a saving can be traced to its source.
     reads them through the signature, whose names are unchanged.
 Buffer data is aligned to 16 bytes (the schema's ``force_align: 16``; the TF 2.21 converter itself only
 guarantees 4, and TFLite Micro reads int32 biases in place, where an unaligned word can fault). Metadata
-(min_runtime_version, conversion metadata) is kept. Outputs are bit-identical: tests/test_export_size.py
+(min_runtime_version, conversion metadata) is kept. Outputs are bit-identical: tests/export/test_export_size.py
 checks it with ai-edge-litert (with and without XNNPACK); the same files gave identical outputs in
 tflite-runtime 2.14 (.venv-device, scripts/device_tests.sh).
 """
