@@ -191,7 +191,7 @@ def test_bad_inputs_are_clear_errors(paste_run, tmp_path):
         export_run(paste_run, out, ExportOptions(task=3))
     with pytest.raises(EdgeadError, match="--tflite-weights 'per-row'"):
         export_run(paste_run, out, ExportOptions(tflite_weights="per-row"))
-    with pytest.raises(EdgeadError, match="--calibration 0"):  # fewer images than asked: tests/test_export_calibration.py
+    with pytest.raises(EdgeadError, match="--calibration 0"):  # fewer images than asked: tests/export/test_export_calibration.py
         export_run(paste_run, out, ExportOptions(formats=["onnx"], calibration=0))
     # A corrupt checkpoint, and one that is not the model the run says.
     bad = tmp_path / "badrun"
