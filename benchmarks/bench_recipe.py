@@ -93,7 +93,7 @@ def resolve(name: str, overrides: dict) -> dict:
     return r
 
 
-class _Data:
+class RecipeData:
     """Each category's loaded task per (input size, resize mode, seed), and its fixed dev / report split."""
 
     def __init__(self, root: Path, split_seed: int):
@@ -110,8 +110,21 @@ class _Data:
         return self.cache[key]
 
 
-def run_one(data: _Data, category: str, recipe: dict, seed: int, weights: str | None) -> list[dict]:
+def run_one(data: RecipeData, category: str, recipe: dict, seed: int, weights: str | None) -> list[dict]:
     """Train once, evaluate on both halves: one row per half."""
+    model, pre, halves, report, train_s = train_one(data, category, recipe, seed, weights)
+    rows = []
+    for half, split in halves.items():
+        m = evaluate_split(model, split, pre)
+        rows.append({"half": half, "n_test": len(split), **{k: m.get(k) for k in METRICS}, "train_s": train_s,
+                     "steps": report["steps"], "epochs": report["epochs"],
+                     "selected_epoch": report["selected_epoch"]})
+    return rows
+
+
+def train_one(data: RecipeData, category: str, recipe: dict, seed: int, weights: str | None):
+    """PaSTe-MCUNet trained with ``recipe`` on a category, calibrated on its held-out normals:
+    (model, preprocess, {"dev": split, "report": split}, training report, training seconds)."""
     import torch
 
     pre, d, halves = data.get(category, recipe["image_size"], recipe["resize"], seed)
@@ -126,13 +139,7 @@ def run_one(data: _Data, category: str, recipe: dict, seed: int, weights: str | 
     report = train_task(model, d.train.images, d.val.images, pre, cfg, seed=seed * 1000)
     model.calibration = fit_calibration(model, d.val, pre)
     train_s = time.perf_counter() - t0
-    rows = []
-    for half, split in halves.items():
-        m = evaluate_split(model, split, pre)
-        rows.append({"half": half, "n_test": len(split), **{k: m.get(k) for k in METRICS}, "train_s": train_s,
-                     "steps": report["steps"], "epochs": report["epochs"],
-                     "selected_epoch": report["selected_epoch"]})
-    return rows
+    return model, pre, halves, report, train_s
 
 
 def _stats(vals: list) -> tuple[float | None, float | None]:
@@ -237,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit("--data: give the dataset root (or --quick)")
             root, cats = Path(a.data), [c.strip() for c in a.categories.split(",") if c.strip()]
             TaskStream(root, cats)  # every category exists before anything trains
-        data = _Data(Path(root), a.split_seed)
+        data = RecipeData(Path(root), a.split_seed)
         # Geometry-major order: each category's data is loaded once per (size, resize mode).
         for cat in cats:
             for name, rec in sorted(recipes.items(), key=lambda kv: (kv[1]["image_size"], kv[1]["resize"])):

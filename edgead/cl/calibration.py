@@ -158,13 +158,3 @@ def task_agnostic(cals: list[Calibration]) -> Calibration:
                        quantile=ok[0].quantile, n_images=int(sum(c.n_images for c in ok)),
                        extra={"rule": AGNOSTIC_RULE})
 
-
-def deployed_f1(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float | None:
-    """F1 of the anomalous class when images scoring above ``threshold`` are called anomalous (what a factory
-    sees), not the best F1 over thresholds."""
-    if not math.isfinite(threshold):
-        return None
-    pred, pos = scores > threshold, labels == 1
-    tp = float((pred & pos).sum())
-    denom = 2 * tp + float((pred & ~pos).sum()) + float((~pred & pos).sum())
-    return 2 * tp / denom if denom else None

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from edgead.cl.calibration import deployed_f1
+from edgead.engine.thresholds import deployed_f1
 
 THRESHOLDS = ("task", "agnostic", "last_task", "fit", "oracle")
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from edgead.data.loading import LoadedSplit
+from edgead.engine.selection import make_pseudo_defects
 from edgead.engine.tensors import predict_images
+from edgead.engine.thresholds import ThresholdRule, deployed_f1
 from edgead.engine.views import predict_split
 from edgead.metrics import evaluate_all, image_auroc, image_f1_max, pixel_auroc, pixel_metrics
 from edgead.models.teacher_student import Calibration
 from firmware_sim.preprocess import Preprocess
 
-THRESHOLD_QUANTILE = 0.99
+# The deployment threshold's rule (edgead.engine.thresholds); chosen on DEV halves of real test sets.
+DEFAULT_THRESHOLD_RULE = "quantile:0.99"
 
 
 def evaluate_split(model, split: LoadedSplit, pre: Preprocess, device: str = "cpu",
@@ -30,9 +33,7 @@ def evaluate_split(model, split: LoadedSplit, pre: Preprocess, device: str = "cp
         metrics["deployed_accuracy"] = float((pred == (labels == 1)).mean())
         metrics["deployed_fpr"] = float(pred[labels == 0].mean()) if (labels == 0).any() else None
         metrics["deployed_tpr"] = float(pred[labels == 1].mean()) if (labels == 1).any() else None
-        tp, fp = int((pred & (labels == 1)).sum()), int((pred & (labels == 0)).sum())
-        fn = int((~pred & (labels == 1)).sum())
-        metrics["deployed_f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
+        metrics["deployed_f1"] = deployed_f1(labels, scores, cal.threshold)
     if return_outputs:
         return {"metrics": metrics, "maps": maps, "scores": scores}
     return metrics
@@ -59,27 +60,36 @@ def per_defect_metrics(split: LoadedSplit, maps: np.ndarray, scores: np.ndarray)
 
 
 def fit_calibration(model, val_images: np.ndarray | LoadedSplit, pre: Preprocess, device: str = "cpu",
-                    quantile: float = THRESHOLD_QUANTILE) -> Calibration:
-    """Threshold = the `quantile` of held-out normal scores; min/max/mean/std for score normalisation.
+                    rule: str | ThresholdRule = DEFAULT_THRESHOLD_RULE, seed: int = 0) -> Calibration:
+    """Threshold by `rule` from held-out normal scores; min/max/mean/std for score normalisation.
 
     val_images: uint8 (N, S, S, 3) squashed images, or a LoadedSplit (any resize mode: per-image scores as
-    the device computes them, padding left out).
+    the device computes them, padding left out). ``quantile`` in the result is the rule's quantile, or for
+    the other rules the share of these normals at or below the threshold; ``extra["threshold_rule"]`` names
+    the rule.
     """
     if len(val_images) == 0:
         return Calibration()
+    rule = ThresholdRule.parse(rule)
     if isinstance(val_images, LoadedSplit):
         maps, scores = predict_split(model, val_images, pre, device=device)
         if val_images.valid is not None:
             maps = maps[val_images.valid]
+        images = val_images.images
     else:
         maps, scores = predict_images(model, val_images, pre, device=device)
+        images = val_images
+    pseudo = None
+    if rule.needs_pseudo:  # per image (or per tile): a tile's score is the max of its map, as an image's is
+        pseudo = predict_images(model, make_pseudo_defects(images, seed)[0], pre, device=device)[1]
+    threshold = rule.threshold(scores, pseudo)
     return Calibration(
-        threshold=float(np.quantile(scores, quantile)),
+        threshold=threshold,
         score_mean=float(scores.mean()),
         score_std=float(scores.std()),
         score_min=float(maps.min()),
         score_max=float(scores.max()),
-        quantile=quantile,
+        quantile=rule.value if rule.kind == "quantile" else float((scores <= threshold).mean()),
         n_images=int(len(scores)),
-        extra={"pixel_threshold": float(np.quantile(maps, 0.999))},
+        extra={"pixel_threshold": float(np.quantile(maps, 0.999)), "threshold_rule": str(rule)},
     )

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from edgead.cl.calibration import CalibrationAnchors, deployed_f1, rescale, task_agnostic
+from edgead.cl.calibration import CalibrationAnchors, rescale, task_agnostic
+from edgead.engine.thresholds import deployed_f1
 from edgead.cl.config import ReplayConfig
 from edgead.cl.runner import run_stream
 from edgead.data import TaskStream

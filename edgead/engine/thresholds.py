@@ -1,0 +1,100 @@
+"""Threshold rules: how a deployment threshold is set from a task's held-out normal scores.
+
+A device calls an image anomalous when its score is above the stored threshold, so the rule decides what a
+factory sees (deployed F1, false alarms). No defective image of the product is known when the threshold is
+set; a rule can only use the held-out normals and, for the ``pseudo-*`` rules, pseudo-defects pasted into
+them (edgead.engine.selection). Rules, as text:
+
+* ``quantile:Q``  the Q-quantile of the held-out normal scores (``quantile:0.99``: 1 % false alarms on them)
+* ``sigma:K``     mean + K x std of the held-out normal scores (stable with few normals, unlike a high
+                  quantile of 3 values, which is their maximum)
+* ``pseudo-f1``   the threshold with the best F1 between held-out normals and their pseudo-defects
+
+Which rule is the default was measured, on a DEV half of real test sets, never on the numbers reported:
+benchmarks/bench_threshold.py, docs/thresholds.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgead.errors import EdgeadError
+
+KINDS = ("quantile", "sigma", "pseudo-f1")
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    kind: str
+    value: float | None = None
+
+    @classmethod
+    def parse(cls, text: str | ThresholdRule) -> ThresholdRule:
+        """'quantile:0.99' | 'sigma:2' | 'pseudo-f1' -> a rule; a clear error for anything else."""
+        if isinstance(text, ThresholdRule):
+            return text
+        kind, _, val = str(text).strip().partition(":")
+        expected = "expected quantile:Q (0 < Q <= 1), sigma:K (K >= 0) or pseudo-f1"
+        if kind == "pseudo-f1" and not val:
+            return cls(kind)
+        if kind not in ("quantile", "sigma") or not val:
+            raise EdgeadError(f"threshold rule {text!r}: {expected}")
+        try:
+            v = float(val)
+        except ValueError:
+            raise EdgeadError(f"threshold rule {text!r}: {val!r} is not a number; {expected}") from None
+        if not math.isfinite(v) or (kind == "quantile" and not 0 < v <= 1) or (kind == "sigma" and v < 0):
+            raise EdgeadError(f"threshold rule {text!r}: {expected}")
+        return cls(kind, v)
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
+
+    @property
+    def needs_pseudo(self) -> bool:
+        return self.kind == "pseudo-f1"
+
+    def threshold(self, normal_scores: np.ndarray, pseudo_scores: np.ndarray | None = None) -> float:
+        """The threshold for these held-out normal scores (nan when there are none)."""
+        n = np.asarray(normal_scores, np.float64).ravel()
+        if n.size == 0:
+            return float("nan")
+        if self.kind == "quantile":
+            return float(np.quantile(n, self.value))
+        if self.kind == "sigma":
+            return float(n.mean() + self.value * n.std())
+        if pseudo_scores is None or len(pseudo_scores) == 0:
+            raise EdgeadError(f"threshold rule {self}: needs pseudo-defect scores")
+        return best_f1_threshold(n, np.asarray(pseudo_scores, np.float64).ravel())
+
+
+def best_f1_threshold(normal_scores: np.ndarray, anomalous_scores: np.ndarray) -> float:
+    """The threshold (images scoring above it are anomalous) with the best F1 of the anomalous class; ties go
+    to the highest threshold (fewest false alarms). Placed halfway between neighbouring scores."""
+    s = np.r_[normal_scores, anomalous_scores]
+    y = np.r_[np.zeros(len(normal_scores), bool), np.ones(len(anomalous_scores), bool)]
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    tp = np.cumsum(y)  # calling the top k+1 anomalous
+    fp = np.cumsum(~y)
+    f1 = 2 * tp / (2 * tp + fp + (y.sum() - tp))
+    # only cut between distinct scores: a threshold cannot split equal scores
+    cut = np.r_[s[:-1] > s[1:], True]
+    f1 = np.where(cut, f1, -1.0)
+    k = int(np.argmax(f1))  # first maximum: the highest threshold among ties
+    return float(s[k] - 1e-12) if k == len(s) - 1 else float(0.5 * (s[k] + s[k + 1]))
+
+
+def deployed_f1(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float | None:
+    """F1 of the anomalous class when images scoring above ``threshold`` are called anomalous (what a factory
+    sees), not the best F1 over thresholds. None when undefined (no threshold, or nothing to count)."""
+    if not math.isfinite(threshold):
+        return None
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    pred, pos = scores > threshold, labels == 1
+    tp = float((pred & pos).sum())
+    denom = 2 * tp + float((pred & ~pos).sum()) + float((~pred & pos).sum())
+    return 2 * tp / denom if denom else None
