@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgead.cl.crops import random_crop
 from edgead.engine.tensors import compute_latents
 from edgead.errors import EdgeadError
 from edgead.models.teacher_student import Calibration
@@ -87,12 +88,7 @@ class CalibrationAnchors:
         rng = np.random.default_rng([self.seed, task_index, 7])
         pick = np.sort(rng.permutation(len(val_images))[: self.per_task])
         z = compute_latents(model, val_images[pick], pre).cpu().numpy()
-        h, w = z.shape[-2:]
-        crops = []
-        for x in z:
-            y0, x0 = int(rng.integers(0, h - self.side + 1)), int(rng.integers(0, w - self.side + 1))
-            crops.append(self.codec.encode(np.ascontiguousarray(x[:, y0:y0 + self.side, x0:x0 + self.side])))
-        self.encoded[task_index] = crops
+        self.encoded[task_index] = [self.codec.encode(random_crop(x, self.side, rng)) for x in z]
         self.fit_scores[task_index] = self.score(model, task_index)
 
     def score(self, model, task_index: int) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgead.cl.crops import MIN_CROP_SIDE, auto_crop_side
 from edgead.errors import EdgeadError
 from firmware_sim.codecs import Codec, get_codec
 from firmware_sim.replay_buffer import POLICIES
@@ -37,6 +38,10 @@ class ReplayConfig:
         calibration_anchors: held-out normals per task kept (int8 latent crops, never replayed; inside the
             byte budget when there is one) to recalibrate earlier tasks' thresholds after each later update;
             0 keeps each task's threshold as fitted.
+        latent_crop: compressed-replay with a byte budget: ``auto`` keeps whole latents when one fits in every
+            task's share and otherwise the largest square crop that does (edgead.cl.crops); ``none`` always
+            keeps whole latents (a task whose share is below one keeps nothing); a number keeps crops of that
+            side (latent cells).
     """
 
     strategy: str = "finetune"
@@ -47,6 +52,7 @@ class ReplayConfig:
     device_buffer: Path | None = None
     device_trunk: Path | None = None
     calibration_anchors: int = 1
+    latent_crop: str = "auto"
     codec_obj: Codec | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +69,11 @@ class ReplayConfig:
             raise EdgeadError(f"--memory-size {self.memory_size}: expected at least 1 sample")
         if self.calibration_anchors < 0:
             raise EdgeadError(f"calibration anchors {self.calibration_anchors}: expected 0 or more per task")
+        crop = str(self.latent_crop).strip().lower()
+        if crop not in ("auto", "none") and not (crop.isdigit() and int(crop) >= MIN_CROP_SIDE):
+            raise EdgeadError(f"--latent-crop {self.latent_crop}: expected auto, none or a crop side of at least "
+                              f"{MIN_CROP_SIDE} latent cells")
+        object.__setattr__(self, "latent_crop", crop)
         if self.device_buffer is not None and self.strategy != "compressed-replay":
             raise EdgeadError("--device-buffer needs --strategy compressed-replay")
         if self.strategy == "compressed-replay":
@@ -78,12 +89,24 @@ class ReplayConfig:
     @classmethod
     def from_options(cls, strategy: str = "finetune", codec: str | None = None, budget: str | int | None = None,
                      memory_size: int = 100, policy: str = "random", device_buffer: Path | str | None = None,
-                     device_trunk: Path | str | None = None, calibration_anchors: int = 1) -> ReplayConfig:
+                     device_trunk: Path | str | None = None, calibration_anchors: int = 1,
+                     latent_crop: str | int = "auto") -> ReplayConfig:
         """From command-line style values: ``budget`` as text such as 2.46MB, 500kB or 100000B."""
         budget_bytes = parse_size(budget) if isinstance(budget, str) else budget
         return cls(strategy, codec, budget_bytes, memory_size, policy,
                    None if device_buffer is None else Path(device_buffer),
-                   None if device_trunk is None else Path(device_trunk), calibration_anchors)
+                   None if device_trunk is None else Path(device_trunk), calibration_anchors, str(latent_crop))
+
+    def crop_side(self, latent_shape: tuple[int, ...], budget_bytes: int | None, n_tasks: int) -> int:
+        """The latent crop side the memory uses (0: whole latents) for a replay budget (anchors left out)."""
+        if self.strategy != "compressed-replay" or self.device_buffer is not None or self.latent_crop == "none":
+            return 0
+        if self.latent_crop != "auto":
+            return int(self.latent_crop)
+        if budget_bytes is None:  # a sample count sizes the buffer for whole latents
+            return 0
+        side = auto_crop_side(self.codec_obj, tuple(latent_shape), budget_bytes, n_tasks)
+        return 0 if side is None else side  # None: nothing fits; the buffer says so with the sizes
 
     @property
     def keeps_memory(self) -> bool:
@@ -109,4 +132,4 @@ class ReplayConfig:
         return cls(d["strategy"], d.get("codec"), d.get("budget_bytes"), d.get("memory_size") or 100,
                    d.get("policy", "random"), None if d.get("device_buffer") is None else Path(d["device_buffer"]),
                    None if d.get("device_trunk") is None else Path(d["device_trunk"]),
-                   d.get("calibration_anchors", 1))
+                   d.get("calibration_anchors", 1), d.get("latent_crop", "auto"))

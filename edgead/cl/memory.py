@@ -17,13 +17,14 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from edgead.cl.crops import MIN_CROP_SIDE, random_crop, record_bytes
 from edgead.engine.tensors import compute_latents, compute_teacher_features, to_input
 from edgead.engine.trainer import ReplaySource
 from edgead.errors import EdgeadError
 from firmware_sim.atomic import atomic_write
 from firmware_sim.codecs import Codec, get_codec
 from firmware_sim.quantization import quantize
-from firmware_sim.replay_buffer import FILE_HEADER_SIZE, RECORD_OVERHEAD, TASK_RECORD_SIZE, ReplayBuffer
+from firmware_sim.replay_buffer import FILE_HEADER_SIZE, TASK_RECORD_SIZE, ReplayBuffer
 
 
 class ReplayMemory(Protocol):
@@ -155,25 +156,34 @@ class LatentMemory:
     kind = "latents"
     file_suffix = "edgeadrb"
 
-    def __init__(self, buffer: ReplayBuffer, *, seed: int, memory_size: int | None = None, task_offset: int = 0):
+    def __init__(self, buffer: ReplayBuffer, *, seed: int, memory_size: int | None = None, task_offset: int = 0,
+                 crop_side: int = 0):
         self.buffer = buffer
         self.codec_spec, self.policy = buffer.codec.spec, buffer.policy
         self.seed, self.memory_size, self.task_offset = seed, memory_size, task_offset
+        self.crop_side = crop_side  # 0: whole latents; else square crops of this side (edgead.cl.crops)
         self.device = None
 
     @classmethod
     def new(cls, codec: str | Codec, latent_shape: tuple[int, ...], *, budget_bytes: int | None, memory_size: int | None,
-            seed: int, policy: str = "random", max_tasks: int = 1) -> LatentMemory:
-        """An empty memory of ``budget_bytes`` (or room for ``memory_size`` records of ``codec``)."""
+            seed: int, policy: str = "random", max_tasks: int = 1, crop_side: int = 0) -> LatentMemory:
+        """An empty memory of ``budget_bytes`` (or room for ``memory_size`` records of ``codec``), holding
+        whole latents or, with ``crop_side``, square crops of them."""
+        latent_shape = tuple(latent_shape)
+        if crop_side:
+            if not MIN_CROP_SIDE <= crop_side <= min(latent_shape[-2:]):
+                raise EdgeadError(f"latent crop {crop_side}: expected {MIN_CROP_SIDE}..{min(latent_shape[-2:])} "
+                                  f"cells for latents of {latent_shape[-2]} x {latent_shape[-1]}")
+            latent_shape = (latent_shape[0], crop_side, crop_side)
         if budget_bytes is None:
             # A sample count: size the byte budget so that each task gets its share of records.
             codec = get_codec(codec) if isinstance(codec, str) else codec
-            per = RECORD_OVERHEAD + codec.bytes_per_sample(tuple(latent_shape))
-            budget_bytes = FILE_HEADER_SIZE + max_tasks * TASK_RECORD_SIZE + memory_size * per
+            budget_bytes = FILE_HEADER_SIZE + max_tasks * TASK_RECORD_SIZE + memory_size * record_bytes(codec,
+                                                                                                     latent_shape)
         else:
             memory_size = None
         buffer = ReplayBuffer(budget_bytes, codec, seed=seed, policy=policy, latent_shape=latent_shape)
-        return cls(buffer, seed=seed, memory_size=memory_size)
+        return cls(buffer, seed=seed, memory_size=memory_size, crop_side=crop_side)
 
     def use_device_trunk(self, artifact_dir: Path, latent_shape: tuple[int, ...], image_size: int) -> None:
         """Collect latents as a device does: the export's int8 TFLite trunk, run by firmware_sim, stored byte
@@ -206,17 +216,24 @@ class LatentMemory:
         self.buffer.reseed(task_index)  # the selection depends on (seed, task) only
         if self.device is not None:
             q, scale, zp = self.device.trunk_latents(images)
-            items = [self.buffer.codec.encode_quantized(x, scale, zp) for x in q]
+            items = [self.buffer.codec.encode_quantized(x, scale, zp) for x in self._crops(q, task_index)]
         elif self.buffer.codec.name == "int8-device":
-            items = self._as_device_int8(compute_latents(model, images, pre).cpu().numpy())
+            items = self._as_device_int8(self._crops(compute_latents(model, images, pre).cpu().numpy(), task_index))
         else:
-            items = list(compute_latents(model, images, pre).cpu().numpy())
+            items = self._crops(compute_latents(model, images, pre).cpu().numpy(), task_index)
         self.buffer.fit_task(task_index + self.task_offset, items, sample_ids=range(len(items)),
                              policy=self.policy)
         if self.memory_size is not None:  # a count, shared equally like ImageMemory's, whatever the codec
             self.buffer.cap_records(self.memory_size // len(self.buffer.tasks))
 
-    def _as_device_int8(self, z: np.ndarray) -> list:
+    def _crops(self, z: np.ndarray, task_index: int) -> list[np.ndarray]:
+        """Each latent whole, or one seeded random crop of it (its position depends on (seed, task) only)."""
+        if not self.crop_side:
+            return list(z)
+        rng = np.random.default_rng([self.seed, task_index, 11])
+        return [random_crop(x, self.crop_side, rng) for x in z]
+
+    def _as_device_int8(self, z: list[np.ndarray]) -> list:
         """A buffer that came from a device holds the trunk's own int8 output; host latents of a new task are
         quantised with the same parameters, so the buffer stays one format with one scale."""
         first = next(self.buffer.records(), None)

@@ -42,14 +42,16 @@ from firmware_sim.preprocess import Preprocess
 
 def _make_memory(replay: ReplayConfig, det: DetectorConfig, latent_shape: tuple[int, ...], seed: int,
                  n_tasks: int, budget_bytes: int | None) -> ReplayMemory | None:
-    """The strategy's memory; ``budget_bytes`` is the replay budget less what calibration reserves."""
+    """The strategy's memory; ``budget_bytes`` is the replay budget less what calibration reserves. Latents are
+    cropped when the budget holds no whole one per task (ReplayConfig.latent_crop)."""
     if replay.device_buffer is not None:
         return LatentMemory.from_file(replay.device_buffer, seed, budget_bytes)
     if replay.strategy == "replay":
         return ImageMemory(det.image_size, budget_bytes=budget_bytes, memory_size=replay.memory_size, seed=seed)
     if replay.strategy == "compressed-replay":
         return LatentMemory.new(replay.codec_obj, latent_shape, budget_bytes=budget_bytes,
-                                memory_size=replay.memory_size, seed=seed, policy=replay.policy, max_tasks=n_tasks)
+                                memory_size=replay.memory_size, seed=seed, policy=replay.policy, max_tasks=n_tasks,
+                                crop_side=replay.crop_side(latent_shape, budget_bytes, n_tasks))
     return None
 
 
@@ -100,6 +102,8 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
     calibration_anchors = replay.calibration_anchors
     if calibration_anchors != 1:  # only when not the default, so earlier runs' configs still resume
         config["calibration_anchors"] = calibration_anchors
+    if replay.latent_crop != "auto":
+        config["latent_crop"] = replay.latent_crop
     state_path = out / STATE_NAME
     done = 0
     if resume:
@@ -240,6 +244,8 @@ def _results(config, stream, cost, memory, rows, timings, command, joint_kept=No
         {(stream.names[t] if t >= 0 else f"device-task{t}"): n for t, n in memory.samples_per_task().items()},
         "buffer_kind": None if memory is None else memory.kind,
     }
+    if getattr(memory, "crop_side", 0):  # latents kept as square crops (edgead.cl.crops)
+        memory_entry["latent_crop"] = [int(cost["latent_shape"][0]), memory.crop_side, memory.crop_side]
     if joint_kept is not None:
         memory_entry = {"additional_bytes": sum(b for _, b in joint_kept.values()),
                         "buffer_samples": {stream.names[k]: n for k, (n, _) in joint_kept.items()},

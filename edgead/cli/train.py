@@ -34,6 +34,9 @@ from edgead.config_file import config_option
 @click.option("--budget", default=None, help="Replay memory in bytes: 2.46MB, 500kB, 1.5MiB, 100000B.")
 @click.option("--memory-size", default=100, show_default=True, help="Replay samples when no --budget.")
 @click.option("--policy", type=click.Choice(["random", "coverage"]), default="random", show_default=True)
+@click.option("--latent-crop", default="auto", show_default=True,
+              help="compressed-replay with --budget: auto keeps whole latents when one fits in every task's share, "
+                   "else the largest square crop that does; none: whole only; N: crops of N latent cells.")
 @click.option("--replay-ratio", default=0.5, show_default=True, help="Fraction of each batch replayed.")
 @click.option("--epochs", default=20, show_default=True)
 @click.option("--steps", type=int, default=None,
@@ -64,7 +67,7 @@ from edgead.config_file import config_option
 @click.option("--force", is_flag=True, help="Write into an --out folder that holds other files (never over a run).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(root, normal, abnormal, mask, normal_test, max_train, tasks, model, backbone, levels, bootstrap, image_size,
-          strategy, codec, budget, memory_size, policy, replay_ratio, epochs, steps, resize, batch_size, lr, momentum, weight_decay,
+          strategy, codec, budget, memory_size, policy, latent_crop, replay_ratio, epochs, steps, resize, batch_size, lr, momentum, weight_decay,
           select_every, val_fraction, seed, device, weights, no_pretrained, device_buffer, device_trunk, resume,
           skip_bad, out, force, quiet):
     """Train over one task or a stream of tasks; writes checkpoints, OUT/results.json and OUT/config.yaml."""
@@ -78,7 +81,8 @@ def train(root, normal, abnormal, mask, normal_test, max_train, tasks, model, ba
     from edgead.outputs import check_writable
 
     det = detector_config(model, backbone, levels, bootstrap, image_size, pretrained=not no_pretrained)
-    replay = ReplayConfig.from_options(strategy, codec, budget, memory_size, policy, device_buffer, device_trunk)
+    replay = ReplayConfig.from_options(strategy, codec, budget, memory_size, policy, device_buffer, device_trunk,
+                                       latent_crop=latent_crop)
     replay.check_detector(det.model)
     if not resume:  # before this command writes its own files (dataset.yaml, config.yaml) into --out
         check_new_run_folder(out, force=force)

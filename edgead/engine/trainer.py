@@ -139,9 +139,13 @@ def train_task(model, train_images: np.ndarray, val_images: np.ndarray, pre: Pre
             if n_rep:
                 z_r, t_r = replay.batch(rng.integers(0, len(replay), size=n_rep))
                 t_r = t_r if t_r is not None else model.teacher_features(z_r)
-                z = torch.cat([z, z_r])
-                t = [torch.cat([a, b]) for a, b in zip(t, t_r, strict=True)]
-            loss = model.loss_from_latent(z, t)
+                if z_r.shape[-2:] == z.shape[-2:]:
+                    loss = model.loss_from_latent(torch.cat([z, z_r]), [torch.cat(p) for p in zip(t, t_r, strict=True)])
+                else:  # latent crops (edgead.cl.crops): their own pass, weighted by their share of the batch
+                    loss = (len(z) * model.loss_from_latent(z, t)
+                            + len(z_r) * model.loss_from_latent(z_r, t_r)) / (len(z) + len(z_r))
+            else:
+                loss = model.loss_from_latent(z, t)
             if not torch.isfinite(loss):
                 raise EdgeadError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); "
                                   f"try a smaller learning rate (now {cfg.lr})")

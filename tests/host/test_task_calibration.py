@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from edgead.cl.calibration import CalibrationAnchors, rescale, task_agnostic
-from edgead.engine.thresholds import deployed_f1
 from edgead.cl.config import ReplayConfig
 from edgead.cl.runner import run_stream
 from edgead.data import TaskStream
 from edgead.engine.checkpoint import load_checkpoint
+from edgead.engine.thresholds import deployed_f1
 from edgead.engine.trainer import TrainConfig
 from edgead.errors import EdgeadError
 from edgead.models.teacher_student import Calibration, DetectorConfig

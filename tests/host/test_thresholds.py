@@ -1,0 +1,68 @@
+"""Threshold rules: parsing with clear errors, the value each rule gives, the best-F1 cut, and calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgead.engine.evaluate import DEFAULT_THRESHOLD_RULE, fit_calibration
+from edgead.engine.thresholds import ThresholdRule, best_f1_threshold, deployed_f1
+from edgead.errors import EdgeadError
+from edgead.models.teacher_student import DetectorConfig, TeacherStudent
+from firmware_sim.preprocess import Preprocess
+
+
+@pytest.mark.parametrize("text", ["quantile", "quantile:0", "quantile:1.5", "sigma:-1", "sigma:x", "pct:0.9",
+                                  "pseudo-f1:2", "", "quantile:nan"])
+def test_bad_rules_are_refused_with_the_rule_named(text):
+    with pytest.raises(EdgeadError, match="threshold rule") as e:
+        ThresholdRule.parse(text)
+    assert repr(text) in str(e.value)
+
+
+def test_rules_round_trip_and_values():
+    normal = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert str(ThresholdRule.parse("quantile:0.5")) == "quantile:0.5"
+    assert ThresholdRule.parse(" sigma:2 ") == ThresholdRule("sigma", 2.0)
+    assert ThresholdRule.parse(DEFAULT_THRESHOLD_RULE) == ThresholdRule.parse(str(ThresholdRule.parse(
+        DEFAULT_THRESHOLD_RULE)))
+    assert ThresholdRule.parse("quantile:0.5").threshold(normal) == 3.0
+    assert ThresholdRule.parse("quantile:1").threshold(normal) == 5.0
+    assert ThresholdRule.parse("sigma:1").threshold(normal) == pytest.approx(3.0 + np.std(normal))
+    assert np.isnan(ThresholdRule.parse("sigma:1").threshold(np.array([])))
+    with pytest.raises(EdgeadError, match="pseudo-defect"):
+        ThresholdRule.parse("pseudo-f1").threshold(normal)
+
+
+def test_best_f1_threshold_separates_and_prefers_fewer_false_alarms():
+    normal, bad = np.array([0.1, 0.2, 0.3]), np.array([0.7, 0.8])
+    t = best_f1_threshold(normal, bad)
+    assert 0.3 < t < 0.7 and t == pytest.approx(0.5)
+    labels, scores = np.r_[np.zeros(3), np.ones(2)], np.r_[normal, bad]
+    assert deployed_f1(labels, scores, t) == 1.0
+    # overlapping: any cut leaves an error; the chosen one is the best F1 there is
+    normal, bad = np.array([0.1, 0.5, 0.6]), np.array([0.4, 0.9])
+    labels, scores = np.r_[np.zeros(3), np.ones(2)], np.r_[normal, bad]
+    t = best_f1_threshold(normal, bad)
+    best = max(deployed_f1(labels, scores, c) for c in np.r_[scores, -1.0])
+    assert deployed_f1(labels, scores, t) == pytest.approx(best)
+    # equal scores cannot be split: the cut falls between distinct values
+    t = best_f1_threshold(np.array([0.5, 0.5]), np.array([0.5, 0.9]))
+    assert t == pytest.approx(0.7)
+
+
+def test_fit_calibration_follows_the_rule(synth_root, tmp_path):
+    model = TeacherStudent(DetectorConfig.defaults("paste", "mcunet-in3", image_size=64))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(6, 64, 64, 3), dtype=np.uint8)
+    pre = Preprocess(image_size=64)
+    q = fit_calibration(model, images, pre, rule="quantile:0.5")
+    s = fit_calibration(model, images, pre, rule="sigma:2")
+    p = fit_calibration(model, images, pre, rule="pseudo-f1")
+    assert q.extra["threshold_rule"] == "quantile:0.5" and q.quantile == 0.5
+    assert q.score_min <= q.threshold <= q.score_max
+    assert s.threshold == pytest.approx(s.score_mean + 2 * s.score_std)
+    assert 0.0 <= s.quantile <= 1.0 and p.extra["threshold_rule"] == "pseudo-f1"
+    assert np.isfinite(p.threshold)
+    with pytest.raises(EdgeadError, match="threshold rule"):
+        fit_calibration(model, images, pre, rule="median")
