@@ -7,7 +7,7 @@ Each evaluation of task j after task i records the F1 at five thresholds, from t
 * ``last_task`` the last trained task's threshold, as fitted: the single threshold exported before per-task
                 calibration (the "before" of this change)
 * ``fit``       task j's own threshold as fitted right after task j, never updated (per task, no recalibration)
-* ``oracle``    the 99th percentile of task j's full held-out normals under the current model: evaluation
+* ``oracle``    the threshold rule applied to task j's full held-out normals under the current model: evaluation
                 only (a device keeps no images), the reference the recalibration is measured against
 """
 
@@ -59,7 +59,8 @@ def deployed_summary(rows: list[list[dict]], names: list[str]) -> dict:
                        "agnostic": "the task-agnostic threshold (no --task)",
                        "last_task": "the last task's threshold as fitted (one threshold, before per-task)",
                        "fit": "the task's own threshold as fitted after it, never recalibrated",
-                       "oracle": "q99 of the task's held-out normals under the final model (evaluation only)"},
+                       "oracle": "the threshold rule on the task's held-out normals under the final model "
+                                 "(evaluation only)"},
         "per_task": per_task,
         "final_average": avg,
         "matrix": {k: [[r.get(f"deployed_f1_{k}") for r in row] for row in rows] for k in THRESHOLDS},

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from edgead.cl.results import SCHEMA
+from edgead.engine.thresholds import LEGACY_THRESHOLD_RULE
 from edgead.errors import EdgeadError
 
 STATE_NAME = "state.json"
@@ -84,4 +85,7 @@ def _same(key: str, saved, current) -> bool:
 def config_differences(saved: dict, current: dict) -> list[str]:
     """Keys of the run configuration whose values differ (paths compared as folders on disk)."""
     current = json.loads(json.dumps(current))  # tuples -> lists, as they were saved
+    if isinstance(saved.get("train"), dict) and "threshold_rule" not in saved["train"]:
+        # runs saved before the rule was recorded were calibrated with the legacy rule
+        saved = {**saved, "train": {**saved["train"], "threshold_rule": LEGACY_THRESHOLD_RULE}}
     return sorted(k for k in set(saved) | set(current) if not _same(k, saved.get(k), current.get(k)))

@@ -172,7 +172,7 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
         source = memory.source() if memory is not None and i > 0 else None
         report = train_task(model, train_split.images, val_split.images, pre, train, replay=source,
                             seed=train.seed * 1000 + i, desc=f"{task.name}")
-        fit_cals.append(fit_calibration(model, d.val, pre, train.device))
+        fit_cals.append(fit_calibration(model, d.val, pre, train.device, rule=train.threshold_rule, seed=i))
         anchors.add(i, model, d.val.images, pre)
         cals = [fit_cals[j] if j == i else rescale(fit_cals[j], anchors.ratio(model, j)) for j in range(i + 1)]
         model.calibration = task_agnostic(cals)
@@ -183,7 +183,8 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
         row = []
         for j in range(i + 1):
             res = evaluate_split(model, data(j).test, pre, train.device, return_outputs=True)
-            oracle = fit_calibration(model, data(j).val.images, pre, train.device).threshold
+            oracle = fit_calibration(model, data(j).val, pre, train.device, rule=train.threshold_rule,
+                                     seed=j).threshold
             row.append({**res["metrics"], **deployed_row(
                 data(j).test.labels, res["scores"], task=cals[j].threshold, agnostic=model.calibration.threshold,
                 last_task=fit_cals[i].threshold, fit=fit_cals[j].threshold, oracle=oracle)})

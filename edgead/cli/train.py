@@ -12,6 +12,7 @@ from edgead.cl.config import STRATEGIES
 from edgead.cli.options import detector_config, detector_options
 from edgead.cli.tables import print_table
 from edgead.config_file import config_option
+from edgead.engine.thresholds import DEFAULT_THRESHOLD_RULE, ThresholdRule
 
 
 @click.command()
@@ -52,6 +53,9 @@ from edgead.config_file import config_option
 @click.option("--select-every", default=1, show_default=True,
               help="Epochs between model-selection checks on held-out normals (0: keep the last epoch).")
 @click.option("--val-fraction", default=0.1, show_default=True)
+@click.option("--threshold-rule", default=DEFAULT_THRESHOLD_RULE, show_default=True,
+              help="Deployment threshold from the held-out normals: quantile:Q, sigma:K (mean + K std) or "
+                   "pseudo-f1 (best F1 against pseudo-defects). See docs/thresholds.md.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--weights", default=None, type=click.Path(path_type=Path), help="Backbone ImageNet weights file.")
@@ -68,7 +72,7 @@ from edgead.config_file import config_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(root, normal, abnormal, mask, normal_test, max_train, tasks, model, backbone, levels, bootstrap, image_size,
           strategy, codec, budget, memory_size, policy, latent_crop, replay_ratio, epochs, steps, resize, batch_size, lr, momentum, weight_decay,
-          select_every, val_fraction, seed, device, weights, no_pretrained, device_buffer, device_trunk, resume,
+          select_every, val_fraction, threshold_rule, seed, device, weights, no_pretrained, device_buffer, device_trunk, resume,
           skip_bad, out, force, quiet):
     """Train over one task or a stream of tasks; writes checkpoints, OUT/results.json and OUT/config.yaml."""
     from edgead import console
@@ -80,6 +84,7 @@ def train(root, normal, abnormal, mask, normal_test, max_train, tasks, model, ba
     from edgead.engine.trainer import TrainConfig
     from edgead.outputs import check_writable
 
+    ThresholdRule.parse(threshold_rule)  # a bad rule is an error before any data is read
     det = detector_config(model, backbone, levels, bootstrap, image_size, pretrained=not no_pretrained)
     replay = ReplayConfig.from_options(strategy, codec, budget, memory_size, policy, device_buffer, device_trunk,
                                        latent_crop=latent_crop)
@@ -93,7 +98,7 @@ def train(root, normal, abnormal, mask, normal_test, max_train, tasks, model, ba
         record_config(out, context_values(click.get_current_context()))
     cfg = TrainConfig(epochs=epochs, steps=steps, resize=resize, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                       seed=seed, device=device, replay_ratio=replay_ratio, select_every=select_every,
-                      val_fraction=val_fraction, progress=not quiet and console.level() > console.QUIET)
+                      val_fraction=val_fraction, threshold_rule=threshold_rule, progress=not quiet and console.level() > console.QUIET)
     # force=True: the folder was checked above, and what it holds now beside the user's files is this run's.
     res = run_stream(stream, det, cfg, replay, out, weights=weights, resume=resume, skip_bad=skip_bad, force=True,
                      command="edgead " + shlex.join(sys.argv[1:]),

@@ -7,14 +7,11 @@ import numpy as np
 from edgead.data.loading import LoadedSplit
 from edgead.engine.selection import make_pseudo_defects
 from edgead.engine.tensors import predict_images
-from edgead.engine.thresholds import ThresholdRule, deployed_f1
+from edgead.engine.thresholds import DEFAULT_THRESHOLD_RULE, ThresholdRule, deployed_f1
 from edgead.engine.views import predict_split
 from edgead.metrics import evaluate_all, image_auroc, image_f1_max, pixel_auroc, pixel_metrics
 from edgead.models.teacher_student import Calibration
 from firmware_sim.preprocess import Preprocess
-
-# The deployment threshold's rule (edgead.engine.thresholds); chosen on DEV halves of real test sets.
-DEFAULT_THRESHOLD_RULE = "quantile:0.99"
 
 
 def evaluate_split(model, split: LoadedSplit, pre: Preprocess, device: str = "cpu",

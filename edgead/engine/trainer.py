@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from edgead.engine.selection import make_pseudo_defects, selection_score
 from edgead.engine.tensors import compute_latents, compute_teacher_features, predict_latents
+from edgead.engine.thresholds import DEFAULT_THRESHOLD_RULE, ThresholdRule
 from edgead.errors import EdgeadError
 from firmware_sim.preprocess import Preprocess
 
@@ -47,6 +48,8 @@ class TrainConfig:
     # category train comparably long; with steps, the epochs run until the budget is spent (the last may be cut).
     steps: int | None = None
     resize: str = "squash"  # firmware_sim.preprocess.RESIZE_MODES; recorded in the checkpoint's preprocessing
+    # How the deployment threshold is set from the held-out normals after training (edgead.engine.thresholds).
+    threshold_rule: str = DEFAULT_THRESHOLD_RULE
 
     def __post_init__(self) -> None:
         from firmware_sim.preprocess import RESIZE_MODES
@@ -63,6 +66,7 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise EdgeadError(msg)
+        self.threshold_rule = str(ThresholdRule.parse(self.threshold_rule))  # a clear error, one spelling
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -66,3 +66,16 @@ def test_fit_calibration_follows_the_rule(synth_root, tmp_path):
     assert np.isfinite(p.threshold)
     with pytest.raises(EdgeadError, match="threshold rule"):
         fit_calibration(model, images, pre, rule="median")
+
+
+def test_runs_saved_before_the_rule_was_recorded_resume_with_the_legacy_rule():
+    from edgead.cl.run_folder import config_differences
+    from edgead.engine.thresholds import LEGACY_THRESHOLD_RULE
+    from edgead.engine.trainer import TrainConfig
+
+    old = {"train": {k: v for k, v in TrainConfig().to_dict().items() if k != "threshold_rule"}}
+    legacy = {"train": TrainConfig(threshold_rule=LEGACY_THRESHOLD_RULE).to_dict()}
+    assert config_differences(old, legacy) == []
+    assert config_differences(old, {"train": TrainConfig(threshold_rule="sigma:7").to_dict()}) == ["train"]
+    with pytest.raises(EdgeadError, match="threshold rule 'x'"):
+        TrainConfig(threshold_rule="x")
