@@ -69,7 +69,7 @@ def parse_tasks(text: str) -> list[str]:
 def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int, epochs: int,
             budget_bytes: int | None = None, memory_size: int | None = None, weights: str | None = None,
             device_trunk: str | None = None, work_dir: str | None = None, calibration_anchors: int = 1,
-            max_train: int | None = None) -> dict:
+            max_train: int | None = None, latent_crop: str = "auto") -> dict:
     """One run_stream of the sweep -> its numbers (or {"infeasible": why} for a budget below one sample)."""
     from edgead.cl.config import ReplayConfig
     from edgead.cl.runner import run_stream
@@ -88,7 +88,7 @@ def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int
     out = Path(tempfile.mkdtemp(prefix="real_", dir=work_dir))
     t0 = time.perf_counter()
     try:
-        replay = ReplayConfig(calibration_anchors=calibration_anchors, **kw)
+        replay = ReplayConfig(calibration_anchors=calibration_anchors, latent_crop=latent_crop, **kw)
         res = run_stream(TaskStream(data, tasks, max_train=max_train), det, TrainConfig(epochs=epochs, seed=seed, progress=False), replay,
                          out, weights=weights, log=lambda m: None, command="bench_real_stream")
     except (EdgeadError, UserError) as e:
@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default=os.environ.get("EDGEAD_WEIGHTS_DIR"))
     p.add_argument("--calibration-anchors", type=int, default=1,
                    help="held-out normals per task kept to recalibrate thresholds (0: thresholds as fitted)")
+    p.add_argument("--latent-crop", default="auto",
+                   help="compressed replay: auto (crops only below one whole latent per task), none, or a side")
     p.add_argument("--jobs", type=int, default=1, help="local processes (with --ray local: its CPUs)")
     p.add_argument("--ray", default=None, help="run on Ray: a cluster address, auto, or local")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -358,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                      "image_size": a.image_size, "epochs": a.epochs, "budget_bytes": b, "memory_size": n,
                      "weights": a.weights, "device_trunk": trunk if m == "int8-device" else None,
                      **({"calibration_anchors": a.calibration_anchors} if a.calibration_anchors != 1 else {}),
-                     **({"max_train": a.max_train} if a.max_train is not None else {})})
+                     **({"max_train": a.max_train} if a.max_train is not None else {}),
+                     **({"latent_crop": a.latent_crop} if a.latent_crop != "auto" else {})})
                 for m, _, b, n, s in specs]
         res = run_sweep(name, runs, sweep_dir, jobs=a.jobs, ray=a.ray, threads=a.threads, resume=a.resume,
                         progress=True, log=lambda m: print(m, flush=True))

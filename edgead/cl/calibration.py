@@ -24,8 +24,9 @@ fits an *oracle* threshold on each task's full held-out normals with the current
 never deployed) and reports the deployed F1 at every threshold (results.json ``deployed``).
 
 The task-agnostic threshold (used without ``--task`` on the device) is the **maximum** of the tasks'
-thresholds: every product's normals stay at or below their own 99th percentile, so no product gets more false
-alarms than at its own threshold; products with lower scores may miss faint defects — give ``--task``.
+thresholds: no product's normals cross it more often than they cross their own threshold, so no product gets
+more false alarms than at its own; products with lower scores may miss faint defects — give ``--task``.
+How each task's threshold is set from its held-out normals is the run's threshold rule (docs/thresholds.md).
 """
 
 from __future__ import annotations
