@@ -30,6 +30,8 @@ SCRIPTS = {
     "single-task": ("bench_single_task", "PaSTe vs STFPM, ImageNet vs random teacher, one category."),
     "recipe": ("bench_recipe", "Training recipes and --resize modes on real categories: chosen on a dev half, "
                "reported on the other."),
+    "threshold": ("bench_threshold", "Deployment threshold rules on real categories: chosen on a dev half, "
+                  "reported on the other."),
     "thesis": ("thesis", "The seed thesis's table over the ten MVTec AD objects (--mvtec PATH)."),
 }
 
