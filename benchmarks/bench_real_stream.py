@@ -115,7 +115,8 @@ def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int
         "total_bytes": mem["total_bytes"],
         "buffer_samples": int(sum(mem["buffer_samples"].values())),
         "buffer_per_task": mem["buffer_samples"],
-        "latent_crop": mem.get("latent_crop"),  # [C, side, side] when latents are kept as crops
+        "latent_crop": mem.get("latent_crop"),
+        "threshold_rule": res["config"]["train"].get("threshold_rule"),  # [C, side, side] when latents are kept as crops
         "image_auroc_matrix": m["image_auroc"]["matrix"],
         "pixel_auroc_matrix": m["pixel_auroc"]["matrix"],
         "aupro_matrix": m["aupro"]["matrix"],

@@ -31,6 +31,7 @@ to `results/`. This page is regenerated from those files by `python benchmarks/s
 | `bench_speed.py` | 3 models x float torch / onnx / onnx-int8 / tflite-int8: latency, memory, size, MACs |
 | `bench_scaling.py` | training time per task and memory vs number of tasks (2, 4, 8) at a fixed budget |
 | `thesis.py` (`edgead bench thesis`) | the seed thesis's table over MVTec AD (needs the dataset) |
+| `bench_threshold.py` | deployment threshold rules (quantile, mean + k std, pseudo-defect F1) on the real categories: chosen on a dev half, reported on the other |
 | `bench_recipe.py` | training recipes and `--resize` modes on the real categories: chosen on a dev half, reported on the other |
 """
 
@@ -166,6 +167,23 @@ def _recipe(d: dict, name: str) -> str:
             f"{_checks(d)}\n")
 
 
+def _threshold(d: dict, name: str) -> str:
+    c = d["choice"]
+    rows = [{k: v for k, v in r.items() if not k.startswith("f1_report_")} for r in d["summary"]]
+    cats = sorted(k.removeprefix("f1_report_") for k in d["summary"][0] if k.startswith("f1_report_"))
+    per = [{"category": cat, **{r["rule"]: r.get(f"f1_report_{cat}") for r in d["summary"]
+                                if r["rule"] in (c["chosen"], c["default"], "best")}} for cat in cats]
+    said = (f"Chosen on the DEV halves: `{c['chosen']}`. On the REPORT halves its mean deployed F1 is "
+            f"{c['chosen_report_f1']:.3f} with a false-alarm rate of {c['chosen_report_fpr']:.3f}")
+    if c.get("default_report_f1") is not None and c["default"] != c["chosen"]:
+        said += (f", against {c['default_report_f1']:.3f} and {c['default_report_fpr']:.3f} for `{c['default']}`, "
+                 "the rule before the choice")
+    return (f"## Deployment threshold rules: {name}\n\n{_head(d)}\n\n{said}. `best` is the best threshold on each "
+            f"report half itself, a bound no rule reaches.\n\n"
+            f"{_table(rows, ['rule', 'f1_dev', 'fpr_dev', 'tpr_dev', 'f1_report', 'fpr_report', 'tpr_report'])}\n\n"
+            f"Report-half deployed F1 per category:\n\n{_table(per, list(per[0]))}\n")
+
+
 def section(path: Path) -> str | None:
     d = json.loads(path.read_text())
     name = path.stem
@@ -198,6 +216,8 @@ def section(path: Path) -> str | None:
         return _scaling(d, name)
     if name.startswith("recipe"):
         return _recipe(d, name)
+    if name.startswith("threshold"):
+        return _threshold(d, name)
     if name.startswith("real_stream"):
         return _real_stream(d, name)
     if name == "metrics":
