@@ -172,15 +172,17 @@ def _threshold(d: dict, name: str) -> str:
     rows = [{k: v for k, v in r.items() if not k.startswith("f1_report_")} for r in d["summary"]]
     cats = sorted(k.removeprefix("f1_report_") for k in d["summary"][0] if k.startswith("f1_report_"))
     per = [{"category": cat, **{r["rule"]: r.get(f"f1_report_{cat}") for r in d["summary"]
-                                if r["rule"] in (c["chosen"], c["default"], "best")}} for cat in cats]
-    said = (f"Chosen on the DEV halves: `{c['chosen']}`. On the REPORT halves its mean deployed F1 is "
-            f"{c['chosen_report_f1']:.3f} with a false-alarm rate of {c['chosen_report_fpr']:.3f}")
-    if c.get("default_report_f1") is not None and c["default"] != c["chosen"]:
-        said += (f", against {c['default_report_f1']:.3f} and {c['default_report_fpr']:.3f} for `{c['default']}`, "
-                 "the rule before the choice")
+                                if r["rule"] in (c["chosen"], c["before"], "best")}} for cat in cats]
+    said = (f"Chosen by the {c['by']}: `{c['chosen']}`. On the REPORT halves it catches "
+            f"{c['chosen_report_tpr']:.3f} of the defects with a false-alarm rate of {c['chosen_report_fpr']:.3f} "
+            f"(deployed F1 {c['chosen_report_f1']:.3f}, balanced accuracy {c['chosen_report_bacc']:.3f})")
+    if c.get("before_report_f1") is not None and c["before"] != c["chosen"]:
+        said += (f"; `{c['before']}`, the rule before the choice, caught {c['before_report_tpr']:.3f} at "
+                 f"{c['before_report_fpr']:.3f} false alarms (F1 {c['before_report_f1']:.3f}, balanced accuracy "
+                 f"{c['before_report_bacc']:.3f})")
     return (f"## Deployment threshold rules: {name}\n\n{_head(d)}\n\n{said}. `best` is the best threshold on each "
             f"report half itself, a bound no rule reaches.\n\n"
-            f"{_table(rows, ['rule', 'f1_dev', 'fpr_dev', 'tpr_dev', 'f1_report', 'fpr_report', 'tpr_report'])}\n\n"
+            f"{_table(rows, ['rule', 'bacc_dev', 'f1_dev', 'fpr_dev', 'bacc_report', 'f1_report', 'fpr_report', 'tpr_report'])}\n\n"
             f"Report-half deployed F1 per category:\n\n{_table(per, list(per[0]))}\n")
 
 

@@ -27,9 +27,12 @@ def test_choice_is_made_on_dev_and_reported_on_report():
     by = {s["rule"]: s for s in summary}
     assert by["quantile:0.5"]["f1_dev"] > by["quantile:1"]["f1_dev"]
     assert by["quantile:0.5"]["f1_report"] < by["quantile:1"]["f1_report"]
-    choice = choose(summary)
-    assert choice["chosen"] == "quantile:0.5"  # by DEV, although REPORT would have preferred the other
-    assert choice["chosen_report_f1"] == by["quantile:0.5"]["f1_report"]
+    assert by["quantile:0.5"]["bacc_dev"] == 1.0 and by["quantile:0.5"]["bacc_report"] == 0.5
+    for objective in ("bacc", "f1"):
+        choice = choose(summary, objective)
+        assert choice["chosen"] == "quantile:0.5"  # by DEV, although REPORT would have preferred the other
+        assert choice["chosen_report_f1"] == by["quantile:0.5"]["f1_report"]
+        assert choice["before"] == "quantile:0.99" and choice["before_report_f1"] is None  # not among the rules
     assert by["best"]["f1_report"] == 1.0 and by["best"]["f1_dev"] is None  # the bound is report-only
 
 
