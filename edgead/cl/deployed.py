@@ -9,6 +9,9 @@ Each evaluation of task j after task i records the F1 at five thresholds, from t
 * ``fit``       task j's own threshold as fitted right after task j, never updated (per task, no recalibration)
 * ``oracle``    the threshold rule applied to task j's full held-out normals under the current model: evaluation
                 only (a device keeps no images), the reference the recalibration is measured against
+* ``before``    what was exported before per-task calibration and the threshold rule were chosen: the last
+                trained task's threshold by the legacy rule (edgead.engine.thresholds.LEGACY_THRESHOLD_RULE),
+                from the same scores as its own
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 
 from edgead.engine.thresholds import deployed_f1
 
-THRESHOLDS = ("task", "agnostic", "last_task", "fit", "oracle")
+THRESHOLDS = ("task", "agnostic", "last_task", "fit", "oracle", "before")
 
 
 def deployed_row(labels: np.ndarray, scores: np.ndarray, **thresholds: float) -> dict:
@@ -60,7 +63,8 @@ def deployed_summary(rows: list[list[dict]], names: list[str]) -> dict:
                        "last_task": "the last task's threshold as fitted (one threshold, before per-task)",
                        "fit": "the task's own threshold as fitted after it, never recalibrated",
                        "oracle": "the threshold rule on the task's held-out normals under the final model "
-                                 "(evaluation only)"},
+                                 "(evaluation only)",
+                       "before": "the last task's threshold by the legacy rule (what was exported before)"},
         "per_task": per_task,
         "final_average": avg,
         "matrix": {k: [[r.get(f"deployed_f1_{k}") for r in row] for row in rows] for k in THRESHOLDS},

@@ -187,7 +187,8 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
                                      seed=j).threshold
             row.append({**res["metrics"], **deployed_row(
                 data(j).test.labels, res["scores"], task=cals[j].threshold, agnostic=model.calibration.threshold,
-                last_task=fit_cals[i].threshold, fit=fit_cals[j].threshold, oracle=oracle)})
+                last_task=fit_cals[i].threshold, fit=fit_cals[j].threshold, oracle=oracle,
+                before=fit_cals[i].extra.get("legacy_threshold", float("nan")))})
         report["eval_seconds"] = time.perf_counter() - t_eval
         report.pop("history", None)
         rows.append(row)
