@@ -37,6 +37,31 @@ def test_quick_writes_results_plots_and_reruns_nothing(tmp_path, capsys):
     # a different sweep into the same folder is refused without --resume
     with pytest.raises(SystemExit, match="holds another sweep"):
         brs.main(["--quick", "--methods", "finetune", "--out-dir", str(tmp_path)])
+    for r in saved["runs"]:  # this run's threshold rule and the exported threshold of before, on the same model
+        assert r["threshold_rule"] and (r["deployed_f1_before"] is None or 0.0 <= r["deployed_f1_before"] <= 1.0)
+    _merge_checks(tmp_path, saved)
+
+
+def _merge_checks(tmp_path, saved):
+    """--merge: the same runs twice count once; a crop setting is labelled; the same run with other results
+    is refused, naming both files."""
+    src = tmp_path / "real_stream_quick.json"
+    crop = json.loads(src.read_text())
+    crop["args"]["latent_crop"] = "4"
+    crop["runs"] = [r for r in crop["runs"] if r["method"] == "int8-channel"]
+    (tmp_path / "crop.json").write_text(json.dumps(crop))
+    assert brs.main(["--merge", f"{src},{src},{tmp_path / 'crop.json'}", "--tag", "m", "--out-dir",
+                     str(tmp_path / "m")]) == 0
+    merged = json.loads((tmp_path / "m" / "real_stream_m.json").read_text())
+    assert len(merged["runs"]) == len(saved["runs"]) + 2
+    assert {r["setting"] for r in merged["summary"]} == {"none", "budget 30kB", "count 4", "budget 30kB crop 4",
+                                                          "count 4 crop 4"}
+    assert [s["file"] for s in merged["merged_from"]] == ["real_stream_quick.json"] * 2 + ["crop.json"]
+    other = json.loads(src.read_text())
+    other["runs"][0]["image_auroc"] = 0.123
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="other.json, with different results"):
+        brs.main(["--merge", f"{src},{tmp_path / 'other.json'}", "--out-dir", str(tmp_path / "m2")])
 
 
 def test_bad_input(tmp_path, monkeypatch):
