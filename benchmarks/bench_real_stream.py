@@ -70,7 +70,7 @@ def parse_tasks(text: str) -> list[str]:
 def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int, epochs: int,
             budget_bytes: int | None = None, memory_size: int | None = None, weights: str | None = None,
             device_trunk: str | None = None, work_dir: str | None = None, calibration_anchors: int = 1,
-            max_train: int | None = None, latent_crop: str = "auto") -> dict:
+            max_train: int | None = None, latent_crop: str = "auto", threshold_rule: str | None = None) -> dict:
     """One run_stream of the sweep -> its numbers (or {"infeasible": why} for a budget below one sample)."""
     from edgead.cl.config import ReplayConfig
     from edgead.cl.runner import run_stream
@@ -90,7 +90,9 @@ def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int
     t0 = time.perf_counter()
     try:
         replay = ReplayConfig(calibration_anchors=calibration_anchors, latent_crop=latent_crop, **kw)
-        res = run_stream(TaskStream(data, tasks, max_train=max_train), det, TrainConfig(epochs=epochs, seed=seed, progress=False), replay,
+        train = TrainConfig(epochs=epochs, seed=seed, progress=False,
+                            **({"threshold_rule": threshold_rule} if threshold_rule else {}))
+        res = run_stream(TaskStream(data, tasks, max_train=max_train), det, train, replay,
                          out, weights=weights, log=lambda m: None, command="bench_real_stream")
     except (EdgeadError, UserError) as e:
         if "replay budget" not in str(e):  # only "less than one sample" is a result
@@ -380,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="held-out normals per task kept to recalibrate thresholds (0: thresholds as fitted)")
     p.add_argument("--latent-crop", default="auto",
                    help="compressed replay: auto (crops only below one whole latent per task), none, or a side")
+    p.add_argument("--threshold-rule", default=None,
+                   help="the runs' deployment threshold rule (default: edgead's default, docs/thresholds.md)")
     p.add_argument("--jobs", type=int, default=1, help="local processes (with --ray local: its CPUs)")
     p.add_argument("--ray", default=None, help="run on Ray: a cluster address, auto, or local")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -442,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                      "weights": a.weights, "device_trunk": trunk if m == "int8-device" else None,
                      **({"calibration_anchors": a.calibration_anchors} if a.calibration_anchors != 1 else {}),
                      **({"max_train": a.max_train} if a.max_train is not None else {}),
-                     **({"latent_crop": a.latent_crop} if a.latent_crop != "auto" else {})})
+                     **({"latent_crop": a.latent_crop} if a.latent_crop != "auto" else {}),
+                     **({"threshold_rule": a.threshold_rule} if a.threshold_rule else {})})
                 for m, _, b, n, s in specs]
         res = run_sweep(name, runs, sweep_dir, jobs=a.jobs, ray=a.ray, threads=a.threads, resume=a.resume,
                         progress=True, log=lambda m: print(m, flush=True))
