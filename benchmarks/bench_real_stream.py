@@ -53,7 +53,9 @@ BUDGETS = "50kB,100kB,150kB,300kB,1MB,2.46MB"
 MAIN = ("finetune", "joint", "replay", "int8-channel")  # the methods whose m[i][j] heatmaps are drawn
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "img_forget_abs", "pix_forget_abs", "aupro_forget_abs",
         "deployed_f1_task", "deployed_f1_agnostic", "deployed_f1_last_task", "deployed_f1_fit",
-        "deployed_f1_oracle", "deployed_f1_before", "threshold_error_task", "threshold_error_fit", "additional_bytes", "calibration_bytes", "total_bytes", "buffer_samples", "wall_s")
+        "deployed_f1_oracle", "deployed_f1_before", "deployed_bacc_task", "deployed_bacc_agnostic",
+        "deployed_bacc_last_task", "deployed_bacc_fit", "deployed_bacc_oracle", "deployed_bacc_before",
+        "threshold_error_task", "threshold_error_fit", "additional_bytes", "calibration_bytes", "total_bytes", "buffer_samples", "wall_s")
 
 
 def parse_tasks(text: str) -> list[str]:
@@ -110,9 +112,11 @@ def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int
         "pix_forget_abs": m["pixel_auroc"]["forgetting_absolute"],
         "aupro_forget_abs": m["aupro"]["forgetting_absolute"],
         **{f"deployed_f1_{k}": v for k, v in dep["final_average"].items()},
+        **{f"deployed_bacc_{k}": v for k, v in dep["balanced_accuracy"]["final_average"].items()},
         "threshold_error_task": dep["threshold_error_vs_oracle"]["task"],
         "threshold_error_fit": dep["threshold_error_vs_oracle"]["fit"],
         "deployed_per_task": dep["per_task"],
+        "deployed_bacc_per_task": dep["balanced_accuracy"]["per_task"],
         "additional_bytes": mem["additional_bytes"],
         "calibration_bytes": mem["calibration_bytes"],
         "total_bytes": mem["total_bytes"],
@@ -219,6 +223,13 @@ def expectations(summary: list[dict], n_tasks: int, image_size: int) -> list[dic
         out.append(check("int8-channel within 0.01 image AUROC of fp32 at the same sample count", abs(d) <= 0.01,
                          f"{counts['int8-channel']['image_auroc']:.3f} vs {counts['fp32']['image_auroc']:.3f} "
                          f"({d:+.3f})"))
+    bacc = [r for r in summary if r.get("deployed_bacc_task") is not None and r.get("deployed_bacc_before") is not None]
+    if bacc:
+        gain = np.mean([r["deployed_bacc_task"] - r["deployed_bacc_before"] for r in bacc])
+        out.append(check("deployed balanced accuracy at per-task thresholds vs the single exported threshold of "
+                         "before (reported)", True, f"mean over {len(bacc)} configurations {gain:+.3f}; " + ", ".join(
+                             f"{r['method']} {r['setting']}: {r['deployed_bacc_before']:.3f} -> "
+                             f"{r['deployed_bacc_task']:.3f}" for r in bacc)))
     dep = [r for r in summary if r["deployed_f1_task"] is not None and r.get("deployed_f1_before") is not None]
     if dep:
         gain = np.mean([r["deployed_f1_task"] - r["deployed_f1_before"] for r in dep])
@@ -305,7 +316,8 @@ def write_outputs(rows, meta, tasks, a, seeds, out_dir: Path, name: str) -> None
     checks = expectations(summary, len(tasks), a.image_size)
     write_json(out_dir / f"{name}.json", {**meta, "summary": summary, "runs": rows, "checks": checks})
     write_csv(out_dir / f"{name}.csv", [{k: v for k, v in r.items() if k not in (
-        "buffer_per_task", "image_auroc_matrix", "pixel_auroc_matrix", "aupro_matrix", "deployed_per_task")}
+        "buffer_per_task", "image_auroc_matrix", "pixel_auroc_matrix", "aupro_matrix", "deployed_per_task",
+        "deployed_bacc_per_task")}
         for r in rows])
     print_table(summary, ["method", "setting", "seeds", "image_auroc", "image_auroc_std", "pixel_auroc", "aupro",
                           "img_forget_abs", "deployed_f1_before", "deployed_f1_task", "total_bytes",

@@ -20,14 +20,17 @@ import math
 
 import numpy as np
 
-from edgead.engine.thresholds import deployed_f1
+from edgead.engine.thresholds import deployed_balanced_accuracy, deployed_f1
 
 THRESHOLDS = ("task", "agnostic", "last_task", "fit", "oracle", "before")
 
 
 def deployed_row(labels: np.ndarray, scores: np.ndarray, **thresholds: float) -> dict:
-    """{deployed_f1_<kind>: F1, threshold_<kind>: threshold} for each threshold kind given (keys of THRESHOLDS)."""
+    """{deployed_f1_<kind>: F1, deployed_bacc_<kind>: balanced accuracy, threshold_<kind>: threshold} for each
+    threshold kind given (keys of THRESHOLDS)."""
     out = {f"deployed_f1_{k}": deployed_f1(labels, scores, thresholds[k]) for k in THRESHOLDS if k in thresholds}
+    out.update({f"deployed_bacc_{k}": deployed_balanced_accuracy(labels, scores, thresholds[k])
+                for k in THRESHOLDS if k in thresholds})
     out.update({f"threshold_{k}": float(thresholds[k]) if math.isfinite(thresholds[k]) else None
                 for k in THRESHOLDS if k in thresholds})
     return out
@@ -41,11 +44,19 @@ def _rel_error(row: dict, kind: str) -> float | None:
 def deployed_summary(rows: list[list[dict]], names: list[str]) -> dict:
     """results.json ``deployed``: per task after the last completed task, their averages, and m[i][j] matrices."""
     last = rows[-1]
-    per_task = {names[j]: {k: last[j].get(f"deployed_f1_{k}") for k in THRESHOLDS} for j in range(len(last))}
-    avg = {}
-    for k in THRESHOLDS:
-        vals = [v[k] for v in per_task.values() if v[k] is not None and math.isfinite(v[k])]
-        avg[k] = float(np.mean(vals)) if vals else None
+
+    def per(metric: str) -> dict:
+        return {names[j]: {k: last[j].get(f"{metric}_{k}") for k in THRESHOLDS} for j in range(len(last))}
+
+    def average(table: dict) -> dict:
+        out = {}
+        for k in THRESHOLDS:
+            vals = [v[k] for v in table.values() if v[k] is not None and math.isfinite(v[k])]
+            out[k] = float(np.mean(vals)) if vals else None
+        return out
+
+    per_task, bacc_per_task = per("deployed_f1"), per("deployed_bacc")
+    avg = average(per_task)
     # How well recalibration tracks the final model: relative distance of the deployed threshold to the
     # oracle's, for the tasks before the last (the last one was just fitted), recalibrated vs as fitted.
     err = {}
@@ -67,5 +78,8 @@ def deployed_summary(rows: list[list[dict]], names: list[str]) -> dict:
                        "before": "the last task's threshold by the legacy rule (what was exported before)"},
         "per_task": per_task,
         "final_average": avg,
+        "balanced_accuracy": {"metric": "mean of the defect catch rate and the good-part pass rate at the stored "
+                              "threshold: independent of the test set's defect share, unlike F1",
+                              "per_task": bacc_per_task, "final_average": average(bacc_per_task)},
         "matrix": {k: [[r.get(f"deployed_f1_{k}") for r in row] for row in rows] for k in THRESHOLDS},
     }

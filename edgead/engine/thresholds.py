@@ -102,3 +102,14 @@ def deployed_f1(labels: np.ndarray, scores: np.ndarray, threshold: float) -> flo
     tp = float((pred & pos).sum())
     denom = 2 * tp + float((pred & ~pos).sum()) + float((~pred & pos).sum())
     return 2 * tp / denom if denom else None
+
+
+def deployed_balanced_accuracy(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float | None:
+    """Mean of the defect catch rate and the good-part pass rate at ``threshold``: unlike F1 it does not reward
+    flagging everything on a test set that is mostly defective. None without a threshold or without both
+    classes."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    if not math.isfinite(threshold) or not (labels == 1).any() or not (labels == 0).any():
+        return None
+    pred = scores > threshold
+    return float(0.5 * (pred[labels == 1].mean() + (~pred[labels == 0]).mean()))

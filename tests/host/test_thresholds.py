@@ -79,3 +79,16 @@ def test_runs_saved_before_the_rule_was_recorded_resume_with_the_legacy_rule():
     assert config_differences(old, {"train": TrainConfig(threshold_rule="sigma:7").to_dict()}) == ["train"]
     with pytest.raises(EdgeadError, match="threshold rule 'x'"):
         TrainConfig(threshold_rule="x")
+
+
+def test_deployed_balanced_accuracy_does_not_reward_flagging_everything():
+    from edgead.engine.thresholds import deployed_balanced_accuracy
+
+    labels = np.array([0] + [1] * 9)  # a mostly defective test set
+    scores = np.linspace(0.0, 1.0, 10)
+    flag_all = -1.0
+    assert deployed_f1(labels, scores, flag_all) == pytest.approx(18 / 19)  # F1 looks excellent
+    assert deployed_balanced_accuracy(labels, scores, flag_all) == 0.5  # a coin would do as well
+    assert deployed_balanced_accuracy(labels, scores, 0.05) == 1.0
+    assert deployed_balanced_accuracy(labels[1:], scores[1:], 0.5) is None  # no good image: undefined
+    assert deployed_balanced_accuracy(labels, scores, float("nan")) is None
