@@ -35,6 +35,7 @@ from edgead.data import TaskStream
 from edgead.data.dev_split import dev_report_split
 from edgead.data.synth import generate_dataset
 from edgead.engine.evaluate import evaluate_split, fit_calibration
+from edgead.engine.thresholds import DEFAULT_THRESHOLD_RULE, LEGACY_THRESHOLD_RULE
 from edgead.engine.trainer import TrainConfig, train_task
 from edgead.models.teacher_student import DetectorConfig, TeacherStudent
 from firmware_sim.preprocess import RESIZE_MODES, Preprocess
@@ -137,7 +138,7 @@ def train_one(data: RecipeData, category: str, recipe: dict, seed: int, weights:
     t0 = time.perf_counter()
     # The same seed for the task as `edgead train` gives a single-task run (seed * 1000 + task index 0).
     report = train_task(model, d.train.images, d.val.images, pre, cfg, seed=seed * 1000)
-    model.calibration = fit_calibration(model, d.val, pre)
+    model.calibration = fit_calibration(model, d.val, pre, rule=recipe.get("threshold_rule", DEFAULT_THRESHOLD_RULE))
     train_s = time.perf_counter() - t0
     return model, pre, halves, report, train_s
 
@@ -216,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-time", type=float, default=1.5, help="a chosen recipe trains at most this x before")
     p.add_argument("--weights", default=os.environ.get("EDGEAD_WEIGHTS_DIR"),
                    help="MCUNet-in3 weights file or folder (default $EDGEAD_WEIGHTS_DIR)")
+    p.add_argument("--threshold-rule", default=None,
+                   help="the deployment threshold rule behind deployed_f1 (default: edgead's default)")
     p.add_argument("--tag", default="", help="suffix of the results file names")
     p.add_argument("--out-dir", default=str(RESULTS), help="folder for the results files")
     p.add_argument("--quick", action="store_true", help="tiny synthetic data at 64 px, budgets of a few steps")
@@ -231,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--recipes: unknown {unknown}; known: {', '.join(known)}")
     recipes = {n: resolve(n, known[n]) for n in names}
+    rule = a.threshold_rule or DEFAULT_THRESHOLD_RULE
+    recipes = {n: {**r, "threshold_rule": rule} for n, r in recipes.items()}
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     meta = header(argv)
     rows: list[dict] = []
@@ -273,6 +278,7 @@ def _merge(a, argv) -> int:
     for f in a.merge.split(","):
         d = json.loads(Path(f).read_text())
         for name, rec in d["recipes"].items():
+            rec = {"threshold_rule": LEGACY_THRESHOLD_RULE, **rec}  # files from before the rule was recorded
             if recipes.setdefault(name, rec) != rec:
                 raise SystemExit(f"{f}: recipe {name!r} differs from another file's ({rec} vs {recipes[name]})")
         cats = {c.strip() for c in a.categories.split(",")}
