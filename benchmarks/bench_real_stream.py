@@ -223,20 +223,14 @@ def expectations(summary: list[dict], n_tasks: int, image_size: int) -> list[dic
         out.append(check("int8-channel within 0.01 image AUROC of fp32 at the same sample count", abs(d) <= 0.01,
                          f"{counts['int8-channel']['image_auroc']:.3f} vs {counts['fp32']['image_auroc']:.3f} "
                          f"({d:+.3f})"))
-    bacc = [r for r in summary if r.get("deployed_bacc_task") is not None and r.get("deployed_bacc_before") is not None]
-    if bacc:
-        gain = np.mean([r["deployed_bacc_task"] - r["deployed_bacc_before"] for r in bacc])
-        out.append(check("deployed balanced accuracy at per-task thresholds vs the single exported threshold of "
-                         "before (reported)", True, f"mean over {len(bacc)} configurations {gain:+.3f}; " + ", ".join(
-                             f"{r['method']} {r['setting']}: {r['deployed_bacc_before']:.3f} -> "
-                             f"{r['deployed_bacc_task']:.3f}" for r in bacc)))
-    dep = [r for r in summary if r["deployed_f1_task"] is not None and r.get("deployed_f1_before") is not None]
-    if dep:
-        gain = np.mean([r["deployed_f1_task"] - r["deployed_f1_before"] for r in dep])
-        out.append(check("deployed F1 at per-task thresholds vs the single exported threshold of before "
-                         "(reported)", True, f"mean over {len(dep)} configurations {gain:+.3f}; " + ", ".join(
-                             f"{r['method']} {r['setting']}: {r['deployed_f1_before']:.3f} -> "
-                             f"{r['deployed_f1_task']:.3f}" for r in dep)))
+    for key, what in (("deployed_bacc", "deployed balanced accuracy"), ("deployed_f1", "deployed F1")):
+        dep = [r for r in summary if r.get(f"{key}_task") is not None and r.get(f"{key}_before") is not None]
+        if dep:
+            gain = np.mean([r[f"{key}_task"] - r[f"{key}_before"] for r in dep])
+            out.append(check(f"{what} at per-task thresholds vs the single exported threshold of before (reported)",
+                             True, f"mean over {len(dep)} configurations {gain:+.3f}; " + ", ".join(
+                                 f"{r['method']} {r['setting']}: {r[f'{key}_before']:.3f} -> {r[f'{key}_task']:.3f}"
+                                 for r in dep)))
     return out
 
 
@@ -341,8 +335,10 @@ def merge(a, argv) -> int:
     for f in [x.strip() for x in a.merge.split(",") if x.strip()]:
         try:
             d = json.loads(Path(f).read_text())
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"error: --merge {f}: not a readable results file ({e})") from None
+            d["tasks"], d["runs"], d["args"]["image_size"], d["command"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"error: --merge {f}: not a readable real_stream results file "
+                             f"({type(e).__name__}: {e})") from None
         first = first or d
         if d["tasks"] != first["tasks"] or d["args"]["image_size"] != first["args"]["image_size"]:
             raise SystemExit(f"error: --merge {f}: another stream ({d['tasks']} at {d['args']['image_size']} px) "

@@ -111,6 +111,20 @@ class RecipeData:
         return self.cache[key]
 
 
+def dataset(a, tmp: Path, n_train: int, n_test: int) -> tuple[Path, list[str]]:
+    """(root, categories) of a benchmark over categories: ``--data`` and ``--categories`` (each checked before
+    anything trains), or with ``--quick`` two generated categories at 64 px in ``tmp`` (tag "quick")."""
+    if a.quick:
+        a.tag = a.tag or "quick"
+        return generate_dataset(tmp / "synth", ["nut", "brick"], seed=0, image_size=64, n_train=n_train,
+                                n_test=n_test), ["nut", "brick"]
+    if not a.data:
+        raise SystemExit("--data: give the dataset root (or --quick)")
+    root, cats = Path(a.data), [c.strip() for c in a.categories.split(",") if c.strip()]
+    TaskStream(root, cats)  # every category exists before anything trains
+    return root, cats
+
+
 def run_one(data: RecipeData, category: str, recipe: dict, seed: int, weights: str | None) -> list[dict]:
     """Train once, evaluate on both halves: one row per half."""
     model, pre, halves, report, train_s = train_one(data, category, recipe, seed, weights)
@@ -240,16 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = header(argv)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench_recipe_") as td:
-        if a.quick:
-            root = generate_dataset(Path(td) / "synth", ["nut", "brick"], seed=0, image_size=64, n_train=10,
-                                    n_test=6)
-            cats, a.tag = ["nut", "brick"], a.tag or "quick"
-        else:
-            if not a.data:
-                raise SystemExit("--data: give the dataset root (or --quick)")
-            root, cats = Path(a.data), [c.strip() for c in a.categories.split(",") if c.strip()]
-            TaskStream(root, cats)  # every category exists before anything trains
-        data = RecipeData(Path(root), a.split_seed)
+        root, cats = dataset(a, Path(td), n_train=10, n_test=6)
+        data = RecipeData(root, a.split_seed)
         # Geometry-major order: each category's data is loaded once per (size, resize mode).
         for cat in cats:
             for name, rec in sorted(recipes.items(), key=lambda kv: (kv[1]["image_size"], kv[1]["resize"])):

@@ -29,10 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_recipe import BEFORE, QUICK_RECIPES, RecipeData, resolve, train_one
+from bench_recipe import BEFORE, QUICK_RECIPES, RecipeData, dataset, resolve, train_one
 from benchkit import RESULTS, check, header, print_table, run_as_script, write_csv, write_json
-from edgead.data import TaskStream
-from edgead.data.synth import generate_dataset
 from edgead.engine.selection import make_pseudo_defects
 from edgead.engine.tensors import predict_images
 from edgead.engine.thresholds import (
@@ -40,6 +38,7 @@ from edgead.engine.thresholds import (
     LEGACY_THRESHOLD_RULE,
     ThresholdRule,
     best_f1_threshold,
+    deployed_balanced_accuracy,
     deployed_f1,
 )
 from edgead.engine.views import predict_split
@@ -67,12 +66,6 @@ def score_one(data: RecipeData, category: str, recipe: dict, seed: int, weights:
     return out
 
 
-def balanced_accuracy(tpr: float, fpr: float) -> float:
-    """Mean of the defect catch rate and the good-part pass rate: a missed defect and a rejected good part
-    weigh the same, whatever share of defects the test set happens to hold."""
-    return 0.5 * (tpr + 1.0 - fpr)
-
-
 def evaluate_rules(runs: list[dict], rules: list[ThresholdRule]) -> list[dict]:
     """One row per (category, seed, rule): threshold and, per half, deployed F1, false-alarm rate (fpr),
     defect catch rate (tpr) and balanced accuracy (bacc)."""
@@ -88,7 +81,7 @@ def evaluate_rules(runs: list[dict], rules: list[ThresholdRule]) -> list[dict]:
                 row[f"f1_{h}"] = deployed_f1(y, s, thr)
                 row[f"fpr_{h}"] = float((s[y == 0] > thr).mean())
                 row[f"tpr_{h}"] = float((s[y == 1] > thr).mean())
-                row[f"bacc_{h}"] = balanced_accuracy(row[f"tpr_{h}"], row[f"fpr_{h}"])
+                row[f"bacc_{h}"] = deployed_balanced_accuracy(y, s, thr)
             rows.append(row)
         rep = r["report"]
         y, s = np.asarray(rep["labels"]), np.asarray(rep["scores"])
@@ -154,23 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     rules = [ThresholdRule.parse(t) for t in a.rules.split(",") if t.strip()]
     meta = header(argv)
     if a.from_json:
-        src = json.loads(Path(a.from_json).read_text())
+        try:
+            src = json.loads(Path(a.from_json).read_text())
+            src["runs"], src["command"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"--from {a.from_json}: not a saved threshold results file with scores "
+                             f"({type(e).__name__}: {e})") from None
         runs, meta["scores_from"] = src["runs"], {"file": Path(a.from_json).name, "command": src["command"]}
         return _save(runs, rules, meta, a, final=True)
     recipe = resolve("quick" if a.quick else "before", QUICK_RECIPES["before"] if a.quick else {})
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench_threshold_") as td:
-        if a.quick:
-            root = generate_dataset(Path(td) / "synth", ["nut", "brick"], seed=0, image_size=64, n_train=20,
-                                    n_test=8)
-            cats, a.tag = ["nut", "brick"], a.tag or "quick"
-        else:
-            if not a.data:
-                raise SystemExit("--data: give the dataset root (or --quick)")
-            root, cats = Path(a.data), [c.strip() for c in a.categories.split(",") if c.strip()]
-            TaskStream(root, cats)  # every category exists before anything trains
-        data = RecipeData(Path(root), a.split_seed)
+        root, cats = dataset(a, Path(td), n_train=20, n_test=8)
+        data = RecipeData(root, a.split_seed)
         for cat in cats:
             for seed in seeds:
                 runs.append(score_one(data, cat, recipe, seed, a.weights))

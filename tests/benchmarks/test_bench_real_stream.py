@@ -60,6 +60,9 @@ def _merge_checks(tmp_path, saved):
     other = json.loads(src.read_text())
     other["runs"][0]["image_auroc"] = 0.123
     (tmp_path / "other.json").write_text(json.dumps(other))
+    (tmp_path / "junk.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="--merge .*junk.json: not a readable real_stream results file"):
+        brs.main(["--merge", str(tmp_path / "junk.json"), "--out-dir", str(tmp_path / "m3")])
     with pytest.raises(SystemExit, match="other.json, with different results"):
         brs.main(["--merge", f"{src},{tmp_path / 'other.json'}", "--out-dir", str(tmp_path / "m2")])
 

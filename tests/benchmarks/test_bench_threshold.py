@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 
 def _run(category, seed, normal, pseudo, dev, report):
@@ -58,3 +59,7 @@ def test_threshold_quick_and_rescoring(tmp_path):
     again = json.loads((out2 / "threshold_re.json").read_text())
     assert again["rules"] == ["sigma:1", "quantile:0.5"] and again["runs"] == saved["runs"]
     assert {s["rule"] for s in again["summary"]} == {"sigma:1", "quantile:0.5", "best"}
+    (tmp_path / "junk.json").write_text('{"rows": []}')
+    with pytest.raises(SystemExit, match="--from .*junk.json: not a saved threshold results file"):
+        bench_threshold.main(["--from", str(tmp_path / "junk.json"), "--out-dir", str(tmp_path / "x")])
+
