@@ -1,5 +1,9 @@
 """Output folders on the host: checked before any work, and errors while writing that name the folder.
 
+Which folder a command may write or replace is decided by one rule, ``firmware_sim.outputs`` (the device side
+cannot import edgead); :func:`check_out` applies it with the host's folder kinds (runs and sweeps written before
+the marker file are recognised by their state.json / results.json / sweep.json) and raises EdgeadError.
+
 A full disk, a file size limit (`ulimit -f`) or a folder that cannot be written should stop a command at its
 start with the path in the message, not after an hour of training with a traceback. Temporary folders that
 are renamed into place get the mode a plain `mkdir` would give (tempfile makes them owner-only).
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -16,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edgead.errors import EdgeadError
+from firmware_sim import outputs as _rule
 from firmware_sim.atomic import current_umask
 from firmware_sim.sizes import format_size
 
@@ -95,3 +101,48 @@ def public_mkdtemp(prefix: str, dir: str | os.PathLike) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
     os.chmod(path, 0o777 & ~current_umask())
     return path
+
+
+def _json_dict(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _is_run(folder: Path) -> bool:
+    """A run written before the marker: its state.json or its results.json says so (file names alone do not)."""
+    from edgead.cl.results import SCHEMA
+
+    state = _json_dict(folder / "state.json")
+    if state is not None and isinstance(state.get("config"), dict) and "completed_tasks" in state:
+        return True
+    results = _json_dict(folder / "results.json")
+    return results is not None and results.get("schema") == SCHEMA
+
+
+def _is_sweep(folder: Path) -> bool:
+    from edgead.sweep import SCHEMA, SWEEP_FILE
+
+    sweep = _json_dict(folder / SWEEP_FILE)
+    return sweep is not None and sweep.get("schema") == SCHEMA
+
+
+HOST_KINDS = {**_rule.LEGACY, "run": _is_run, "bench": _is_sweep}
+
+
+def check_out(out: str | os.PathLike, *, kind: str, inputs=(), force: bool = False, what: str = "--out",
+              replaces: bool = True) -> Path:
+    """``firmware_sim.outputs.check_out`` with the host's folder kinds and EdgeadError; returns OUT resolved."""
+    return _rule.check_out(out, kind=kind, inputs=inputs, force=force, what=what, error=EdgeadError,
+                           legacy=HOST_KINDS, replaces=replaces)
+
+
+def folder_kind(folder: str | os.PathLike) -> str | None:
+    """The kind of folder edgead wrote at ``folder`` (marker or legacy files), or None."""
+    return _rule.folder_kind(Path(folder), HOST_KINDS)
+
+
+def recheck(out: str | os.PathLike, real: Path, what: str = "--out") -> None:
+    _rule.recheck(out, real, what=what, error=EdgeadError)

@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from firmware_sim import __version__
+from firmware_sim import __version__, outputs
 from firmware_sim.atomic import atomic_write, atomic_write_text, current_umask
 from firmware_sim.device import FORMAT_PREFERENCE
 from firmware_sim.edgetpu import FORMAT as EDGETPU_BASE
@@ -155,13 +155,25 @@ To use tflite-runtime instead of ai-edge-litert on Bookworm: `pip install "numpy
 {tpu}"""
 
 
-def check_out(out: Path, archive: Path | None, force: bool) -> None:
-    """Refuse an existing bundle folder or archive unless ``force``."""
-    for p in (out, archive):
-        if p is not None and p.exists() and not force:
-            raise UserError(f"{p}: already exists (choose another OUT or pass --force)")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder")
+def archive_path(out: Path) -> Path:
+    """OUT.tar.gz beside the (resolved) bundle folder OUT."""
+    return out.with_name(out.name + ".tar.gz")
+
+
+def check_out(out: str | os.PathLike, archive: bool, force: bool, inputs: list[str | os.PathLike] = (),
+              error: type[UserError] = UserError) -> Path:
+    """Refuse a bundle folder or archive this command may not write (firmware_sim.outputs' rule: never an
+    input, never a folder that is not a bundle, an existing bundle only with ``force``); returns OUT resolved."""
+    real = outputs.check_out(out, kind="bundle", inputs=inputs, force=force, what="OUT", error=error)
+    if archive:
+        tgz = archive_path(real)
+        if tgz.exists() and not tgz.is_file():
+            raise error(f"{tgz}: exists and is not a file (the bundle's archive goes there)")
+        if any(tgz == outputs.resolve(i) for i in inputs):
+            raise error(f"{tgz}: is an input of this command; choose another OUT")
+        if tgz.exists() and not force:
+            raise error(f"{tgz}: already exists (choose another OUT or pass --force)")
+    return real
 
 
 def make_bundle(artifact: str | os.PathLike, out: str | os.PathLike, formats: str | list[str] | None = None,
@@ -181,11 +193,13 @@ def make_bundle(artifact: str | os.PathLike, out: str | os.PathLike, formats: st
     src = Path(artifact)
     manifest = load_manifest(src)
     keep, edgetpu = _choose(manifest.formats, formats, src)
-    out = Path(out)
-    tgz = out.with_name(out.name + ".tar.gz") if archive else None
-    check_out(out, tgz, force)
+    given = Path(out)
+    out = check_out(given, archive, force, inputs=[src, PACKAGE])  # the package is copied: an input too
+    tgz = archive_path(out) if archive else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    outputs.recheck(given, out)
+    outputs.clean_partials(out)
+    tmp = Path(tempfile.mkdtemp(prefix=outputs.partial_prefix(out), dir=out.parent))
     try:
         shutil.copytree(PACKAGE, tmp / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         written = _subset(src, tmp / ARTIFACT, keep, edgetpu)
@@ -193,10 +207,10 @@ def make_bundle(artifact: str | os.PathLike, out: str | os.PathLike, formats: st
         reqs = requirements(keep)
         atomic_write_text(tmp / REQUIREMENTS, reqs)
         atomic_write_text(tmp / "README.md", _readme(written, keep, edgetpu))
+        outputs.write_marker(tmp, "bundle")
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it owner-only; a bundle is meant to be copied around
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        outputs.recheck(given, out)
+        outputs.publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if tgz is not None:
