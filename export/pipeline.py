@@ -34,11 +34,12 @@ from edgead.engine.tensors import compute_latents, predict_images
 from edgead.errors import EdgeadError
 from edgead.models.cost import detector_cost
 from edgead.models.teacher_student import DetectorConfig, TeacherStudent
-from edgead.outputs import check_writable, public_mkdtemp, writing
+from edgead.outputs import check_out, check_writable, public_mkdtemp, recheck, writing
 from firmware_sim.atomic import atomic_write_json
 from firmware_sim.digest import sha256_file
 from firmware_sim.edgetpu import COMPILER, add_edgetpu, find_compiler, manual_steps
 from firmware_sim.manifest import MANIFEST_NAME, load_manifest, write_manifest
+from firmware_sim.outputs import clean_partials, partial_prefix, publish, write_marker
 from firmware_sim.preprocess import Preprocess
 
 MIN_CALIBRATION = 8
@@ -233,29 +234,12 @@ def task_calibration(cal) -> dict | None:
             "task_agnostic": "the top-level 'calibration': " + str(cal.extra.get("rule", "as fitted"))}
 
 
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise EdgeadError(f"--out {out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise EdgeadError(f"--out {out}: already exists and is not empty (choose another folder or pass --force)")
-
-
 def _space_needed(run: Run, formats: list[str]) -> tuple[int, int]:
     """(largest file, all files) an export writes, in bytes. The float ONNX full graph holds every weight in
     fp32 (int8 graphs about a quarter of that); per format, trunk + head + full hold the weights about twice,
     counted at fp32 size for all formats: a generous estimate."""
     fp32 = sum(p.numel() * 4 for p in run.model.parameters())
     return (fp32 if "onnx" in formats else fp32 // 4), 2 * len(formats) * fp32
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportOptions,
@@ -292,8 +276,10 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
 
     if opts.tflite_weights not in GRANULARITIES:
         raise EdgeadError(f"--tflite-weights {opts.tflite_weights!r}: expected one of {', '.join(GRANULARITIES)}")
-    out = Path(out)
-    _check_out(out, opts.force)
+    given = Path(out)
+    # The output-folder rule (firmware_sim.outputs): never the run or the data, an existing folder only if it
+    # is an artifact and --force; every later step uses the resolved folder.
+    out = check_out(given, kind="artifact", inputs=[run_dir, opts.data_root], force=opts.force)
     run = load_run(run_dir, opts.task)
     if "tflite-int8" in formats and run.model.config.backbone != "mcunet-in3":
         raise EdgeadError(f"tflite-int8 needs the Keras mirror, which exists for mcunet-in3 only (this run is "
@@ -311,7 +297,9 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
 
     with writing(out.parent, f"the export {out.name}"):
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = public_mkdtemp(f".{out.name}.partial-", out.parent)
+        recheck(given, out)
+        clean_partials(out)  # what a killed export of this OUT left behind
+        tmp = public_mkdtemp(partial_prefix(out), out.parent)
     try:
         exports: dict[str, FormatExport] = {}
         for fmt in progress(formats, "export: calibrate and convert", unit="format"):
@@ -347,7 +335,9 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
         if edgetpu:
             add_edgetpu(tmp, log=log)
         with writing(out.parent, out.name):
-            _publish(tmp, out)
+            write_marker(tmp, "artifact")
+            recheck(given, out)
+            publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     manifest = load_manifest(out)  # what a device will read: schema, sizes and hashes as written

@@ -106,6 +106,10 @@ def _shown(out: str | os.PathLike, real: Path) -> str:
     return str(out) if resolve(out) == Path(os.path.abspath(os.fspath(out))) else f"{out} (= {real})"
 
 
+def _a(kind: str) -> str:
+    return ("an " if kind[:1] in "aeiou" else "a ") + kind
+
+
 def _listing(folder: Path) -> str:
     names = sorted(p.name for p in folder.iterdir())
     return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
@@ -152,8 +156,8 @@ def check_out(out: str | os.PathLike, *, kind: str, inputs: Iterable[str | os.Pa
         hint = f"pass --force to replace the {kind} it holds" if found == kind else "choose an empty or new folder"
         raise error(f"{what} {shown}: already exists and is not empty ({_listing(real)}); {hint}")
     if found != kind:
-        held = f"a {found} folder" if found else f"files this tool did not write as a {kind} ({_listing(real)})"
-        raise error(f"{what} {shown}: --force replaces only a {kind} folder written by edgead (marked by its "
+        held = f"{_a(found)} folder" if found else f"files this tool did not write as {_a(kind)} ({_listing(real)})"
+        raise error(f"{what} {shown}: --force replaces only {_a(kind)} folder written by edgead (marked by its "
                     f"{MARKER}), and this one holds {held}; remove it yourself or choose another folder")
     return real
 
