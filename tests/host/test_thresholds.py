@@ -13,7 +13,9 @@ from firmware_sim.preprocess import Preprocess
 
 
 @pytest.mark.parametrize("text", ["quantile", "quantile:0", "quantile:1.5", "sigma:-1", "sigma:x", "pct:0.9",
-                                  "pseudo-f1:2", "", "quantile:nan"])
+                                  "pseudo-f1:2", "", "quantile:nan", "far", "far:0", "far:1", "far:-0.1", "far:1.5",
+                                  "far:x", "far:inf", "pseudo-band:0.7", "pseudo-band:1.5,0.1", "pseudo-band:0.7,1",
+                                  "pseudo-band:a,b"])
 def test_bad_rules_are_refused_with_the_rule_named(text):
     with pytest.raises(EdgeadError, match="threshold rule") as e:
         ThresholdRule.parse(text)
@@ -92,3 +94,67 @@ def test_deployed_balanced_accuracy_does_not_reward_flagging_everything():
     assert deployed_balanced_accuracy(labels, scores, 0.05) == 1.0
     assert deployed_balanced_accuracy(labels[1:], scores[1:], 0.5) is None  # no good image: undefined
     assert deployed_balanced_accuracy(labels, scores, float("nan")) is None
+
+
+def test_far_rule_is_the_split_conformal_order_statistic():
+    from edgead.engine.thresholds import conformal_far_threshold, far_achievable, far_normals_needed
+
+    normal = np.arange(1.0, 40.0)  # 39 held-out normals: k = ceil(40 * 0.95) = 38
+    assert ThresholdRule.parse("far:0.05").threshold(normal) == 38.0
+    assert str(ThresholdRule.parse("far:0.05")) == "far:0.05"
+    assert conformal_far_threshold(normal, 0.05) == (38.0, pytest.approx(1 - 38 / 40))
+    assert far_normals_needed(0.05) == 19 and far_achievable("far:0.05", 19) == 0.05
+    assert far_achievable("far:0.05", 4) == pytest.approx(0.2) and far_achievable("quantile:0.9", 4) is None
+    # the guarantee: over many exchangeable draws the realised false-alarm rate stays at or below A
+    rng = np.random.default_rng(0)
+    rule = ThresholdRule.parse("far:0.1")
+    alarms = []
+    for _ in range(400):
+        held, new = rng.lognormal(size=29), rng.lognormal(size=200)
+        alarms.append((new > rule.threshold(held)).mean())
+    assert np.mean(alarms) <= 0.1 + 0.01  # 1 - k/(n+1) = 0.1 exactly for n = 29
+
+
+def test_far_rule_with_too_few_normals_warns_with_the_achievable_rate():
+    from edgead.engine.thresholds import ThresholdWarning
+
+    with pytest.warns(ThresholdWarning, match=r"5 held-out normals cannot certify .* 0\.05.*1/\(n\+1\) = 0\.167"):
+        t = ThresholdRule.parse("far:0.05").threshold(np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert t == 5.0  # their maximum, which certifies 1/6
+
+
+def test_pseudo_band_keeps_the_pseudo_cut_inside_the_normals_band():
+    rule = ThresholdRule.parse("pseudo-band:0.7,0.1")
+    assert rule.needs_pseudo and ThresholdRule.parse(str(rule)) == rule
+    normal = np.arange(1.0, 51.0)
+    q70 = float(np.quantile(normal, 0.7))
+    assert rule.threshold(normal, np.array([0.5, 0.6])) == q70  # pseudo cut inside the normals: raised
+    assert rule.threshold(normal, np.array([500.0, 600.0])) == 46.0  # far above them: lowered to far:0.1
+    pseudo = np.arange(40.5, 80.0)
+    inside = ThresholdRule.parse("pseudo-f1").threshold(normal, pseudo)
+    assert q70 < inside < 46.0 and rule.threshold(normal, pseudo) == inside
+
+
+def test_deployed_row_reports_rates_ceiling_and_normals():
+    from edgead.cl.deployed import decision_table, deployed_row, deployed_summary
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.6, 0.5, 0.7, 0.8, 0.9])
+    row = deployed_row(labels, scores, task=0.25, n_normals=7)
+    assert row["deployed_fpr_task"] == 0.5 and row["deployed_tpr_task"] == 1.0
+    assert row["deployed_bacc_task"] == 0.75 and row["threshold_task"] == 0.25 and row["n_normals"] == 7
+    # the ceiling: the best balanced accuracy over all thresholds (cut between 0.6 and 0.7, or 0.3 and 0.5)
+    assert row["ceiling_bacc"] == pytest.approx(0.875) and row["ceiling_threshold"] == pytest.approx(0.65)
+    assert all(deployed_row(labels, scores, task=t)["deployed_bacc_task"] <= row["ceiling_bacc"] + 1e-12
+               for t in np.r_[scores, -1.0])
+    assert "deployed_bacc_agnostic" not in row
+    with pytest.raises(ValueError, match="unknown threshold kinds"):
+        deployed_row(labels, scores, nonsense=0.3)
+    table = decision_table([row], ["mpdd"])
+    assert table["mpdd"]["gap"] == pytest.approx(0.125) and "7 held-out normal" in table["mpdd"]["warning"]
+    assert decision_table([{**row, "n_normals": 25}], ["x"])["x"]["warning"] is None
+    summary = deployed_summary([[row]], ["mpdd"])
+    assert summary["balanced_accuracy"]["per_task"]["mpdd"]["ceiling"] == pytest.approx(0.875)
+    assert summary["balanced_accuracy"]["per_task"]["mpdd"]["task"] == 0.75
+    assert summary["balanced_accuracy"]["per_task"]["mpdd"]["agnostic"] is None  # other kinds: not computed
+    assert summary["decisions"]["per_task"]["mpdd"]["false_alarm_rate"] == 0.5
