@@ -46,15 +46,17 @@ def synth(out: Path, categories: str | None, seed: int, image_size: int, n_train
 @click.option("--uncertain", default=None, type=click.Choice(["drop", "as-defect", "as-normal"]),
               help="elpv: cells with a defect probability strictly between 0 and 1 (default: drop).")
 @click.option("--overwrite", is_flag=True)
+@click.option("--skip-bad", is_flag=True,
+              help="Leave unreadable images out (counted in dataset.json) instead of stopping at the first.")
 def convert(dataset: str, src: Path, out: Path, seed: int, test_fraction: float | None, variant: str | None,
-            uncertain: str | None, overwrite: bool) -> None:
+            uncertain: str | None, overwrite: bool, skip_bad: bool) -> None:
     """Convert a public dataset at SRC into MVTec AD layout under OUT (elpv: SRC `package` = the pip package)."""
     import json
 
     from edgead.data.converters import convert as run_converter
 
-    for final in run_converter(dataset, src, out, seed=seed, overwrite=overwrite, test_fraction=test_fraction,
-                               variant=variant, uncertain=uncertain):
+    for final in run_converter(dataset, src, out, seed=seed, overwrite=overwrite, skip_bad=skip_bad,
+                               test_fraction=test_fraction, variant=variant, uncertain=uncertain):
         counts = json.loads((final / "dataset.json").read_text())["counts"]
         click.echo(f"wrote {final}: train {counts['train']}, test {counts['test']}")
 

@@ -7,6 +7,11 @@ at the top of the zip). Masks are named like their image; a mask that matches no
 and counted in dataset.json (`ignored.orphan_masks`); a defective image without a mask is an error.
 Masks are binarised at > 127 into `ground_truth/defective/<stem>_mask.png`; images are copied byte for byte.
 The split is the authors' own, so the seed changes nothing here (it is recorded all the same).
+
+A zip is read as untrusted input: members are extracted flat (their names never choose where we write), a
+member whose declared size is over `MAX_MEMBER_BYTES` is refused before a byte of it is extracted (a small
+zip can declare gigabytes of zeros), the zip's whole declared content must fit in the free space, and every
+image is decode-checked before it is counted (see `edgead.data.category_writer`).
 """
 
 from __future__ import annotations
@@ -15,9 +20,14 @@ import shutil
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from edgead.data.category_writer import CategoryWriter, command_line, image_size
+from edgead.data.category_writer import CategoryWriter, command_line
 from edgead.errors import EdgeadError
 from firmware_sim.preprocess import is_image_file
+from firmware_sim.sizes import format_size
+
+# The largest image file taken from a zip: the published images are under 1 MB each; 64 MiB holds any
+# image PIL will decode (its 89-megapixel limit) as PNG or JPEG, and keeps a bomb from filling the disk.
+MAX_MEMBER_BYTES = 64 * 1024 * 1024
 
 VARIANTS = {"original": "Battery Weld Anomaly Detection Dataset.zip", "denoised": "welding-denoised.zip"}
 CATEGORIES = {"original": "battery_weld", "denoised": "battery_weld_denoised"}
@@ -62,15 +72,35 @@ def _members(names: list[str], prefix: str) -> dict[str, str]:
     return out
 
 
-def _extract(zf: zipfile.ZipFile, member: str, folder: Path) -> Path:
+def _check_space(zf: zipfile.ZipFile, members: list[str], zip_path: Path, out: Path) -> None:
+    """The declared sizes of the members to extract, twice (scratch copy + category), must fit on disk."""
+    need = 2 * sum(min(zf.getinfo(m).file_size, MAX_MEMBER_BYTES) for m in members)
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise EdgeadError(f"{zip_path}: its images need {format_size(need)} while unpacked, {out} has "
+                          f"{format_size(free)} free; expected enough free space")
+
+
+def _extract(w: CategoryWriter, zf: zipfile.ZipFile, member: str, folder: Path, shown: str) -> Path | None:
+    """Extract one member flat into `folder`; None when it is refused and skip_bad is set."""
+    size = zf.getinfo(member).file_size
+    if size > MAX_MEMBER_BYTES:  # before extracting: the declared size bounds what zipfile will inflate
+        w.reject(f"{shown}: declares {format_size(size)} unpacked, over the {format_size(MAX_MEMBER_BYTES)} "
+                 "limit for one image; expected an image file")
+        return None
     dst = folder / PurePosixPath(member).name  # flat: member names never choose where we write
-    with zf.open(member) as f, open(dst, "wb") as g:
-        shutil.copyfileobj(f, g)
+    try:
+        with zf.open(member) as f, open(dst, "wb") as g:
+            shutil.copyfileobj(f, g)
+    except (zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError, ValueError) as e:
+        dst.unlink(missing_ok=True)
+        w.reject(f"{shown}: cannot be extracted ({e})")
+        return None
     return dst
 
 
 def convert_battery_weld(src: str | Path, out: str | Path, *, variant: str = "original", seed: int = 0,
-                         overwrite: bool = False) -> list[Path]:
+                         overwrite: bool = False, skip_bad: bool = False) -> list[Path]:
     """Convert the battery-weld zip (SRC: the folder holding it, or the zip itself).
 
     Returns:
@@ -82,31 +112,48 @@ def convert_battery_weld(src: str | Path, out: str | Path, *, variant: str = "or
         zf = zipfile.ZipFile(zip_path)
     except (OSError, zipfile.BadZipFile) as e:
         raise EdgeadError(f"{zip_path}: not a readable zip file ({e})") from None
-    with zf, CategoryWriter(out, CATEGORIES[variant], overwrite=overwrite) as w:
+    with zf, CategoryWriter(out, CATEGORIES[variant], overwrite=overwrite, skip_bad=skip_bad) as w:
         names = zf.namelist()
         root = _root_in_zip(names, zip_path)
-        scratch = w.scratch()
-        for split in ("train", "test"):
-            for member in _members(names, f"{root}{split}/good/").values():
-                w.add_image(_extract(zf, member, scratch), split, "good")
+        goods = {split: _members(names, f"{root}{split}/good/") for split in ("train", "test")}
         masks = _members(names, f"{root}ground_truth/defective/")
+        defects = _members(names, f"{root}test/defective/")
+        _check_space(zf, [*goods["train"].values(), *goods["test"].values(), *masks.values(),
+                          *defects.values()], zip_path, out)
+        scratch = w.scratch()
+        # One scratch folder per source folder: an image and its mask share a file name.
+        folders = {k: scratch / k for k in ("train_good", "test_good", "defective", "masks")}
+        for folder in folders.values():
+            folder.mkdir()
+        for split in ("train", "test"):
+            for member in goods[split].values():
+                shown = f"{zip_path}:{member}"
+                if (path := _extract(w, zf, member, folders[f"{split}_good"], shown)) is not None:
+                    w.add_image(path, split, "good", shown=shown)
         by_stem = {Path(n).stem.removesuffix("_mask"): n for n in masks}
         used = set()
-        for name, member in _members(names, f"{root}test/defective/").items():
+        for name, member in defects.items():
             stem = Path(name).stem
             shown = f"{zip_path}:{member}"
             if stem not in by_stem:
                 raise EdgeadError(f"{shown}: no mask {root}ground_truth/defective/{name} in the zip")
-            img = w.add_image(_extract(zf, member, scratch), "test", "defective")
             mask_name = by_stem[stem]
             used.add(mask_name)
-            mask_member = masks[mask_name]
-            w.add_mask_file(_extract(zf, mask_member, scratch), image_size(img, shown), "defective", stem,
-                            shown=f"{zip_path}:{mask_member}")
+            img = _extract(w, zf, member, folders["defective"], shown)
+            size = None if img is None else w.check_image(img, shown)
+            if size is None:
+                continue  # skipped (skip_bad): its mask goes with it
+            mask_shown = f"{zip_path}:{masks[mask_name]}"
+            mask_file = _extract(w, zf, masks[mask_name], folders["masks"], mask_shown)
+            mask = None if mask_file is None else w.read_mask_file(mask_file, size, mask_shown)
+            if mask is not None:
+                w.add_image(img, "test", "defective", shown=shown)
+                w.add_mask(mask, "defective", stem)
         orphans = sorted(set(masks) - used)
         return [w.finish({
             "dataset": "battery-weld", "variant": variant, "source": f"{SOURCE}: {zip_path.name}",
             "license": LICENSE, "seed": seed, "split": "the authors' train/test split, unchanged",
             "ignored": {"orphan_masks": len(orphans), "orphan_mask_examples": orphans[:5]},
-            "command": command_line("battery-weld", src, out, seed=seed, variant=variant),
+            "command": command_line("battery-weld", src, out, seed=seed, variant=variant,
+                                    skip_bad=skip_bad),
         })]

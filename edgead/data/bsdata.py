@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgead.data.category_writer import CategoryWriter, command_line, image_size, split_normals
+from edgead.data.category_writer import CategoryWriter, command_line, split_normals
 from edgead.data.labelme import rasterise, read_labelme
 from edgead.errors import EdgeadError
 
@@ -40,7 +40,7 @@ def _image_types(src: Path) -> dict[str, int]:
 
 
 def convert_bsdata(src: str | Path, out: str | Path, *, seed: int = 0, test_fraction: float = 0.2,
-                   category: str = "bsdata", overwrite: bool = False) -> list[Path]:
+                   category: str = "bsdata", overwrite: bool = False, skip_bad: bool = False) -> list[Path]:
     """Convert a BSData folder (data/, label/, image_data.json) into `<out>/<category>`.
 
     Returns:
@@ -70,13 +70,16 @@ def convert_bsdata(src: str | Path, out: str | Path, *, seed: int = 0, test_frac
             continue
         (defects if p.stem in label_stems else normals).append(p)
     train, test = split_normals(normals, seed, test_fraction)
-    with CategoryWriter(out, category, overwrite=overwrite) as w:
+    with CategoryWriter(out, category, overwrite=overwrite, skip_bad=skip_bad) as w:
         for split, items in (("train", train), ("test", test)):
             for p in items:
                 w.add_image(p, split, "good")
         for p in defects:
             label = labels / f"{p.stem}.json"
-            mask = rasterise(label, read_labelme(label), image_size(p))
+            size = w.check_image(p)
+            if size is None:
+                continue  # a bad image skipped (skip_bad)
+            mask = rasterise(label, read_labelme(label), size)
             if not mask.any():
                 raise EdgeadError(f"{label}: its shapes cover no pixel of {p.name}")
             w.add_image(p, "test", DEFECT)
@@ -87,5 +90,5 @@ def convert_bsdata(src: str | Path, out: str | Path, *, seed: int = 0, test_frac
             "split": f"type {USED_TYPE} only; normals (no label file) sorted by name, seeded split; "
                      "labelled images -> test/pitting",
             "ignored": {"excluded_image_types": excluded},
-            "command": command_line("bsdata", src, out, seed=seed, test_fraction=test_fraction),
+            "command": command_line("bsdata", src, out, seed=seed, test_fraction=test_fraction, skip_bad=skip_bad),
         })]

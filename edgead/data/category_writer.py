@@ -4,6 +4,12 @@ A converter opens a `CategoryWriter`, adds images (copied byte for byte, never r
 (written as 0/255 PNG `ground_truth/<defect>/<stem>_mask.png`), then `finish()` writes
 `dataset.json` and renames the temporary folder into place, so a failed or interrupted conversion never
 leaves a half-written category behind. The counts in dataset.json are taken from the files on disk.
+
+Nothing is copied on trust: every image is decoded in full first (`verify_image`: PIL's pixel limit is
+checked from the header before any pixel is decoded, then `verify()` and a full decode, which catches
+truncated files that `verify()` alone lets through). A bad image stops the conversion with its name, or with
+`skip_bad` is left out and counted in dataset.json (`ignored.bad_images`), never counted as a normal. A
+defect image whose mask marks no pixel is counted there too (`ignored.empty_masks`) and warned about.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,19 +52,55 @@ def split_normals(items: list, seed: int, test_fraction: float) -> tuple[list, l
 
 
 def command_line(name: str, src: str | Path, out: str | Path, **options) -> str:
-    """The `edgead data convert` command that reproduces a conversion (options with value None left out)."""
+    """The `edgead data convert` command that reproduces a conversion (options with value None or False left
+    out; True ones as a bare flag)."""
     parts = ["edgead", "data", "convert", name, str(src), str(out)]
     for key, value in options.items():
-        if value is not None:
+        if value is True:
+            parts.append(f"--{key.replace('_', '-')}")
+        elif value is not None and value is not False:
             parts += [f"--{key.replace('_', '-')}", str(value)]
     return shlex.join(parts)
+
+
+SKIP_HINT = "pass --skip-bad to leave such images out"
+EXAMPLES = 5  # bad or empty files named in dataset.json
+
+
+def verify_image(path: Path, shown: str | None = None) -> tuple[int, int]:
+    """(width, height) of an image file after checking it decodes in full, within PIL's pixel limit.
+
+    Raises EdgeadError naming `shown` (default: the path) for a file that is not an image, is truncated or
+    corrupt, or is too large to decode safely.
+    """
+    shown = shown or str(path)
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that: refuse both (Image.open checks the
+            # header's size before anything is decoded).
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                size = im.size
+                im.verify()  # chunk CRCs and structure
+            with Image.open(path) as im:
+                im.load()  # every pixel: truncated JPEG/PNG data fails only here
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise EdgeadError(f"{shown}: image too large to decode safely ({e})") from None
+    except (OSError, SyntaxError, ValueError, TypeError, EOFError) as e:
+        raise EdgeadError(f"{shown}: cannot read image ({e}); expected a readable PNG, JPEG, BMP or TIFF file") \
+            from None
+    return size
 
 
 def image_size(path: Path, shown: str | None = None) -> tuple[int, int]:
     """(width, height) of an image file, read from its header; errors name `shown` (default: the path)."""
     try:
-        with Image.open(path) as im:
-            return im.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise EdgeadError(f"{shown or path}: image too large to decode safely ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise EdgeadError(f"{shown or path}: cannot read image ({e})") from None
 
@@ -69,10 +112,15 @@ class CategoryWriter:
         out: the dataset root the category goes under.
         category: folder name of the category.
         overwrite: replace an existing non-empty category folder (otherwise that is an error).
+        skip_bad: leave bad images (and their masks) out with a count in dataset.json instead of stopping.
     """
 
-    def __init__(self, out: str | Path, category: str, *, overwrite: bool = False):
+    def __init__(self, out: str | Path, category: str, *, overwrite: bool = False, skip_bad: bool = False):
         self.out, self.category = Path(out), category
+        self.skip_bad = skip_bad
+        self.bad: list[str] = []  # what was left out, with the reason
+        self.empty_masks: list[str] = []  # "<defect>/<stem>" of defect images whose mask marks nothing
+        self._checked: dict[Path, tuple[int, int] | None] = {}
         self.final = self.out / category
         if self.final.exists() and any(self.final.iterdir()) and not overwrite:
             raise EdgeadError(f"{self.final}: already exists and is not empty (pass --overwrite to replace it)")
@@ -92,8 +140,30 @@ class CategoryWriter:
         path.mkdir(exist_ok=True)
         return path
 
-    def add_image(self, src: Path, split: str, defect_type: str, name: str | None = None) -> Path:
-        """Copy `src` byte for byte to `<split>/<defect_type>/<name or src.name>`; returns the new path."""
+    def reject(self, message: str) -> None:
+        """A bad input file: an error (naming it, from `message`), or with skip_bad recorded and left out."""
+        if not self.skip_bad:
+            raise EdgeadError(f"{message} ({SKIP_HINT})")
+        self.bad.append(message)
+
+    def check_image(self, src: Path, shown: str | None = None) -> tuple[int, int] | None:
+        """(width, height) of `src` after a full decode check (`verify_image`); None when it is bad and
+        skip_bad is set (recorded). Each file is decoded once however often it is asked about."""
+        key = Path(src)
+        if key not in self._checked:
+            try:
+                self._checked[key] = verify_image(key, shown)
+            except EdgeadError as e:
+                self.reject(str(e))
+                self._checked[key] = None
+        return self._checked[key]
+
+    def add_image(self, src: Path, split: str, defect_type: str, name: str | None = None,
+                  shown: str | None = None) -> Path | None:
+        """Copy `src` byte for byte to `<split>/<defect_type>/<name or src.name>` once it decodes in full;
+        returns the new path, or None when the image is bad and skip_bad is set. Errors name `shown`."""
+        if self.check_image(src, shown) is None:
+            return None
         dst = self.root / split / defect_type / (name or src.name)
         if dst.exists():
             raise EdgeadError(f"{src}: a second image named {dst.name} in {split}/{defect_type}")
@@ -102,22 +172,46 @@ class CategoryWriter:
         return dst
 
     def add_mask(self, mask: np.ndarray, defect_type: str, stem: str) -> Path:
-        """Write a boolean (H, W) mask as 0/255 `ground_truth/<defect_type>/<stem>_mask.png`."""
+        """Write a boolean (H, W) mask as 0/255 `ground_truth/<defect_type>/<stem>_mask.png`; an empty one
+        is counted (`ignored.empty_masks`) and warned about at `finish()`."""
+        mask = np.asarray(mask, bool)
+        if not mask.any():
+            self.empty_masks.append(f"{defect_type}/{stem}")
         dst = self.root / "ground_truth" / defect_type / f"{stem}_mask.png"
         dst.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255).save(dst)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(dst)
         return dst
 
-    def add_mask_file(self, src: Path, size: tuple[int, int], defect_type: str, stem: str,
-                      shown: str | None = None, threshold: int = 127) -> Path:
-        """Binarise a source mask file (> ``threshold``: sources may carry soft edges or compression noise, so
-        mid-grey by default) that must be `size` (W, H); written 0/255. Errors name `shown`."""
+    def read_mask_file(self, src: Path, size: tuple[int, int], shown: str | None = None,
+                       threshold: int = 127) -> np.ndarray | None:
+        """A source mask file binarised at > ``threshold`` (sources may carry soft edges or compression noise,
+        so mid-grey by default); it must be `size` (W, H). Errors name `shown`.
+
+        A mask with marks but none above the threshold is refused (or skipped with skip_bad: None): the
+        threshold would turn a faintly drawn defect into an empty mask without a word. A mask that is zero
+        everywhere is the source's own statement and is kept (then counted by `add_mask`).
+        """
+        shown = shown or str(src)
         try:
             mask = load_mask(src, expected_size=size, threshold=threshold)
+            if mask.any() or threshold <= 0:
+                return mask
+            with Image.open(src) as im:  # already decoded once by load_mask: a readable file
+                top = int(np.asarray(im).max(initial=0))
         except UserError as e:
-            msg = str(e)
-            raise EdgeadError(msg.replace(str(src), shown, 1) if shown else msg) from None
-        return self.add_mask(mask, defect_type, stem)
+            self.reject(str(e).replace(str(src), shown, 1))
+            return None
+        if top > 0:
+            self.reject(f"{shown}: the mask has no pixel above {threshold} (values up to {top}), so its defect "
+                        f"would vanish; expected the defect marked above {threshold} (0/255 masks)")
+            return None
+        return mask
+
+    def add_mask_file(self, src: Path, size: tuple[int, int], defect_type: str, stem: str,
+                      shown: str | None = None, threshold: int = 127) -> Path | None:
+        """`read_mask_file`, then `add_mask`; None when the mask was bad and skip_bad is set."""
+        mask = self.read_mask_file(src, size, shown, threshold)
+        return None if mask is None else self.add_mask(mask, defect_type, stem)
 
     def counts(self) -> dict:
         """Files on disk per split and defect type: {"train": {...}, "test": {...}, "ground_truth": {...}}."""
@@ -140,7 +234,17 @@ class CategoryWriter:
             raise EdgeadError(f"{self.category}: no normal training images found in the source")
         if not any(n for k, n in counts["test"].items() if k != GOOD):
             raise EdgeadError(f"{self.category}: no defective test images found in the source")
-        doc = {"schema": SCHEMA, "category": self.category, **info, "counts": counts}
+        ignored = {**info.pop("ignored", {}), "bad_images": len(self.bad),
+                   "bad_image_examples": self.bad[:EXAMPLES], "empty_masks": len(self.empty_masks),
+                   "empty_mask_examples": self.empty_masks[:EXAMPLES]}
+        if self.bad:
+            warnings.warn(f"{self.category}: {len(self.bad)} unreadable image(s) skipped (--skip-bad), not "
+                          f"counted; first: {self.bad[0]}", stacklevel=2)
+        if self.empty_masks:
+            warnings.warn(f"{self.category}: {len(self.empty_masks)} defect image(s) whose source masks mark no "
+                          f"defect pixel (kept, pixel metrics see no defect there); first: {self.empty_masks[0]}",
+                          stacklevel=2)
+        doc = {"schema": SCHEMA, "category": self.category, **info, "ignored": ignored, "counts": counts}
         doc["pixel_labels"] = bool(counts["ground_truth"])
         atomic_write_json(self.root / DATASET_JSON, doc)
         if self.final.exists():

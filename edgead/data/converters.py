@@ -1,7 +1,7 @@
 """The dataset converters of `edgead data convert NAME SRC OUT`, by name.
 
 Each entry names the module and function (imported only when used) and the options it takes besides
-src, out, seed and overwrite. Every converter returns the category folders it wrote; each holds a
+src, out, seed, overwrite and skip_bad. Every converter returns the category folders it wrote; each holds a
 dataset.json (counts, source, license, the command) next to the MVTec AD layout.
 """
 
@@ -18,7 +18,7 @@ from edgead.errors import EdgeadError
 class Converter:
     module: str
     function: str
-    options: tuple[str, ...] = ()  # keyword options besides src, out, seed, overwrite
+    options: tuple[str, ...] = ()  # keyword options besides src, out, seed, overwrite, skip_bad
 
 
 CONVERTERS = {
@@ -31,8 +31,9 @@ CONVERTERS = {
 
 
 def convert(name: str, src: str | Path, out: str | Path, *, seed: int = 0, overwrite: bool = False,
-            **options) -> list[Path]:
-    """Run converter `name`; options left as None take the converter's default.
+            skip_bad: bool = False, **options) -> list[Path]:
+    """Run converter `name`; options left as None take the converter's default. ``skip_bad``: leave
+    unreadable images out (counted in dataset.json) instead of stopping at the first.
 
     Returns:
         the category folders written under `out`.
@@ -47,5 +48,5 @@ def convert(name: str, src: str | Path, out: str | Path, *, seed: int = 0, overw
         raise EdgeadError(f"{flags}: not an option of {name} (it takes: "
                           f"{', '.join('--' + k.replace('_', '-') for k in conv.options) or 'none'})")
     fn = getattr(importlib.import_module(conv.module), conv.function)
-    result = fn(src, out, seed=seed, overwrite=overwrite, **given)
+    result = fn(src, out, seed=seed, overwrite=overwrite, skip_bad=skip_bad, **given)
     return list(result) if isinstance(result, list) else [result]

@@ -69,7 +69,7 @@ def read_labels(data_dir: Path) -> list[tuple[Path, float, str]]:
 
 
 def convert_elpv(src: str | Path, out: str | Path, *, uncertain: str = "drop", seed: int = 0,
-                 test_fraction: float = 0.2, overwrite: bool = False) -> list[Path]:
+                 test_fraction: float = 0.2, overwrite: bool = False, skip_bad: bool = False) -> list[Path]:
     """Convert ELPV (SRC `package` = the installed pip package, or its data folder) into two categories.
 
     Returns:
@@ -82,15 +82,16 @@ def convert_elpv(src: str | Path, out: str | Path, *, uncertain: str = "drop", s
     out = Path(out)
     written = []
     with ExitStack() as stack:  # both categories checked (exists? --overwrite?) before either is written
-        writers = {k: stack.enter_context(CategoryWriter(out, f"elpv_{k}", overwrite=overwrite)) for k in CELL_TYPES}
+        writers = {k: stack.enter_context(CategoryWriter(out, f"elpv_{k}", overwrite=overwrite, skip_bad=skip_bad))
+                   for k in CELL_TYPES}
         for kind in CELL_TYPES:
             written.append(_write_category(writers[kind], kind, rows, src, data_dir, out, uncertain, seed,
-                                           test_fraction))
+                                           test_fraction, skip_bad))
     return written
 
 
 def _write_category(w: CategoryWriter, kind: str, rows: list[tuple[Path, float, str]], src, data_dir: Path,
-                    out: Path, uncertain: str, seed: int, test_fraction: float) -> Path:
+                    out: Path, uncertain: str, seed: int, test_fraction: float, skip_bad: bool) -> Path:
     normals, defects, left_out = [], [], 0
     for image, prob, k in rows:
         if k != kind:
@@ -114,5 +115,6 @@ def _write_category(w: CategoryWriter, kind: str, rows: list[tuple[Path, float, 
         "license": LICENSE, "seed": seed, "test_fraction": test_fraction, "uncertain": uncertain,
         "split": "probability 0 = normal (seeded split), 1 = test/defective; image-level labels only",
         "ignored": {"uncertain_left_out": left_out},
-        "command": command_line("elpv", src, out, seed=seed, test_fraction=test_fraction, uncertain=uncertain),
+        "command": command_line("elpv", src, out, seed=seed, test_fraction=test_fraction, uncertain=uncertain,
+                                skip_bad=skip_bad),
     })

@@ -7,15 +7,18 @@ to train/good. Defect classes become test/<class> (lower case: blowhole, break, 
 masks binarised at > 127 into ground_truth/<class>/<stem>_mask.png (0/255). The threshold is this dataset's:
 its PNG masks carry soft edges and compression noise (grey levels 1..254 around and away from the defects;
 any non-zero pixel, the rule for masks in MVTec layout, would widen most defects and some many times over).
-Images are copied byte for byte (no re-encoding). The category is written to a temporary folder and renamed
-into place at the end.
+A mask with marks that all lie at or below 127 is refused (the threshold would erase its defect without a
+word); a mask that is zero everywhere (4 MT_Uneven images of the published copy) is the authors' own label:
+kept, counted in dataset.json (`ignored.empty_masks`) and warned about.
+Images are decode-checked, then copied byte for byte (no re-encoding). The category is written to a temporary
+folder and renamed into place at the end.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from edgead.data.category_writer import CategoryWriter, command_line, image_size, split_normals
+from edgead.data.category_writer import CategoryWriter, command_line, split_normals
 from edgead.errors import EdgeadError
 
 NORMAL_CLASS = "MT_Free"
@@ -42,13 +45,14 @@ def _pairs(class_dir: Path) -> list[tuple[Path, Path]]:
 
 
 def convert_magnetic_tile(src: str | Path, out: str | Path, *, category: str = "magnetic_tile",
-                          seed: int = 0, test_fraction: float = 0.2, overwrite: bool = False) -> Path:
+                          seed: int = 0, test_fraction: float = 0.2, overwrite: bool = False,
+                          skip_bad: bool = False) -> Path:
     """Convert a Magnetic-Tile folder (MT_<Class>/Imgs/) into `<out>/<category>`; returns that folder."""
     src, out = Path(src), Path(out)
     if not (src / NORMAL_CLASS).is_dir():
         raise EdgeadError(f"{src}: not a Magnetic-Tile folder (expected {NORMAL_CLASS}/ and MT_<Defect>/ inside)")
     train, test = split_normals(_pairs(src / NORMAL_CLASS), seed, test_fraction)
-    with CategoryWriter(out, category, overwrite=overwrite) as w:
+    with CategoryWriter(out, category, overwrite=overwrite, skip_bad=skip_bad) as w:
         for split, items in (("train", train), ("test", test)):
             for jpg, _ in items:
                 w.add_image(jpg, split, "good")
@@ -57,11 +61,15 @@ def convert_magnetic_tile(src: str | Path, out: str | Path, *, category: str = "
                 continue
             name = cls.removeprefix("MT_").lower()
             for jpg, mask_src in _pairs(src / cls):
-                w.add_image(jpg, "test", name)
-                w.add_mask_file(mask_src, image_size(jpg), name, jpg.stem, threshold=SOURCE_MASK_THRESHOLD)
+                size = w.check_image(jpg)
+                mask = None if size is None else w.read_mask_file(mask_src, size, threshold=SOURCE_MASK_THRESHOLD)
+                if mask is not None:  # None: image or mask bad and skipped (skip_bad)
+                    w.add_image(jpg, "test", name)
+                    w.add_mask(mask, name, jpg.stem)
         return w.finish({
             "dataset": "magnetic-tile", "source": SOURCE, "license": LICENSE, "seed": seed,
             "test_fraction": test_fraction,
             "split": f"{NORMAL_CLASS} sorted by name, seeded split; MT_<Class> -> test/<class>",
-            "command": command_line("magnetic-tile", src, out, seed=seed, test_fraction=test_fraction),
+            "command": command_line("magnetic-tile", src, out, seed=seed, test_fraction=test_fraction,
+                                    skip_bad=skip_bad),
         })
