@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from firmware_sim.anomaly_map import LEGACY_SCORE, ScorePost
 from firmware_sim.atomic import atomic_write_json
 from firmware_sim.digest import sha256_file
 from firmware_sim.errors import UserError
@@ -66,6 +67,11 @@ class Manifest:
     @property
     def preprocess(self) -> Preprocess:
         return Preprocess.from_dict(self.data["input"]["preprocess"])
+
+    @property
+    def score_post(self) -> ScorePost:
+        """How maps become scores (blur, max / top-k mean); manifests written before it was recorded: max."""
+        return ScorePost.parse((self.data.get("anomaly_map") or {}).get("score") or LEGACY_SCORE)
 
     @property
     def threshold(self) -> float:
@@ -147,6 +153,10 @@ def validate(data: Any, where: str) -> dict[str, Any]:
         for gname, g in entry.get("graphs", {}).items():
             if g.get("file") not in data["files"]:
                 raise UserError(f"{where}: graph {fmt}/{gname} names file {g.get('file')!r}, which is not listed "
+                                f"in 'files'")
+            weights = g.get("weights")  # an OpenVINO IR's .bin beside its .xml
+            if weights is not None and weights not in data["files"]:
+                raise UserError(f"{where}: graph {fmt}/{gname} names weights file {weights!r}, which is not listed "
                                 f"in 'files'")
             tpu = g.get("edgetpu") or {}  # the Edge TPU-compiled copy, recorded beside the original
             for extra in (tpu.get("file"), tpu.get("log")):

@@ -12,6 +12,7 @@ import math
 import re
 from typing import Any
 
+from firmware_sim.anomaly_map import ScorePost
 from firmware_sim.errors import UserError
 
 MIN_SIZE, MAX_SIZE = 16, 4096  # image side, as firmware_sim.preprocess.Preprocess
@@ -130,6 +131,13 @@ def check_fields(data: dict, where: str) -> None:
             for side in ("inputs", "outputs"):
                 for i, t in enumerate(_list(g.get(side), where, f"formats.{fmt}.graphs.{gname}.{side}", 1)):
                     _tensor(t, where, f"formats.{fmt}.graphs.{gname}.{side}[{i}]")
+    if data.get("anomaly_map") is not None and _dict(data["anomaly_map"], where, "anomaly_map").get("score") \
+            is not None:  # older manifests have no score post-processing: the maximum
+        try:
+            ScorePost.parse(_str(data["anomaly_map"]["score"], where, "anomaly_map.score"))
+        except UserError as e:
+            raise _fail(where, "anomaly_map.score", data["anomaly_map"]["score"],
+                        f"a score post-processing ({e})") from None
     cal = _dict(data.get("calibration"), where, "calibration")
     _num(cal.get("threshold"), where, "calibration.threshold")
     for key in ("score_min", "score_max", "score_mean", "score_std", "quantile"):
