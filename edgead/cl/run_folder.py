@@ -1,8 +1,12 @@
 """What a run folder (`edgead train --out`) holds, and whether a new or resumed run may use it.
 
-A run writes state.json, results.json, checkpoints/task_NN.pt and memory/after_task_NN.{edgeadrb,npz}
-(each atomically, via hidden `.NAME.*.tmp` files). A new run refuses a folder holding anything else
-unless --force, so a user's files are never overwritten; a folder that already holds a run needs --resume.
+A run writes state.json, results.json, config.yaml, dataset.yaml, checkpoints/task_NN.pt,
+memory/after_task_NN.{edgeadrb,npz} and calibration/ (each atomically, via hidden `.NAME.*.tmp` files). Before it
+writes any of them it claims the folder with the marker file of firmware_sim.outputs (kind "run"): a folder
+is this tool's run because it says so, never because its file names look like a run's (a user's lone
+checkpoints/task_00.pt is the user's). A new run refuses a folder holding anything else unless --force, and
+even then never writes over a file of the same name; a marked run that stopped before its first task finished
+(a bad image, a full disk, a kill) is started again by the same command; one with a finished task needs --resume.
 Resuming compares the saved configuration with the new one, with paths compared as folders on disk:
 `d`, `./d/` and `/abs/path/d` are the same.
 """
@@ -14,14 +18,17 @@ import os
 import re
 from pathlib import Path
 
-from edgead.cl.results import SCHEMA
 from edgead.engine.thresholds import LEGACY_THRESHOLD_RULE
 from edgead.errors import EdgeadError
+from edgead.outputs import check_writable
+from firmware_sim import outputs
 
 STATE_NAME = "state.json"
 PATH_KEYS = ("data_root", "device_buffer", "device_trunk")  # config values that name files or folders
 _TMP = re.compile(r"\..+\.tmp|\.edgead-write-test-.+")  # atomic writes' and edgead.outputs' probe files
-_OWN = {"checkpoints": re.compile(r"task_\d{2}\.pt"), "memory": re.compile(r"after_task_\d{2}\.(edgeadrb|npz)")}
+# What a run writes at the top of its folder: --force writes a run beside a user's files, never over these.
+RUN_NAMES = ("state.json", "results.json", "config.yaml", "dataset.yaml", "checkpoints", "memory", "calibration",
+             "train.log", "epochs.csv")
 
 
 def config_path(value: str | os.PathLike | None) -> str | None:
@@ -30,39 +37,50 @@ def config_path(value: str | os.PathLike | None) -> str | None:
     return None if value is None else os.path.abspath(os.fspath(value))
 
 
-def _is_run_file(entry: Path) -> bool:
-    """True for what a run (or one killed while saving its first task) leaves in its folder."""
-    if _TMP.fullmatch(entry.name):
-        return True
-    if entry.name in _OWN and entry.is_dir():
-        return all(_OWN[entry.name].fullmatch(p.name) or _TMP.fullmatch(p.name) for p in entry.iterdir())
-    if entry.name == "results.json" and entry.is_file():
-        try:
-            return json.loads(entry.read_text()).get("schema") == SCHEMA
-        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-            return False
-    return False
+def is_marked_run(out: Path) -> bool:
+    """Whether ``out`` carries this tool's run marker (written before any other file of the run)."""
+    return outputs.read_marker(out) == "run"
 
 
-def check_new_run_folder(out: Path, *, force: bool) -> None:
-    """Refuse to start a run in ``out`` if it holds a run (use --resume) or files that are not a run's."""
-    if out.exists() and not out.is_dir():
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+
+
+def check_new_run_folder(out: Path, *, force: bool) -> Path:
+    """Refuse to start a run in ``out`` if it holds a run (use --resume) or files that are not this run's;
+    otherwise claim it: create it and write the run marker. Returns the folder resolved (symlinks, '..')."""
+    real = outputs.resolve(out)
+    if real.exists() and not real.is_dir():
         raise EdgeadError(f"--out {out}: exists and is not a folder")
-    if (out / STATE_NAME).exists():
+    if (real / STATE_NAME).exists():
         raise EdgeadError(f"{out}: already holds a run (pass --resume to continue it, or choose another --out)")
-    if not out.is_dir() or force:
-        return
-    foreign = sorted(p.name for p in out.iterdir() if not _is_run_file(p))
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
-        replaced = " (replacing its results.json)" if "results.json" in foreign else ""
-        raise EdgeadError(f"--out {out}: not empty and not an edgead run (holds {shown}); choose an empty or new "
-                          f"folder, or pass --force to write the run's files beside them{replaced}")
+    if real.is_dir() and not is_marked_run(real):
+        # Not this tool's run: only atomic writes' and write probes' leftovers count as empty.
+        foreign = sorted(p.name for p in real.iterdir() if not _TMP.fullmatch(p.name))
+        clash = [n for n in foreign if n in RUN_NAMES]
+        if foreign and not force:
+            raise EdgeadError(f"--out {out}: not empty and not an edgead run (holds {_shown(foreign)}); choose an "
+                              f"empty or new folder, or pass --force to write the run's files beside them")
+        if clash:
+            raise EdgeadError(f"--out {out}: holds {_shown(clash)}, which a run would write over, and no edgead "
+                              f"run marker ({outputs.MARKER}); --force writes beside a user's files, never over "
+                              f"them: choose an empty or new folder")
+    check_writable(real, what="--out")  # a file in the way, a read-only or full disk: said before any write
+    try:
+        real.mkdir(parents=True, exist_ok=True)
+        if not is_marked_run(real):
+            outputs.write_marker(real, "run")
+    except OSError as e:
+        raise EdgeadError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    return real
 
 
 def read_state(out: Path) -> dict:
     """The saved state of a run to resume, checked for the keys resuming needs."""
     path = out / STATE_NAME
+    if not path.is_file() and is_marked_run(out):
+        raise EdgeadError(f"{out}: nothing to resume, no task of this run finished yet (it stopped during its first "
+                          f"task); run the same command without --resume to start it again in this folder")
     if not path.is_file():
         raise EdgeadError(f"{path}: nothing to resume (no completed task in {out})")
     try:

@@ -90,7 +90,7 @@ def train(root, normal, abnormal, mask, normal_test, max_train, tasks, model, ba
                                        latent_crop=latent_crop)
     replay.check_detector(det.model)
     if not resume:  # before this command writes its own files (dataset.yaml, config.yaml) into --out
-        check_new_run_folder(out, force=force)
+        out = check_new_run_folder(out, force=force)  # resolved; the run's marker written
         check_writable(out, what="--out")
     stream = stream_from_options(root, tasks, normal=normal, abnormal=abnormal, mask=mask, normal_test=normal_test,
                                  max_train=max_train, out=out)

@@ -33,6 +33,7 @@ from edgead.errors import EdgeadError
 from edgead.models import weights as W
 from edgead.models.backbones.registry import get_backbone_spec
 from edgead.models.teacher_student import DetectorConfig
+from firmware_sim.outputs import MARKER
 from firmware_sim.preprocess import Preprocess, load_mask
 from tests.conftest import MCUNET_DIR, ROOT
 
@@ -213,24 +214,24 @@ def test_out_with_a_users_files_is_refused_unless_force(synth_root, tmp_path):
     r = _edgead(*_train_args(synth_root, out))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "not empty and not an edgead run" in r.stderr and "--force" in r.stderr
-    assert "replacing its results.json" in r.stderr  # says what --force would overwrite
     assert (out / "results.json").read_text() == "my own results\n"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["notes.txt"]
-    _run(synth_root, ["nut"], out, force=True)  # what --force passes on
+    with pytest.raises(EdgeadError, match="checkpoints, results.json, which a run would write over"):
+        _run(synth_root, ["nut"], out, force=True)  # --force writes beside a user's files, never over them
     assert (out / "checkpoints" / "notes.txt").read_text() == "keep me\n"
-    assert json.loads((out / "results.json").read_text())["completed_tasks"] == 1
+    assert (out / "results.json").read_text() == "my own results\n"
 
 
 def test_leftovers_of_a_run_killed_while_saving_are_not_foreign(tmp_path):
     out = tmp_path / "run"
+    check_new_run_folder(out, force=False)  # the run's marker, before any file of the run (issue 21, case 2)
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / "task_00.pt").write_bytes(b"partial")
     (out / "checkpoints" / ".task_00.pt.abc123.tmp").write_bytes(b"partial")
     (out / "results.json").write_text(json.dumps({"schema": "edgead-results/1"}))
-    check_new_run_folder(out, force=False)  # no error: only what a run writes
-    (out / "memory").mkdir()
-    (out / "memory" / "photo.jpg").write_bytes(b"x")
-    with pytest.raises(EdgeadError, match="memory"):
+    check_new_run_folder(out, force=False)  # no error: this run's own files
+    (out / MARKER).unlink()  # the same names without the marker are not a run's (a user's task_00.pt)
+    with pytest.raises(EdgeadError, match="checkpoints"):
         check_new_run_folder(out, force=False)
     (out / "state.json").write_text("{}")
     with pytest.raises(EdgeadError, match="--resume"):
