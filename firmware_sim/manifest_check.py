@@ -101,6 +101,28 @@ def _latent_dtype(formats: dict, fmt: str) -> str:
     return dtype if dtype in ("int8", "uint8") else "int8"  # a float graph stores the int8 export's numbers
 
 
+def _calibration(cal: Any, where: str, field: str) -> None:
+    """A threshold (finite) and optional finite score statistics: the top-level calibration and each task's."""
+    cal = _dict(cal, where, field)
+    _num(cal.get("threshold"), where, f"{field}.threshold")
+    for key in ("score_min", "score_max", "score_mean", "score_std", "quantile"):
+        _num(cal.get(key), where, f"{field}.{key}", optional=True)
+
+
+def _task_calibration(tc: Any, where: str) -> None:
+    """Per-task thresholds (``run --task NAME``): every listed task has an entry, each checked as the top-level
+    calibration is (a NaN or null threshold would call every image normal)."""
+    tc = _dict(tc, where, "task_calibration")
+    tasks = _list(tc.get("tasks"), where, "task_calibration.tasks", 1)
+    per = _dict(tc.get("per_task"), where, "task_calibration.per_task")
+    for i, name in enumerate(tasks):
+        _str(name, where, f"task_calibration.tasks[{i}]")
+        if name not in per:
+            raise _fail(where, "task_calibration.per_task", sorted(per), f"an entry for every listed task ({name!r})")
+    for name, cal in per.items():
+        _calibration(cal, where, f"task_calibration.per_task.{name}")
+
+
 def check_fields(data: dict, where: str) -> None:
     """Every field the device reads has its type and range (a UserError names the first that does not)."""
     _str(data.get("model"), where, "model")
@@ -138,10 +160,9 @@ def check_fields(data: dict, where: str) -> None:
         except UserError as e:
             raise _fail(where, "anomaly_map.score", data["anomaly_map"]["score"],
                         f"a score post-processing ({e})") from None
-    cal = _dict(data.get("calibration"), where, "calibration")
-    _num(cal.get("threshold"), where, "calibration.threshold")
-    for key in ("score_min", "score_max", "score_mean", "score_std", "quantile"):
-        _num(cal.get(key), where, f"calibration.{key}", optional=True)
+    _calibration(data.get("calibration"), where, "calibration")
+    if data.get("task_calibration") is not None:
+        _task_calibration(data["task_calibration"], where)
     if data.get("latent") is not None:
         lat = _dict(data["latent"], where, "latent")
         for i, d in enumerate(_list(lat.get("shape_chw"), where, "latent.shape_chw", 3, 3)):
