@@ -1,0 +1,77 @@
+"""bench decisions: from saved scores (bench threshold's format) it chooses the rule on DEV with the worst category
+counted, certifies far:A only with enough normals, and chooses the calibration method on DEV images not drawn."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+
+def _run(category: str, seed: int, rng: np.random.Generator, n_normal: int, shift: float) -> dict:
+    """Log-normal scores as on the real categories: defects higher by ``shift`` in log score, overlapping."""
+    def half():
+        y = np.r_[np.zeros(40, int), np.ones(60, int)]
+        return {"labels": y.tolist(), "scores": np.exp(rng.normal(0, 1, 100) + shift * y).tolist()}
+
+    return {"category": category, "seed": seed, "train_s": 1.0,
+            "normal": np.exp(rng.normal(0, 1, n_normal)).tolist(),
+            "pseudo": np.exp(rng.normal(4, 0.5, 2 * n_normal)).tolist(), "dev": half(), "report": half()}
+
+
+@pytest.fixture()
+def scores_file(tmp_path):
+    rng = np.random.default_rng(0)
+    runs = [_run("wide", s, rng, 60, 2.5) for s in (0, 1)] + [_run("tiny", s, rng, 5, 2.0) for s in (0, 1)]
+    path = tmp_path / "threshold_x.json"
+    path.write_text(json.dumps({"command": "python benchmarks/bench_threshold.py --quick", "runs": runs}))
+    return path
+
+
+def test_decisions_from_saved_scores(scores_file, tmp_path):
+    import bench_decisions
+
+    out = tmp_path / "out"
+    assert bench_decisions.main(["--from", str(scores_file), "--out-dir", str(out), "--draws", "3",
+                                 "--rules", "quantile:0.5,quantile:0.99,far:0.05,pseudo-band:0.7,0.1"]) == 0
+    rules = json.loads((out / "decisions_rules.json").read_text())
+    assert rules["rules"] == ["quantile:0.5", "quantile:0.99", "far:0.05", "pseudo-band:0.7,0.1"]
+    by = {t["rule"]: t for t in rules["summary"]}
+    # the choice is the DEV objective's minimum among rules within the false-alarm cap
+    allowed = [t for t in rules["summary"] if t["dev"]["fpr"] <= rules["choice"]["far_cap"]]
+    assert rules["choice"]["chosen"] == min(allowed, key=lambda t: t["objective_dev"])["rule"]
+    for t in by.values():
+        assert t["objective_dev"] == pytest.approx(t["dev"]["gap"] + t["dev"]["worst_gap"])
+        for h in ("dev", "report"):
+            assert t[h]["bacc"] <= t[h]["ceiling"] + 1e-12 and t[h]["worst_gap"] >= t[h]["gap"] - 1e-12
+    # quantile:0.5 rejects about half of the good parts: outside the cap, never chosen
+    assert by["quantile:0.5"]["dev"]["fpr"] > 0.3 and rules["choice"]["chosen"] != "quantile:0.5"
+
+    far = json.loads((out / "decisions_far.json").read_text())
+    rows = {(r["category"], r["A"]): r for r in far["rows"]}
+    assert rows[("wide", 0.05)]["certifiable"] and rows[("wide", 0.05)]["achievable_A"] == 0.05
+    assert not rows[("tiny", 0.05)]["certifiable"] and rows[("tiny", 0.05)]["achievable_A"] == pytest.approx(1 / 6)
+    assert far["checks"] and "not certifiable" in far["checks"][0]["detail"]
+
+    shots = json.loads((out / "decisions_fewshot.json").read_text())
+    methods = {r["method"] for r in shots["rows"]}
+    assert methods == {"none", "lognormal", "best-cut", "best-cut+held-out"}
+    assert shots["choice"]["chosen"] in methods - {"none"}
+    assert shots["choice"]["chosen"] == min(shots["choice"]["objective_dev"], key=shots["choice"]["objective_dev"].get)
+    assert all(r["draws"] == 3 for r in shots["rows"]) and {r["k"] for r in shots["rows"]} == {1, 3, 5, 10}
+
+
+def test_bad_saved_scores_are_refused(tmp_path):
+    import bench_decisions
+
+    (tmp_path / "junk.json").write_text('{"rows": []}')
+    with pytest.raises(SystemExit, match="--from .*junk.json: not a saved threshold results file"):
+        bench_decisions.main(["--from", str(tmp_path / "junk.json"), "--out-dir", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
+
+
+def test_rule_lists_keep_pseudo_band_pairs():
+    from bench_decisions import split_rules
+
+    assert split_rules("far:0.05,pseudo-band:0.7,0.1;sigma:2") == ["far:0.05", "pseudo-band:0.7,0.1", "sigma:2"]
