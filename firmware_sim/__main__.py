@@ -53,10 +53,14 @@ def parser(prog: str = "python -m firmware_sim") -> argparse.ArgumentParser:
     r.add_argument("--no-xnnpack", action="store_true", help="TFLite: built-in kernels without XNNPACK.")
     r.add_argument("--buffer", default=None, help="Replay buffer file to keep the int8 trunk latents in.")
     r.add_argument("--budget", default=None, help="Buffer budget, e.g. 256KB (needed to create a buffer file).")
-    r.add_argument("--task", default=None, help="Task of these images: a task NAME of the artifact decides with "
-                   "that task's own threshold (and keeps buffer records under its index); an integer is a buffer "
-                   "task id. Default: the task-agnostic threshold (the max over the tasks' thresholds) and the "
-                   "newest task in the buffer, else 0.")
+    r.add_argument("--task", default=None, help="Product of these images, by name: a task of the artifact "
+                   "decides with that task's own threshold; with --buffer its frames are kept under that name (a "
+                   "name the artifact does not know is a new product: task-agnostic threshold, new buffer task). "
+                   "Names win over numbers; digits that name no task are a buffer task id. Default: the "
+                   "task-agnostic threshold (the max over the tasks' thresholds) and the newest task in the "
+                   "buffer, else 0.")
+    r.add_argument("--task-id", type=int, default=None, help="Buffer task id to keep frames under (instead of "
+                   "--task; the task-agnostic threshold).")
     r.add_argument("--wait", action="store_true", help="If another process has the buffer, wait for it instead "
                    "of failing.")
     r.add_argument("--shrink", action="store_true", help="Allow a --budget below the buffer file's: records that "
@@ -154,7 +158,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m firmware_sim") ->
         if args.cmd == "run":
             summary = commands.run(args.artifact, args.images, args.out, args.threads, args.delegate, args.buffer,
                                    args.budget, args.task, args.format, emit=_print,
-                                   xnnpack=not args.no_xnnpack, shrink=args.shrink, wait=args.wait)
+                                   xnnpack=not args.no_xnnpack, shrink=args.shrink, wait=args.wait,
+                                   task_id=args.task_id)
             print(_dumps({"summary": summary}), file=sys.stderr, flush=True)
         elif args.cmd == "buffer":
             if args.action == "stats":

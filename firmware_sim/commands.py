@@ -59,26 +59,33 @@ def run(artifact: str | os.PathLike, images: str | os.PathLike, out: str | os.Pa
         threads: int | None = None, delegate: str | None = None, buffer: str | os.PathLike | None = None,
         budget: str | int | None = None, task: str | int | None = None, format: str | None = None,
         emit: Emit = lambda d: None, warn: Warn = _stderr, xnnpack: bool = True, shrink: bool = False,
-        wait: bool = False) -> dict:
+        wait: bool = False, task_id: int | None = None) -> dict:
     """Score every image; one dict per image to ``emit``; an overlay PNG per image in ``out``; a summary back.
 
-    ``task``: a task name of the artifact (decide with that task's threshold; with a buffer, its records go to
-    that task's index) or an integer buffer task id (the task-agnostic threshold). None: the task-agnostic
+    ``task``: a product name. A task of the artifact decides with that task's threshold; with a buffer, its
+    records go to the buffer task of that name (named now if new: the artifact's task index when free). With a
+    buffer, a name the artifact does not know is a new product: the task-agnostic threshold, records under
+    a new buffer task of that name. Names win over ids, so a task named "7" is chosen by ``--task 7``; digits
+    that name no task are a buffer task id (as ``task_id``, the unambiguous way). None: the task-agnostic
     threshold and the newest buffer task. With ``buffer`` the file is locked for the whole run (``wait``: queue
     behind another process instead of failing); ``shrink`` allows a ``budget`` below the file's, counting the
     evicted records. A frame that cannot be read is skipped with a warning and counted in ``skipped``.
     """
-    task_name, buffer_task = _parse_task(task)
-    if buffer is None and (budget is not None or shrink or buffer_task is not None and task_name is None):
-        raise UserError("--budget, --shrink and an integer --task apply to a replay buffer: give --buffer FILE "
-                        "too (or --task NAME for a task's threshold)")
+    if buffer is None and (budget is not None or shrink or task_id is not None):
+        raise UserError("--budget, --shrink and --task-id apply to a replay buffer: give --buffer FILE too")
     files = list_images(images, warn)
     device = Device(artifact, format=format, threads=threads, delegate=delegate, xnnpack=xnnpack)
-    if task_name is not None:
+    task_name, buffer_task = _parse_task(task, device.manifest.tasks, task_id, buffer is not None)
+    if task_name in device.manifest.tasks:
         device.use_task(task_name)
         buffer_task = device.manifest.tasks.index(task_name)
+    elif task_name is not None and buffer is None:
+        device.use_task(task_name)  # not a task of the model: its UserError lists the tasks
+    elif task_name is not None:
+        warn(f"--task {task_name!r} is not a task of this model (its tasks: {', '.join(device.manifest.tasks) or 'none'}"
+             "): a new product, decided with the task-agnostic threshold; its frames are kept under its own name")
     if buffer is not None:
-        device.attach_buffer(buffer, budget, buffer_task, shrink=shrink, wait=wait, warn=warn)
+        device.attach_buffer(buffer, budget, buffer_task, shrink=shrink, wait=wait, warn=warn, task_name=task_name)
     try:
         report = device.buffer_report
         if report is not None:
@@ -90,7 +97,8 @@ def run(artifact: str | os.PathLike, images: str | os.PathLike, out: str | os.Pa
         summary = score_files(device, files, images, out, emit, warn)
         if device.buffer is not None:
             device.buffer.save(device.buffer_path)
-            summary["buffer"] = {"path": str(device.buffer_path), "task": device.task_id, **device.buffer.stats(),
+            summary["buffer"] = {"path": str(device.buffer_path), "task": device.task_id,
+                                 "task_name": device.buffer.task_names().get(device.task_id), **device.buffer.stats(),
                                  **({"load": _report(report)} if report is not None else {})}
         return summary
     finally:
@@ -136,13 +144,27 @@ def score_files(device, files: list[Path], images: str | os.PathLike, out: str |
             "task": getattr(device, "task_name", None)}
 
 
-def _parse_task(task: str | int | None) -> tuple[str | None, int | None]:
-    """(task name, buffer task id) from --task: digits are a buffer task id, anything else a task name."""
+def _parse_task(task: str | int | None, model_tasks: list[str], task_id: int | None,
+                has_buffer: bool) -> tuple[str | None, int | None]:
+    """(task name, buffer task id) from --task and --task-id. A name of the model's tasks wins over digits
+    (a task may be named "7"); other digits are a buffer task id; other text names a new product (which
+    needs a buffer to be kept under, else the model's UserError listing its tasks)."""
+    if task_id is not None and task is not None:
+        raise UserError("give --task NAME or --task-id N, not both")
+    if task_id is not None:
+        return None, int(task_id)
     if task is None:
         return None, None
-    if isinstance(task, int) or str(task).strip().lstrip("-").isdigit():
-        return None, int(task)
-    return str(task), None
+    text = str(task)
+    if text in model_tasks:
+        return text, None
+    if text.strip().lstrip("-").isdigit():
+        if not has_buffer:
+            raise UserError(f"--task {text}: not a task of this model (its tasks: {', '.join(model_tasks) or 'none'}"
+                            "); --budget, --shrink and an integer --task apply to a replay buffer: give --buffer "
+                            "FILE too")
+        return None, int(text)
+    return text, None
 
 
 # -- buffer -----------------------------------------------------------------------------------------------

@@ -250,11 +250,13 @@ class Device:
 
     def attach_buffer(self, path: str | os.PathLike, budget: int | str | None = None, task: int | None = None,
                       seed: int = 0, shrink: bool = False, wait: bool = False,
-                      warn: Callable[[str], None] | None = None) -> ReplayBuffer:
+                      warn: Callable[[str], None] | None = None, task_name: str | None = None) -> ReplayBuffer:
         """Open (or create) the buffer file at ``path`` and hold its lock until ``detach_buffer``.
 
         Args:
             task: the task id of what this device sees next (default: the newest task in the file, else 0).
+            task_name: the product's name: its records go to the buffer task of that name; a name the buffer
+                does not know yet names ``task`` if that id is unnamed there, else a new id.
             shrink: allow a ``budget`` below the file's (records that no longer fit are evicted and counted in
                 ``buffer_report.evicted``); without it a smaller budget is refused with the numbers.
             wait: if another process holds the buffer, wait for it instead of failing.
@@ -272,7 +274,7 @@ class Device:
         self.detach_buffer()
         lock = BufferLock(path, wait=wait, notify=warn).acquire()
         try:
-            self._open_locked(path, budget, task, seed, shrink, warn)
+            self._open_locked(path, budget, task, seed, shrink, warn, task_name)
         except BaseException:
             lock.release()
             raise
@@ -294,7 +296,7 @@ class Device:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _open_locked(self, path: Path, budget, task, seed: int, shrink: bool, warn) -> None:
+    def _open_locked(self, path: Path, budget, task, seed: int, shrink: bool, warn, task_name=None) -> None:
         stale = remove_stale_temps(path)  # safe: the lock keeps every other writer of this file out
         if stale and warn:
             warn(f"{path}: removed {len(stale)} temporary file(s) left by interrupted saves")
@@ -311,9 +313,24 @@ class Device:
                 raise UserError(f"{path}: no buffer file yet; give --budget (e.g. 256KB) to create one")
             buf, report = ReplayBuffer(budget, "int8-device", seed=seed, latent_shape=shape), None
         self.task_id = int(task) if task is not None else max(buf.tasks, default=0)
+        if task_name is not None:
+            self.task_id = _named_task_id(buf, task_name, task, len(self.manifest.tasks))
+            buf.name_task(self.task_id, task_name)
         self._sample_id = buf.stats()["offered_per_task"].get(self.task_id, 0)
         self.buffer, self.buffer_path, self.buffer_report = buf, path, report
         buf.save(path)  # the file exists (and fits its budget) from the start
+
+
+def _named_task_id(buf: ReplayBuffer, name: str, preferred: int | None, model_tasks: int) -> int:
+    """The buffer task id for product ``name``: the one that carries it, else ``preferred`` (the model's
+    index for it) if that id has no name yet, else the first id after the model's tasks and the buffer's."""
+    have = buf.task_id_of(name)
+    if have is not None:
+        return have
+    names = buf.task_names()
+    if preferred is not None and int(preferred) not in names:
+        return int(preferred)
+    return max([model_tasks - 1, *buf.tasks, *names]) + 1
 
 
 def open_buffer(path: str | os.PathLike, budget: int | str | None = None, shrink: bool = True,

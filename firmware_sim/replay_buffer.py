@@ -16,10 +16,12 @@ File layout, little-endian:
   record:          b"RREC" | u32 record length | u8 kind | i64 task id | f64 unix time | i64 sample id |
                    body | u32 CRC32 of the record before it
   kind 1 (sample): body = EncodedLatent.to_bytes(), sample id = the caller's sample index
-  kind 2 (task):   empty body, "sample id" = samples offered so far for this task (restores the reservoir)
+  kind 2 (task):   body = the task's (product's) name in UTF-8, empty if unnamed; "sample id" = samples offered
+                   so far for this task (restores the reservoir). Readers that predate names skip the body.
 The record marker lets ``load`` resynchronise after a damaged record and keep every intact one; the records
 lost in a damaged stretch are counted from its length (task records and samples of the known record size).
 Task ids are bounded (0..MAX_TASK_ID): a record with another id is refused, since each task takes a share.
+A task's name (at most MAX_NAME_BYTES) lives in its task record and counts in its share, like the record.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from firmware_sim.errors import UserError
 from firmware_sim.sizes import format_size, parse_size
 
 MAX_TASK_ID = 65535
+MAX_NAME_BYTES = 64  # a product name, UTF-8: small next to a record, so naming a task hardly costs samples
 _REC = struct.Struct("<4sIBqdq")
 _SYNC = b"RREC"
 RECORD_OVERHEAD = _REC.size + 4  # record header + CRC32: 37 bytes
@@ -94,6 +97,21 @@ def _check_task_id(task_id: int) -> int:
     return int(task_id)
 
 
+def check_task_name(name: str) -> str:
+    """A product name as a buffer stores it: 1..MAX_NAME_BYTES of UTF-8, no control characters."""
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(f"task name {name!r}: expected a non-empty string")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise UserError(f"task name {name!r}: expected at most {MAX_NAME_BYTES} bytes of UTF-8 without control "
+                        "characters")
+    return name
+
+
+def task_record_size(name: str | None) -> int:
+    """Bytes of a task record carrying ``name`` (None: unnamed): what the task's share pays for it."""
+    return TASK_RECORD_SIZE + (len(name.encode("utf-8")) if name else 0)
+
+
 def _whole_records(length: int, sample: int, min_samples: int = 0) -> int | None:
     """Samples in ``length`` bytes of whole records (task records and ``sample``-byte samples), most samples
     first since tasks are few; None if no such split exists."""
@@ -119,9 +137,10 @@ def _lost_samples(data: bytes, start: int, end: int, sample: int | None) -> int:
         head = data[pos:min(pos + _REC.size, end)]
         if head[:4] != _SYNC[:len(head[:4])]:  # no record starts here: a damaged marker, or not records at all
             return lost + ((_whole_records(end - pos, sample, 1) or 0) if sample else 0)
-        if len(head) > 8 and (head[8] == KIND_TASK or head[8] != KIND_SAMPLE  # its kind or length says task
-                              and struct.unpack_from("<I", head, 4)[0] == TASK_RECORD_SIZE):
-            pos += TASK_RECORD_SIZE
+        length = struct.unpack_from("<I", head, 4)[0] if len(head) >= 8 else 0
+        named = TASK_RECORD_SIZE <= length <= TASK_RECORD_SIZE + MAX_NAME_BYTES
+        if len(head) > 8 and (head[8] == KIND_TASK or head[8] != KIND_SAMPLE and named):  # kind or length: task
+            pos += length if named else TASK_RECORD_SIZE
             continue
         lost += 1
         pos = pos + sample if sample else end
@@ -189,6 +208,7 @@ class ReplayBuffer:
         self._tasks: dict[int, list[Record]] = {}
         self._offered: dict[int, int] = {}
         self._updated: dict[int, float] = {}
+        self._names: dict[int, str] = {}
         if self.budget_bytes < FILE_HEADER_SIZE + TASK_RECORD_SIZE + RECORD_OVERHEAD:
             raise UserError(f"replay budget {format_size(self.budget_bytes)} is below the file header "
                             f"({FILE_HEADER_SIZE} B) plus one task record and one record header")
@@ -202,7 +222,7 @@ class ReplayBuffer:
         return FILE_HEADER_SIZE + sum(self._task_bytes(t) for t in self._tasks)
 
     def _task_bytes(self, task_id: int) -> int:
-        return TASK_RECORD_SIZE + sum(r.nbytes for r in self._tasks[task_id])
+        return task_record_size(self._names.get(task_id)) + sum(r.nbytes for r in self._tasks[task_id])
 
     def quota(self) -> int:
         """Bytes each task may use (its task record included): the budget less the header, shared equally."""
@@ -277,7 +297,10 @@ class ReplayBuffer:
     def _rebalance(self, policy: str | None = None) -> None:
         for task_id, records in self._tasks.items():
             if self._task_bytes(task_id) > self.quota():
-                self._tasks[task_id] = self.select(records, self.quota() - TASK_RECORD_SIZE, policy)
+                self._tasks[task_id] = self.select(records, self.quota() - self._task_overhead(task_id), policy)
+
+    def _task_overhead(self, task_id: int) -> int:
+        return task_record_size(self._names.get(task_id))
 
     def select(self, records: list[Record], capacity: int, policy: str | None = None) -> list[Record]:
         """The policy hook: which of ``records`` stay within ``capacity`` bytes (kept in their file order)."""
@@ -319,13 +342,42 @@ class ReplayBuffer:
         records = self._register(int(task_id))
         self._offered[int(task_id)] += len(new)
         self._updated[int(task_id)] = time.time()
-        self._tasks[int(task_id)] = self.select(records + new, self.quota() - TASK_RECORD_SIZE, policy)
+        self._tasks[int(task_id)] = self.select(records + new, self.quota() - self._task_overhead(int(task_id)),
+                                                policy)
         return len(self._tasks[int(task_id)])
 
     # -- reading ---------------------------------------------------------------------------------------
     @property
     def tasks(self) -> list[int]:
         return list(self._tasks)
+
+    def task_names(self) -> dict[int, str]:
+        """The product name of every named task: {task id: name}."""
+        return dict(self._names)
+
+    def task_id_of(self, name: str) -> int | None:
+        """The task id that carries ``name``, None if no task does."""
+        return next((t for t, n in self._names.items() if n == name), None)
+
+    def name_task(self, task_id: int, name: str) -> None:
+        """Give task ``task_id`` (registered now if new) the product name ``name``, stored in the file.
+
+        Names are unique in a buffer and a task keeps its name: renaming is refused, since a name is how the
+        host and the device agree which product a task is. The name counts in the task's share (see
+        ``task_record_size``); if that share is full, one of its records makes room.
+        """
+        task_id, name = _check_task_id(task_id), check_task_name(name)
+        if self._names.get(task_id) == name:
+            return
+        if task_id in self._names:
+            raise UserError(f"task {task_id} is named {self._names[task_id]!r} in this buffer; it cannot become "
+                            f"{name!r}")
+        other = self.task_id_of(name)
+        if other is not None:
+            raise UserError(f"task name {name!r} already belongs to task {other} in this buffer")
+        self._register(task_id)
+        self._names[task_id] = name
+        self._rebalance()
 
     def __len__(self) -> int:
         return sum(len(r) for r in self._tasks.values())
@@ -354,9 +406,24 @@ class ReplayBuffer:
             "records_per_task": {t: len(r) for t, r in self._tasks.items()},
             "bytes_per_task": {t: self._task_bytes(t) for t in self._tasks},
             "offered_per_task": dict(self._offered),
+            "task_names": dict(self._names),
         }
 
     # -- file ------------------------------------------------------------------------------------------
+    def _read_name(self, task_id: int, body: bytes, report: LoadReport) -> None:
+        """A task record's name, if it has a valid one; a bad or duplicate name is noted and left out."""
+        if not body:
+            return
+        try:
+            name = check_task_name(body.decode("utf-8"))
+            other = self.task_id_of(name)
+            if other is not None and other != task_id:
+                raise UserError(f"also the name of task {other}")
+        except (UnicodeDecodeError, UserError) as exc:
+            report.errors.append(f"{report.path}: task {task_id}'s name left out: {exc}")
+            return
+        self._names[task_id] = name
+
     def _header(self) -> bytes:
         return pack_header({"shape": list(self.shape) if self.shape else None, "codec": self.codec.spec,
                             "quantisation": self.codec.description, "budget_bytes": self.budget_bytes,
@@ -365,7 +432,8 @@ class ReplayBuffer:
     def to_bytes(self) -> bytes:
         parts = [self._header()]
         for task_id, records in self._tasks.items():
-            parts.append(_pack_record(KIND_TASK, task_id, self._updated[task_id], self._offered[task_id], b""))
+            name = self._names.get(task_id, "").encode("utf-8")
+            parts.append(_pack_record(KIND_TASK, task_id, self._updated[task_id], self._offered[task_id], name))
             parts += [_pack_record(KIND_SAMPLE, r.task_id, r.timestamp, r.sample_id, r.data) for r in records]
         data = b"".join(parts)
         assert len(data) == self.nbytes <= self.budget_bytes, "file size and byte accounting disagree"
@@ -439,6 +507,7 @@ class ReplayBuffer:
                 buf._tasks.setdefault(task_id, [])
                 if kind == KIND_TASK:
                     buf._offered[task_id], buf._updated[task_id] = sample_id, timestamp
+                    buf._read_name(task_id, body, report)
                 else:
                     buf._tasks[task_id].append(Record(task_id, timestamp, sample_id, bytes(body)))
                 pos += RECORD_OVERHEAD + len(body)
