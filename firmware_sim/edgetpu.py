@@ -56,6 +56,21 @@ def manual_steps(art_dir: str | os.PathLike, graph_files: list[list[str]] | None
             f"`python -m firmware_sim edgetpu {art}` (or `edgead device edgetpu {art}`)")
 
 
+def check_tflite(path: Path) -> None:
+    """Refuse a file that is not a TFLite flatbuffer (its 'TFL3' identifier at bytes 4..8 and its root table
+    inside the file), before it is recorded in a manifest and bundled: a renamed text file or a truncated copy
+    would otherwise only fail on the device."""
+    try:
+        with open(path, "rb") as f:
+            head, size = f.read(8), os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
+    root = int.from_bytes(head[:4], "little") if len(head) == 8 else 0
+    if size < 16 or head[4:8] != b"TFL3" or not 8 <= root < size:
+        raise UserError(f"{path}: not a TFLite model (no TFL3 flatbuffer header, {size} bytes); copy the "
+                        f"{COMPILER} output itself into {path.parent}, or compile again")
+
+
 def _version(compiler: str) -> str | None:
     try:
         r = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60)
@@ -107,6 +122,9 @@ def add_edgetpu(art_dir: str | os.PathLike, run_compiler: bool = True,
             why = f"{COMPILER} is not on PATH" if run_compiler else "compiling was not asked for"
             raise UserError(f"{root}: no Edge TPU-compiled graph for {', '.join(missing)} and {why}; "
                             + manual_steps(root, groups))
+    for files in groups:  # compiled here or copied in by hand: each must be a real TFLite model
+        for f in files:
+            check_tflite(root / compiled_names(f)[0])
     data = {k: v for k, v in manifest.data.items() if k not in ("schema", "schema_version", "files")}
     files = list(manifest.data["files"])
     compiled = {}
