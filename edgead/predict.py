@@ -83,8 +83,10 @@ class HostDetector:
                       x[0] if len(x) == 1 else self.preprocess.frame_uint8(img))
 
 
-def checkpoint_of(run_dir: str | Path, task: str | int | None = None) -> tuple[Path, int, list[str]]:
-    """The checkpoint file of a run after a task given by name or index (default: the last completed).
+def checkpoint_of(run_dir: str | Path, task: str | int | None = None,
+                  option: str = "--task") -> tuple[Path, int, list[str]]:
+    """The checkpoint file of a run after a task given by name or index (default: the last completed);
+    ``option`` is how the user gave ``task`` (--task, --checkpoint), for the error message.
 
     Returns:
         (checkpoint path, task index, the run's task names).
@@ -103,16 +105,18 @@ def checkpoint_of(run_dir: str | Path, task: str | int | None = None) -> tuple[P
     elif str(task).lstrip("-").isdigit() and 0 <= int(task) < done:
         i = int(task)
     else:
-        raise EdgeadError(f"--task {task}: expected a completed task of {run_dir}: a name in "
+        raise EdgeadError(f"{option} {task}: expected a completed task of {run_dir}: a name in "
                           f"{names[:done]} or an index 0..{done - 1}")
     return run_dir / "checkpoints" / f"task_{i:02d}.pt", i, names
 
 
-def load_host_detector(run_dir: str | Path, task: str | int | None = None, device: str = "cpu") -> HostDetector:
-    """A run's checkpoint (after `task`, default the last) ready to score images."""
+def load_host_detector(run_dir: str | Path, task: str | int | None = None, device: str = "cpu",
+                       option: str = "--task") -> HostDetector:
+    """A run's checkpoint (after `task`, default the last) ready to score images; ``option`` names the user's
+    option in errors."""
     from edgead.engine.checkpoint import load_checkpoint
 
-    ckpt, _, _ = checkpoint_of(run_dir, task)
+    ckpt, _, _ = checkpoint_of(run_dir, task, option)
     model, pre, _ = load_checkpoint(ckpt)
     if not np.isfinite(model.calibration.threshold):
         raise EdgeadError(f"{ckpt}: no calibrated threshold (the run had no held-out normals); retrain with "
@@ -142,7 +146,7 @@ def predict_run(run_dir: str | Path, images: str | Path, task: str | None = None
 
     warn = warn or commands._stderr
     files = commands.list_images(images, warn)
-    detector = load_host_detector(run_dir, checkpoint, device)
+    detector = load_host_detector(run_dir, checkpoint, device, option="--checkpoint")
     if task is not None:
         detector.use_task(str(task))
     summary = commands.score_files(detector, files, images, out, emit, warn)

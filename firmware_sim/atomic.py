@@ -73,11 +73,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            # write() on a full disk or past `ulimit -f` names no file: say which one the user would lose
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     _fsync_dir(path.parent)
     return path

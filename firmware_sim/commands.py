@@ -22,7 +22,7 @@ from firmware_sim.device import Device, open_buffer
 from firmware_sim.errors import UserError
 from firmware_sim.format_speed import compare_formats
 from firmware_sim.manifest import MANIFEST_NAME
-from firmware_sim.overlay import save_overlay
+from firmware_sim.overlay import OverlayNames, save_overlay
 from firmware_sim.preprocess import is_image_file
 from firmware_sim.profiles import load_profiles
 from firmware_sim.replay_buffer import RECORD_OVERHEAD, ReplayBuffer
@@ -115,6 +115,7 @@ def score_files(device, files: list[Path], images: str | os.PathLike, out: str |
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     root = Path(images) if Path(images).is_dir() else None
+    names = OverlayNames(out_dir) if out_dir is not None else None
     done, skipped, anomalous = 0, 0, 0
     for path in files:
         try:
@@ -130,7 +131,7 @@ def score_files(device, files: list[Path], images: str | os.PathLike, out: str |
         line = r.to_json(str(path))
         if out_dir is not None:
             rel = path.relative_to(root) if root is not None else Path(path.name)
-            png = out_dir / (rel.with_suffix("").as_posix().replace("/", "__") + ".png")
+            png = names(rel)
             save_overlay(png, r.pixels, device.normalize(r.map), score=r.score, normalized=r.normalized,
                          anomalous=r.anomalous)
             line["overlay"] = str(png)

@@ -2,6 +2,11 @@
 
 Below the image: the colour bar of the normalised map (0 left, 1 right, a tick at 0.5 = the threshold) and
 the image's score, its normalised value and the decision.
+
+Overlay files are named after their image so that each JSON line points to its own file (`OverlayNames`):
+the image's folders below --images are kept as folders, a .png keeps its name and any other image keeps its
+suffix in the name (`a.jpg` -> `a.jpg.png`, beside `a.png` -> `a.png`), and a name already taken in this run
+(`a.png` and `a.PNG`) gets a counter.
 """
 
 from __future__ import annotations
@@ -73,3 +78,26 @@ def save_overlay(path: str | os.PathLike, pixels: np.ndarray, normalized_map: np
     image's score, normalised score and decision are written under the colour bar when given."""
     img = overlay_image(pixels, normalized_map, alpha, score, normalized, anomalous)
     return atomic_write(path, lambda f: Image.fromarray(img).save(f, format="PNG"))
+
+
+def overlay_name(rel: Path) -> Path:
+    """The overlay file of the image at ``rel`` (relative to --images): ``x/y.png`` -> ``x/y.png``,
+    ``x/y.jpg`` -> ``x/y.jpg.png``."""
+    return rel.with_suffix(".png") if rel.suffix.lower() == ".png" else rel.with_name(rel.name + ".png")
+
+
+class OverlayNames:
+    """Unique overlay paths under ``out`` for one run: two images never share an overlay file."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self._taken: set[str] = set()
+
+    def __call__(self, rel: Path) -> Path:
+        base = overlay_name(rel)
+        name, n = base, 2
+        while name.as_posix().lower() in self._taken:  # lower: one file on a case-insensitive file system
+            name = base.with_name(f"{base.stem}-{n}.png")
+            n += 1
+        self._taken.add(name.as_posix().lower())
+        return self.out / name
