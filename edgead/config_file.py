@@ -9,8 +9,11 @@
     epochs: 10
 
 Keys are the long option names, with `-` or `_` (`image-size` or `image_size`). Options given on the
-command line override the file. An unknown key is an error naming it. Every training run records the values
-it used as RUN/config.yaml; `edgead train --config RUN/config.yaml --out NEW` repeats that run.
+command line override the file. An unknown key is an error naming it, and so is a value the option cannot
+take (a list where a number goes, a mapping, `1.5` epochs): values are checked with the option's own type
+before click sees them, so the error names the key and the file. A list for a text option (`tasks: [a, b]`)
+is joined with commas, as `config_to_argv` does for the benchmark scripts. Every training run records the
+values it used as RUN/config.yaml; `edgead train --config RUN/config.yaml --out NEW` repeats that run.
 """
 
 from __future__ import annotations
@@ -47,6 +50,67 @@ def read_config(path: str | Path) -> dict:
     return {str(k).replace("-", "_"): v for k, v in doc.items()}
 
 
+def _short(v: object, n: int = 80) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+def _kind(v: object) -> str:
+    names = {list: "a list", dict: "a mapping", bool: "a bool", int: "an int", float: "a float", str: "text"}
+    return names.get(type(v), f"a {type(v).__name__}")
+
+
+def _expected(p: click.Parameter) -> str:
+    t = p.type
+    if isinstance(t, click.Choice):
+        return "one of " + ", ".join(map(str, t.choices))
+    if isinstance(t, click.types.BoolParamType):
+        return "true or false"
+    if isinstance(t, click.types.IntParamType):
+        return "a whole number"
+    if isinstance(t, click.types.FloatParamType):
+        return "a number"
+    if isinstance(t, click.Path):
+        return "a path"
+    return "a single value"
+
+
+def _scalar(v: object) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def checked_value(ctx: click.Context, p: click.Parameter, key: str, value: object, shown: str) -> object:
+    """A config file's value for option `p`, checked with the option's own type (click's conversion), so a
+    bad value is an error naming `key` and the file `shown` rather than a traceback inside click.
+
+    Returns:
+        the value to use as the option's default (a list of text joined with commas for a text option).
+    """
+    if isinstance(value, dict) or (isinstance(value, list) and not all(_scalar(x) for x in value)):
+        raise EdgeadError(f"{shown}: key {key!r} is {_kind(value)}; expected {_expected(p)}")
+    if isinstance(value, list) and not (p.multiple or p.nargs != 1):
+        if not isinstance(p.type, click.types.StringParamType):
+            raise EdgeadError(f"{shown}: key {key!r} is a list; expected {_expected(p)}")
+        value = ",".join(str(x) for x in value)
+    items = value if isinstance(value, list) else [value]
+    for x in items:
+        if x is None:
+            continue
+        whole = isinstance(p.type, click.types.IntParamType)
+        if (whole or isinstance(p.type, click.types.FloatParamType)) and isinstance(x, bool):
+            raise EdgeadError(f"{shown}: key {key!r} = {_short(x)}; expected {_expected(p)}")
+        if whole and isinstance(x, float) and not (x == x and abs(x) != float("inf") and x == int(x)):
+            raise EdgeadError(f"{shown}: key {key!r} = {_short(x)}; expected {_expected(p)}")
+        try:
+            p.type.convert(x, p, ctx)
+        except click.BadParameter as e:
+            raise EdgeadError(f"{shown}: key {key!r} = {_short(x)}: {_short(e.format_message(), 200)}") from None
+        except (TypeError, ValueError, OverflowError) as e:
+            raise EdgeadError(f"{shown}: key {key!r} = {_short(x)}: {_short(str(e), 200)}; expected "
+                              f"{_expected(p)}") from None
+    return value
+
+
 def _option_names(command: click.Command) -> dict[str, str]:
     """key -> parameter name: each option's long name (`data` for `--data`, dest `root`) and its dest."""
     out = {}
@@ -77,8 +141,10 @@ def _load_into_context(ctx: click.Context, param: click.Parameter, value) -> Non
         while c.parent is not None:  # the subcommand path below the program's own name
             names_path.insert(0, c.info_name)
             c = c.parent
-        raise EdgeadError(f"--config {value}: unknown key {unknown[0]!r} for `edgead {' '.join(names_path)}` "
+        raise EdgeadError(f"--config {value}: unknown key {_short(unknown[0])} for `edgead {' '.join(names_path)}` "
                           f"(expected one of: {', '.join(keys)})")
+    params = {p.name: p for p in ctx.command.params}
+    doc = {k: checked_value(ctx, params[names[k]], k, v, f"--config {value}") for k, v in doc.items()}
     ctx.default_map = {**(ctx.default_map or {}), **{names[k]: v for k, v in doc.items()}}
 
 
@@ -140,6 +206,8 @@ def config_to_argv(path: str | Path) -> list[str]:
     argv: list[str] = []
     for k, v in read_config(path).items():
         flag = "--" + k.replace("_", "-")
+        if isinstance(v, dict) or (isinstance(v, list) and not all(_scalar(x) for x in v)):
+            raise EdgeadError(f"--config {path}: key {k!r} is {_kind(v)}; expected a value or a list of values")
         if v is None or v is False:
             continue
         if v is True:

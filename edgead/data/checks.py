@@ -1,7 +1,7 @@
 """Checking every task's ground-truth masks before anything trains.
 
-Masks follow one rule, `firmware_sim.preprocess.load_mask`'s: any non-zero pixel is a defect (0/255, 0/1 and
-masks drawn with any other value all work). A mask that cannot be read or does not have its image's size
+Masks follow one rule, `edgead.data.layout.mask_threshold`'s: any non-zero pixel is a defect (0/255, 0/1 and
+masks drawn with any other value all work), or above 127 for JPEG masks (compression noise). A mask that cannot be read or does not have its image's size
 would otherwise surface only when that task is evaluated, possibly hours into a run; here it is an error
 naming the file before the first task trains. A task whose masks are all empty (no defect pixel anywhere)
 cannot give pixel metrics and is refused too; single empty masks are allowed (some datasets have them).
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from edgead.data.layout import CategoryIndex
+from edgead.data.layout import CategoryIndex, mask_threshold
 from edgead.errors import EdgeadError
 from firmware_sim.errors import UserError
 from firmware_sim.preprocess import load_mask
@@ -41,7 +41,7 @@ def check_masks(index: CategoryIndex, *, skip_bad: bool = False) -> None:
     empty, readable = [], 0
     for e in with_masks:
         try:
-            mask = load_mask(e.mask_path, expected_size=_image_size(e.path))
+            mask = load_mask(e.mask_path, expected_size=_image_size(e.path), threshold=mask_threshold(e.mask_path))
         except UserError as err:
             if skip_bad:
                 continue

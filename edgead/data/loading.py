@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgead.data.layout import Entry
+from edgead.data.layout import Entry, mask_threshold
 from edgead.errors import EdgeadError
 from firmware_sim.errors import UserError
 from firmware_sim.preprocess import Preprocess, load_mask, load_rgb
@@ -97,7 +97,8 @@ def load_entries(entries: list[Entry], pre: Preprocess, *, skip_bad: bool = Fals
                 if e.mask_path is None:
                     has_masks = False
                 else:
-                    masks[i] = pre.frame_mask(load_mask(e.mask_path, expected_size=img.size)) > 0
+                    mask = load_mask(e.mask_path, expected_size=img.size, threshold=mask_threshold(e.mask_path))
+                    masks[i] = pre.frame_mask(mask) > 0
             if squash:
                 images[i] = v[0]
             else:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from edgead.data.layout import mask_threshold
 from firmware_sim.atomic import atomic_write
 from firmware_sim.preprocess import load_mask, load_rgb
 
@@ -71,7 +72,7 @@ def save_montage(stream, path: str | Path, tile: int = 128, per_row: int = 5) ->
         tiles = []
         for e in normal + list(defects.values())[: per_row - 1]:
             img = load_rgb(e.path)
-            mask = load_mask(e.mask_path, expected_size=img.size) if e.mask_path is not None else None
+            mask = load_mask(e.mask_path, expected_size=img.size, threshold=mask_threshold(e.mask_path)) if e.mask_path is not None else None
             tiles.append(_label(fit_tile(img, mask, tile), f"{task.name}: {e.defect_type}"))
         tiles += [np.full_like(tiles[0], 255)] * (per_row - len(tiles))
         rows.append(np.concatenate(tiles, axis=1))
