@@ -1,4 +1,4 @@
-"""`python -m firmware_sim run | buffer | profile | bundle | edgetpu`: the device CLI (argparse only, no click on a
+"""`python -m firmware_sim run | buffer | profile | bundle | calibrate | edgetpu`: the device CLI (argparse only, no click on a
 device).
 
 Bad input is a UserError: printed as `error: ...` with exit status 2, never a traceback.
@@ -115,6 +115,22 @@ def parser(prog: str = "python -m firmware_sim") -> argparse.ArgumentParser:
     d.add_argument("--no-archive", action="store_true", help="Write the folder only, no .tar.gz.")
     d.add_argument("--force", action="store_true", help="Replace an existing OUT and OUT.tar.gz.")
 
+    c = sub.add_parser("calibrate", help="Set a product's threshold from a few labelled images (manifest "
+                       "rewritten, the old threshold kept in its history).",
+                       description="Score the good (--normal) and defective (--defect) images with ART's model, set "
+                                   "the threshold of --task NAME (lognormal: midpoint of the mean log scores, the good "
+                                   "ones pooled with the stored held-out normals; best-cut: the best balanced "
+                                   "accuracy on these images) and rewrite ART's manifest atomically.")
+    c.add_argument("--artifact", required=True, help="Artifact folder (edgead export --out).")
+    c.add_argument("--task", default=None, help="The product (a task name of ART); needed when ART has per-task "
+                   "thresholds.")
+    c.add_argument("--normal", required=True, help="Folder of good images of the product.")
+    c.add_argument("--defect", required=True, help="Folder of defective images of the product.")
+    c.add_argument("--method", choices=["lognormal", "best-cut"], default="lognormal",
+                   help="How the threshold is chosen (default lognormal; docs/thresholds.md).")
+    c.add_argument("--format", default=None, help="Format that scores the images (default: the first exported).")
+    c.add_argument("--threads", type=int, default=None, help="Interpreter threads (default: the interpreter's).")
+
     t = sub.add_parser("edgetpu", help="Compile ART's tflite-int8 graphs for the Coral Edge TPU (or record ones "
                        "compiled by hand) in its manifest.",
                        description="With edgetpu_compiler on PATH: compile the tflite-int8 graphs and record each "
@@ -177,6 +193,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m firmware_sim") ->
             from firmware_sim.bundle import make_bundle
 
             _print(make_bundle(args.artifact, args.out, args.format, archive=not args.no_archive, force=args.force))
+        elif args.cmd == "calibrate":
+            from firmware_sim.calibrate import calibrate
+
+            _print(calibrate(args.artifact, args.normal, args.defect, args.task, args.method, args.format,
+                             args.threads))
         elif args.cmd == "edgetpu":
             from firmware_sim.edgetpu import add_edgetpu
 

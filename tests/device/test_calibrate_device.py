@@ -1,0 +1,147 @@
+"""`python -m firmware_sim calibrate`: a product's threshold from a few labelled images on the device, the manifest
+rewritten atomically with the old threshold in its history; bad input changes nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from firmware_sim.__main__ import main as fw_main  # noqa: E402
+from firmware_sim.manifest import MANIFEST_NAME, load_manifest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+WEIGHTS = ROOT.parent / "shared" / "weights" / "mcunet-in3"
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory) -> dict:
+    """Two products trained briefly on generated data at 64 px and exported to ONNX."""
+    assert (WEIGHTS / "mcunet-320kb-1mb_imagenet.pth").is_file(), f"MCUNet-in3 weights not found in {WEIGHTS}"
+    from edgead.cli import main as edgead_main
+    from edgead.data.synth import generate_dataset
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EDGEAD_WEIGHTS_DIR", str(WEIGHTS))
+    root = tmp_path_factory.mktemp("calib")
+    data = Path(generate_dataset(root / "data", ["nut", "brick"], seed=0, image_size=64, n_train=12, n_test=6))
+    for argv in (["train", "--data", str(data), "--tasks", "nut,brick", "--out", str(root / "run"), "--image-size",
+                  "64", "--epochs", "1", "--batch-size", "8", "--val-fraction", "0.25", "--quiet"],
+                 ["export", "--run", str(root / "run"), "--out", str(root / "art"), "--format", "onnx",
+                  "--calibration", "8", "--allow-drift", "--quiet"]):
+        try:
+            edgead_main(argv)
+        except SystemExit as e:
+            assert e.code in (0, None), f"edgead {argv[0]} failed ({e.code})"
+    mp.undo()
+    return {"data": data, "art": root / "art"}
+
+
+def _labelled(data: Path, task: str, dest: Path) -> tuple[Path, Path]:
+    """The task's good test images and its defective ones, as two folders."""
+    good, bad = dest / "good", dest / "bad"
+    shutil.copytree(data / task / "test" / "good", good)
+    bad.mkdir(parents=True)
+    for d in sorted((data / task / "test").iterdir()):
+        if d.name != "good":
+            for f in sorted(d.iterdir()):
+                shutil.copy(f, bad / f"{d.name}_{f.name}")
+    return good, bad
+
+
+def _copy_art(art: Path, dest: Path) -> Path:
+    shutil.copytree(art, dest)
+    return dest
+
+
+def test_calibrate_sets_the_task_threshold_and_keeps_history(art, tmp_path, capsys):
+    a = _copy_art(art["art"], tmp_path / "art")
+    good, bad = _labelled(art["data"], "nut", tmp_path / "nut")
+    before = load_manifest(a)
+    old_nut, old_brick = before.calibration("nut")["threshold"], before.calibration("brick")["threshold"]
+    assert fw_main(["calibrate", "--artifact", str(a), "--task", "nut", "--normal", str(good), "--defect",
+                    str(bad)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    m = load_manifest(a)  # still verifies: files unchanged, manifest valid
+    nut = m.calibration("nut")
+    assert nut["threshold"] == pytest.approx(out["threshold"]) and out["old_threshold"] == pytest.approx(old_nut)
+    assert nut["history"][0]["threshold"] == pytest.approx(old_nut) and nut["labelled"]["method"] == out["method"]
+    assert nut["labelled"]["n_normal"] == len(list(good.iterdir())) and nut["labelled"]["n_defect"] == len(
+        list(bad.iterdir()))
+    assert m.calibration("brick")["threshold"] == pytest.approx(old_brick)  # another product: untouched
+    assert m.threshold == pytest.approx(max(nut["threshold"], old_brick))  # task-agnostic: still the max
+    # the threshold follows from the scores printed: the library's choice on them
+    from firmware_sim.decisions import NormalPrior, choose_threshold
+
+    again = choose_threshold(out["normal_scores"], out["defect_scores"],
+                             NormalPrior.from_calibration(before.calibration("nut")), out["method"])
+    assert again["threshold"] == pytest.approx(out["threshold"])
+    # the device decides with it
+    assert fw_main(["run", "--artifact", str(a), "--images", str(good), "--task", "nut"]) == 0
+    summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])["summary"]
+    assert summary["threshold"] == pytest.approx(out["threshold"])
+    # a second calibration keeps both earlier thresholds
+    assert fw_main(["calibrate", "--artifact", str(a), "--task", "nut", "--normal", str(good), "--defect", str(bad),
+                    "--method", "best-cut"]) == 0
+    capsys.readouterr()
+    hist = load_manifest(a).calibration("nut")["history"]
+    assert len(hist) == 2 and hist[1]["threshold"] == pytest.approx(out["threshold"])
+
+
+@pytest.mark.parametrize("case", ["empty-normal", "missing-defect", "one-class", "unknown-task", "no-task",
+                                  "tampered", "bad-method-file"])
+def test_bad_input_is_a_clear_error_and_changes_nothing(art, tmp_path, capsys, case):
+    a = _copy_art(art["art"], tmp_path / "art")
+    good, bad = _labelled(art["data"], "nut", tmp_path / "nut")
+    args = {"--artifact": str(a), "--task": "nut", "--normal": str(good), "--defect": str(bad)}
+    expect = {"empty-normal": "--normal .*no image files", "missing-defect": "--defect .*no such folder",
+              "one-class": "share .* image", "unknown-task": "'screw': not a task of .*its tasks: nut, brick",
+              "no-task": "one threshold per product; say which with --task", "tampered": "sha256 differs|size",
+              "bad-method-file": "--defect .*no image files"}[case]
+    if case == "empty-normal":
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        (empty / "notes.txt").write_text("not an image")
+        args["--normal"] = str(empty)
+    elif case == "missing-defect":
+        args["--defect"] = str(tmp_path / "nowhere")
+    elif case == "one-class":
+        args["--defect"] = str(good)
+    elif case == "unknown-task":
+        args["--task"] = "screw"
+    elif case == "no-task":
+        del args["--task"]
+    elif case == "tampered":
+        onnx = next(p for p in sorted(a.iterdir()) if p.suffix == ".onnx")
+        onnx.write_bytes(onnx.read_bytes() + b"\0")
+    elif case == "bad-method-file":
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        args["--defect"] = str(empty)
+    manifest_before = (a / MANIFEST_NAME).read_bytes()
+    argv = ["calibrate", *[x for kv in args.items() for x in kv]]
+    assert fw_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    import re
+
+    assert re.search(expect, err), err
+    assert (a / MANIFEST_NAME).read_bytes() == manifest_before
+
+
+def test_single_threshold_artifact_calibrates_its_one_threshold(tmp_path):
+    """The manifest logic on an artifact exported without per-task thresholds (no model run needed)."""
+    from firmware_sim.calibrate import calibrated_manifest
+
+    data = {"calibration": {"threshold": 0.5, "score_mean": 0.2, "score_std": 0.05, "n_images": 10}}
+    result = {"threshold": 0.42, "method": "lognormal", "note": None, "n_normal": 3, "n_defect": 2,
+              "false_alarm_rate": 0.0, "catch_rate": 1.0, "balanced_accuracy": 1.0, "ceiling": 1.0}
+    new = calibrated_manifest(data, None, result, "2026-01-01T00:00:00+00:00")
+    assert new["calibration"]["threshold"] == 0.42 and new["calibration"]["history"][0]["threshold"] == 0.5
+    assert data["calibration"]["threshold"] == 0.5  # the input is not modified
+    assert np.isfinite(new["calibration"]["score_mean"])
