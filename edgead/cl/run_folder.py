@@ -22,6 +22,7 @@ from edgead.engine.thresholds import LEGACY_THRESHOLD_RULE
 from edgead.errors import EdgeadError
 from edgead.outputs import check_writable
 from firmware_sim import outputs
+from firmware_sim.anomaly_map import LEGACY_SCORE
 
 STATE_NAME = "state.json"
 PATH_KEYS = ("data_root", "device_buffer", "device_trunk")  # config values that name files or folders
@@ -106,4 +107,18 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     if isinstance(saved.get("train"), dict) and "threshold_rule" not in saved["train"]:
         # runs saved before the rule was recorded were calibrated with the legacy rule
         saved = {**saved, "train": {**saved["train"], "threshold_rule": LEGACY_THRESHOLD_RULE}}
+    if isinstance(saved.get("detector"), dict) and "score" not in saved["detector"]:
+        # runs saved before score post-processing was recorded scored by the map's maximum
+        saved = {**saved, "detector": {**saved["detector"], "score": LEGACY_SCORE}}
+    saved, current = _budget_as_trained(saved), _budget_as_trained(current)
     return sorted(k for k in set(saved) | set(current) if not _same(k, saved.get(k), current.get(k)))
+
+
+def _budget_as_trained(config: dict) -> dict:
+    """Explicit epochs or steps make the budget floor's fields irrelevant (runs saved before the floor existed
+    have neither): leave them out of the comparison."""
+    train = config.get("train")
+    if not isinstance(train, dict) or (train.get("epochs") is None and train.get("steps") is None):
+        return config
+    return {**config, "train": {k: v for k, v in train.items() if k not in ("min_steps", "floor_steps",
+                                                                              "floor_batch")}}
