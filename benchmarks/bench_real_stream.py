@@ -448,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             inputs.mkdir(parents=True, exist_ok=True)
             trunk = str(device_trunk(Path(a.data), tasks[0], a.image_size, a.weights, inputs))
         specs = plan(tasks, methods, budgets, a.memory_size, seeds)
+        inputs_read = tuple(p for p in (str(Path(a.data).resolve()), trunk, a.weights) if p)
         runs = [Run(_key(m, b, n, s), "bench_real_stream:run_one",
                     {"data": str(Path(a.data).resolve()), "tasks": tasks, "method": m, "seed": s,
                      "image_size": a.image_size, "epochs": a.epochs, "budget_bytes": b, "memory_size": n,
@@ -455,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
                      **({"calibration_anchors": a.calibration_anchors} if a.calibration_anchors != 1 else {}),
                      **({"max_train": a.max_train} if a.max_train is not None else {}),
                      **({"latent_crop": a.latent_crop} if a.latent_crop != "auto" else {}),
-                     **({"threshold_rule": a.threshold_rule} if a.threshold_rule else {})})
+                     **({"threshold_rule": a.threshold_rule} if a.threshold_rule else {})},
+                    inputs=inputs_read)  # their content is in each run's spec: changed data runs again
                 for m, _, b, n, s in specs]
         res = run_sweep(name, runs, sweep_dir, jobs=a.jobs, ray=a.ray, threads=a.threads, resume=a.resume,
                         progress=True, log=lambda m: print(m, flush=True))

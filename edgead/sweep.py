@@ -16,7 +16,9 @@ Everything goes under one output folder:
 * Results are identical whichever way the runs execute: each run sets the same torch thread count
   (``threads``, default 1) before it starts and depends only on its arguments.
 * A run that raises is recorded as failed and reported; the others go on.
-* Rerunning the same sweep into its folder skips the runs already finished (same key, same spec). A folder
+* Rerunning the same sweep into its folder skips the runs already finished (same key, same spec). A run's
+  spec holds the content of the files it reads (``Run.inputs``: a digest of every file's name, size and
+  modification time), so a rerun after the data changed runs again instead of republishing old results. A folder
   that holds another sweep (other name or other runs) is refused unless ``resume=True``: then the runs it
   shares with this one (same key and spec) are kept, the rest run, and sweep.json becomes this sweep.
 * Progress: one bar for the sweep (runs finished / failed / left, time left).
@@ -24,6 +26,7 @@ Everything goes under one output folder:
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -37,6 +40,7 @@ from pathlib import Path
 
 from edgead.errors import EdgeadError
 from firmware_sim.atomic import atomic_write_json
+from firmware_sim.outputs import read_marker, write_marker
 
 SWEEP_FILE = "sweep.json"
 INPUTS = "inputs"  # OUT/inputs/: what the runs share (generated data, an exported model); not a result
@@ -53,9 +57,29 @@ class Run:
     key: str
     fn: str
     kwargs: dict = field(default_factory=dict)
+    inputs: tuple[str, ...] = ()  # files and folders the run reads: their content is part of its spec
 
-    def spec(self) -> dict:
-        return json.loads(json.dumps(asdict(self), sort_keys=True))
+    def spec(self, digests: dict[str, str] | None = None) -> dict:
+        """The run as saved and compared: key, fn, kwargs and, per input, its content digest."""
+        spec = json.loads(json.dumps(asdict(self), sort_keys=True))
+        spec["inputs"] = {p: (digests or {}).get(p) or content_digest(p) for p in self.inputs}
+        return spec
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """sha256 of the names, sizes and modification times of every file at ``path`` (a file or a folder,
+    walked in sorted order, symlinks followed as the runs would read them): changes when any input file is
+    added, removed, rewritten or touched; cheap for thousands of images (no file is read)."""
+    root = Path(path)
+    h = hashlib.sha256()
+    if not root.exists():
+        return "missing"
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(root).as_posix() if p != root else p.name}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                 .encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
 
 
 @dataclass
@@ -121,9 +145,18 @@ def _check_runs(runs: list[Run]) -> None:
         seen.add(r.key)
 
 
-def _prepare_folder(out: Path, name: str, runs: list[Run], resume: bool) -> dict[str, dict]:
+def _shape(specs) -> list | None:
+    """A sweep's runs without their input digests: the same sweep over changed data is still this sweep (its
+    runs whose inputs changed run again)."""
+    if not isinstance(specs, list):
+        return None
+    return [{k: v for k, v in s.items() if k != "inputs"} if isinstance(s, dict) else s for s in specs]
+
+
+def _prepare_folder(out: Path, name: str, runs: list[Run], specs: dict[str, dict],
+                    resume: bool) -> dict[str, dict]:
     """Check OUT against this sweep; return the finished runs that can be kept (key -> result)."""
-    me = {"schema": SCHEMA, "name": name, "runs": [r.spec() for r in runs]}
+    me = {"schema": SCHEMA, "name": name, "runs": [specs[r.key] for r in runs]}
     path = out / SWEEP_FILE
     if out.exists() and not out.is_dir():
         raise EdgeadError(f"sweep output {out}: exists and is not a folder")
@@ -132,7 +165,7 @@ def _prepare_folder(out: Path, name: str, runs: list[Run], resume: bool) -> dict
             old = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise EdgeadError(f"{path}: not a readable sweep file ({e}); choose another output folder") from None
-        if (old.get("name"), old.get("runs")) != (me["name"], me["runs"]) and not resume:
+        if (old.get("name"), _shape(old.get("runs"))) != (me["name"], _shape(me["runs"])) and not resume:
             raise EdgeadError(f"sweep output {out} holds another sweep ({old.get('name')!r}, "
                               f"{len(old.get('runs', []))} runs); pass --resume to reuse its finished runs that "
                               f"match this sweep, or choose another output folder")
@@ -140,6 +173,8 @@ def _prepare_folder(out: Path, name: str, runs: list[Run], resume: bool) -> dict
         raise EdgeadError(f"sweep output {out}: not empty and holds no {SWEEP_FILE}; choose another folder "
                           f"(or pass --resume)")
     (out / "runs").mkdir(parents=True, exist_ok=True)
+    if read_marker(out) != "bench":
+        write_marker(out, "bench")  # firmware_sim.outputs: a folder this tool wrote, of kind bench
     atomic_write_json(path, me)
     kept = {}
     for r in runs:
@@ -149,7 +184,7 @@ def _prepare_folder(out: Path, name: str, runs: list[Run], resume: bool) -> dict
                 saved = json.loads(f.read_text())
             except (OSError, json.JSONDecodeError):
                 continue  # a damaged result file: run it again
-            if saved.get("spec") == r.spec():
+            if saved.get("spec") == specs[r.key]:  # same arguments and same input content
                 kept[r.key] = saved["result"]
     return kept
 
@@ -269,8 +304,10 @@ def run_sweep(name: str, runs: list[Run], out: str | os.PathLike, *, jobs: int =
     if ray is not None:
         require_ray()  # before touching the output folder
     out = Path(out)
-    results = _prepare_folder(out, name, runs, resume)
-    todo = [r.spec() for r in runs if r.key not in results]
+    digests = {p: content_digest(p) for p in dict.fromkeys(p for r in runs for p in r.inputs)}  # once per path
+    all_specs = {r.key: r.spec(digests) for r in runs}
+    results = _prepare_folder(out, name, runs, all_specs, resume)
+    todo = [all_specs[r.key] for r in runs if r.key not in results]
     skipped = [r.key for r in runs if r.key in results]
     if skipped:
         log(f"sweep {name}: {len(skipped)} of {len(runs)} runs already finished in {out}; running {len(todo)}")
