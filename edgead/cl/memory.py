@@ -10,6 +10,7 @@ task i depends only on (seed, i), so a resumed run picks the same samples as an 
 from __future__ import annotations
 
 import io
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Protocol
@@ -279,7 +280,8 @@ class LatentMemory:
             if not skip_bad:
                 raise EdgeadError(f"{what}; resuming would replay fewer samples than the run saved. Pass "
                                   "--skip-bad to resume with the intact records only")
-            log(f"warning: {what}; resuming with the intact records only (--skip-bad)")
+            # a data-loss warning: through warnings, which -q (a silent log) does not hide
+            warnings.warn(f"{what}; resuming with the intact records only (--skip-bad)", stacklevel=2)
         self.buffer = buffer
 
 
