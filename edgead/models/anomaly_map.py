@@ -2,7 +2,9 @@
 
 Per level the features are L2-normalised over channels. loss_l = 0.5/(H_l W_l) * sum (t - s)^2 (averaged
 over the batch), summed over levels. Map per level: 0.5 * ||t - s||^2 over channels, bilinearly upsampled;
-the level maps are multiplied; the image score is the map's maximum.
+the level maps are multiplied; `image_score` is the map's maximum. A model whose DetectorConfig.score asks for
+more (a Gaussian blur, a top-k mean) applies firmware_sim.anomaly_map.ScorePost to these maps: that numpy code
+is the one implementation, shared with the export fidelity check and the device.
 """
 
 from __future__ import annotations
