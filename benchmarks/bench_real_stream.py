@@ -69,6 +69,25 @@ def parse_tasks(text: str) -> list[str]:
     return tasks
 
 
+class ResearchThresholds:
+    """Evaluation plugin of the learner (edgead.cl.learner): the deployed numbers at thresholds a device never
+    gets, for the threshold study (kinds of edgead.cl.deployed beside ``task``, which the loop records itself):
+    the task-agnostic and last task's thresholds, each task's as fitted, the oracle (the rule on the task's
+    held-out normals under the current model) and the legacy rule's (before)."""
+
+    def after_evaluation(self, learner, i: int, j: int, data, scores, row: dict) -> None:
+        from edgead.cl.deployed import deployed_row
+        from edgead.engine.evaluate import fit_calibration
+
+        t = learner.train_cfg
+        oracle = fit_calibration(learner.model, data.val, learner.pre, t.device, rule=t.threshold_rule,
+                                 seed=j).threshold
+        last = learner.fit_cals[i]
+        row.update(deployed_row(data.test.labels, scores, agnostic=learner.model.calibration.threshold,
+                                last_task=last.threshold, fit=learner.fit_cals[j].threshold, oracle=oracle,
+                                before=last.extra.get("legacy_threshold", float("nan"))))
+
+
 def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int, epochs: int,
             budget_bytes: int | None = None, memory_size: int | None = None, weights: str | None = None,
             device_trunk: str | None = None, work_dir: str | None = None, calibration_anchors: int = 1,
@@ -95,7 +114,8 @@ def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int
         train = TrainConfig(epochs=epochs, seed=seed, progress=False,
                             **({"threshold_rule": threshold_rule} if threshold_rule else {}))
         res = run_stream(TaskStream(data, tasks, max_train=max_train), det, train, replay,
-                         out, weights=weights, log=lambda m: None, command="bench_real_stream")
+                         out, weights=weights, log=lambda m: None, command="bench_real_stream",
+                         plugins=[ResearchThresholds()])
     except (EdgeadError, UserError) as e:
         if "replay budget" not in str(e):  # only "less than one sample" is a result
             raise

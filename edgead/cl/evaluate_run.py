@@ -18,10 +18,13 @@ EVAL_NAME = "eval.json"
 
 def run_stream_of(res: dict, upto: int, data_root: str | Path | None = None):
     """The task stream a run trained on (MVTec root or dataset file), its first `upto` tasks."""
+    from edgead.cl.sources import SourcedStream, run_sources
     from edgead.data.folder import open_stream
 
     cfg = res["config"]
-    return open_stream(data_root or cfg["data_root"], res["tasks"][:upto], cfg.get("max_train"))
+    if data_root is None:  # each task from where it was read (a run grown by `edgead learn` has several roots)
+        return SourcedStream(res["tasks"][:upto], run_sources(res)[:upto])
+    return open_stream(data_root, res["tasks"][:upto], cfg.get("max_train"))
 
 
 def evaluate_run(run_dir: str | Path, task_index: int | None = None, per_defect: bool = False,

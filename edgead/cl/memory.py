@@ -5,6 +5,12 @@ keeps the frozen trunk's latents in the device's own buffer format (firmware_sim
 by a codec, so a buffer collected on a device and one built here are the same file. Both share the
 budget equally among the tasks seen and choose which samples stay with a seeded policy; the choice after
 task i depends only on (seed, i), so a resumed run picks the same samples as an uninterrupted one.
+
+Neither knows how many tasks will come. Before each task the learner calls ``reshare`` with the budget of
+that moment (it shrinks as calibration anchors accumulate, grows when a later version raises it): the
+records already kept are evicted fairly to the new equal shares, and a latent memory whose share no longer
+holds its records' crop re-crops every record (a seeded sub-crop, re-encoded) so that the buffer keeps one
+record shape. A sixth product arriving months later is handled exactly like the second.
 """
 
 from __future__ import annotations
@@ -42,6 +48,10 @@ class ReplayMemory(Protocol):
     file_suffix: str
 
     def update(self, task_index: int, model, images: np.ndarray, pre) -> None: ...
+
+    def reshare(self, task_index: int, budget_bytes: int | None, crop_side: int = 0) -> None: ...
+
+    def holdings(self) -> dict[int, dict]: ...
 
     def __len__(self) -> int: ...
 
@@ -82,13 +92,29 @@ class ImageMemory:
         self.seed = seed
         self.per_task: dict[int, np.ndarray] = {}
 
+    def reshare(self, task_index: int, budget_bytes: int | None, crop_side: int = 0) -> None:
+        """The byte budget of this moment (None: keep the sample count); images are never cropped."""
+        if budget_bytes is not None:
+            self.capacity = max(budget_bytes, 0) // self.sample_bytes
+            self._evict(task_index)
+
     def update(self, task_index: int, model, images: np.ndarray, pre) -> None:
         self.per_task[task_index] = images
-        quota = self.capacity // len(self.per_task)
+        self._evict(task_index)
+
+    def _evict(self, task_index: int) -> None:
+        """Every task down to its equal share of the capacity, a seeded choice per (seed, task, kept task)."""
+        quota = self.capacity // max(len(self.per_task), 1)
         for t, imgs in self.per_task.items():
             if len(imgs) > quota:
                 keep = np.sort(np.random.default_rng([self.seed, task_index, t]).permutation(len(imgs))[:quota])
                 self.per_task[t] = imgs[keep]
+
+    def holdings(self) -> dict[int, dict]:
+        """Per task index: samples and bytes kept, and the share of the budget they fill."""
+        budget = max(self.budget_bytes, 1)
+        return {t: {"samples": len(v), "bytes": int(len(v) * self.sample_bytes), "crop": None,
+                    "share_of_budget": len(v) * self.sample_bytes / budget} for t, v in self.per_task.items()}
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.per_task.values())
@@ -167,7 +193,7 @@ class LatentMemory:
 
     @classmethod
     def new(cls, codec: str | Codec, latent_shape: tuple[int, ...], *, budget_bytes: int | None, memory_size: int | None,
-            seed: int, policy: str = "random", max_tasks: int = 1, crop_side: int = 0) -> LatentMemory:
+            seed: int, policy: str = "random", crop_side: int = 0) -> LatentMemory:
         """An empty memory of ``budget_bytes`` (or room for ``memory_size`` records of ``codec``), holding
         whole latents or, with ``crop_side``, square crops of them."""
         latent_shape = tuple(latent_shape)
@@ -177,10 +203,10 @@ class LatentMemory:
                                   f"cells for latents of {latent_shape[-2]} x {latent_shape[-1]}")
             latent_shape = (latent_shape[0], crop_side, crop_side)
         if budget_bytes is None:
-            # A sample count: size the byte budget so that each task gets its share of records.
+            # A sample count: room for memory_size records, each in a task of its own at worst (the count is
+            # then shared equally by cap_records), whatever the number of tasks still to come.
             codec = get_codec(codec) if isinstance(codec, str) else codec
-            budget_bytes = FILE_HEADER_SIZE + max_tasks * TASK_RECORD_SIZE + memory_size * record_bytes(codec,
-                                                                                                     latent_shape)
+            budget_bytes = FILE_HEADER_SIZE + memory_size * (TASK_RECORD_SIZE + record_bytes(codec, latent_shape))
         else:
             memory_size = None
         buffer = ReplayBuffer(budget_bytes, codec, seed=seed, policy=policy, latent_shape=latent_shape)
@@ -212,6 +238,56 @@ class LatentMemory:
 
             warnings.warn(f"{path}: dropped {report.dropped} damaged record(s)", stacklevel=2)
         return cls(buf, seed=seed, task_offset=max(buf.tasks, default=-1) + 1)
+
+    def reshare(self, task_index: int, budget_bytes: int | None, crop_side: int = 0) -> None:
+        """The budget and record crop of this moment: records are evicted fairly to the new equal shares, and
+        re-cropped when ``crop_side`` is smaller than theirs (0: whole latents). A crop never grows back: the
+        records of one buffer keep one shape. Seeded by (seed, task_index), like ``update``."""
+        side = self.crop_side if crop_side == 0 or (self.crop_side and crop_side >= self.crop_side) else crop_side
+        budget = self.buffer.budget_bytes if budget_bytes is None else budget_bytes
+        if budget == self.buffer.budget_bytes and side == self.crop_side:
+            return
+        old, self.crop_side = self.buffer, side
+        shape = tuple(old.shape) if side == 0 or old.shape is None else (old.shape[0], side, side)
+        self.buffer = ReplayBuffer(budget, old.codec, seed=self.seed, policy=self.policy, latent_shape=shape)
+        self.buffer.reseed(task_index, 13)
+        rng = np.random.default_rng([self.seed, task_index, 17])
+        names = old.task_names()
+        for t in old.tasks:
+            records = list(old.records(t))
+            if t in names:
+                self.buffer.name_task(t, names[t])
+            self.buffer.fit_task(t, [self._recrop(r.encoded, shape, rng) for r in records],
+                                 sample_ids=[r.sample_id for r in records], policy=self.policy)
+
+    def name_tasks(self, names: list[str]) -> None:
+        """Name every task of this run in the buffer by its product name (how a device and the host agree which
+        product a task is); a task a device buffer brought keeps the name it has."""
+        have = self.buffer.task_names()
+        for t in self.buffer.tasks:
+            i = t - self.task_offset
+            if t not in have and 0 <= i < len(names):
+                self.buffer.name_task(t, names[i])
+
+    def _recrop(self, encoded, shape: tuple[int, ...], rng: np.random.Generator):
+        """A stored record as a record of ``shape``: itself when it has that shape, else a seeded sub-crop,
+        encoded again by the buffer's codec (int8-device keeps the trunk's own scale and zero point)."""
+        if tuple(encoded.shape) == tuple(shape):
+            return encoded
+        codec = self.buffer.codec
+        x = random_crop(get_codec(encoded.codec).decode(encoded), shape[-1], rng)
+        if codec.name == "int8-device":
+            scale, zp = encoded.arrays["scale"], encoded.arrays["zero_point"]
+            return codec.encode_quantized(quantize(x, scale, zp, -128, 127, axis=0).astype(np.int8), scale, zp)
+        return codec.encode(x)
+
+    def holdings(self) -> dict[int, dict]:
+        """Per task (keyed as samples_per_task): samples and bytes kept, record crop, share of the budget."""
+        stats, budget = self.buffer.stats(), max(self.buffer.budget_bytes, 1)
+        crop = list(self.buffer.shape) if self.crop_side and self.buffer.shape else None
+        return {t - self.task_offset: {"samples": stats["records_per_task"][t], "bytes": stats["bytes_per_task"][t],
+                                       "crop": crop, "share_of_budget": stats["bytes_per_task"][t] / budget}
+                for t in self.buffer.tasks}
 
     def update(self, task_index: int, model, images: np.ndarray, pre) -> None:
         self.buffer.reseed(task_index)  # the selection depends on (seed, task) only

@@ -15,12 +15,17 @@ Stable keys (documented in the README):
   memory.calibration_bytes / memory.total_bytes   calibration anchors; replay memory + anchors
   calibration.per_task.<task> / calibration.task_agnostic   thresholds and score statistics (edgead.cl.calibration)
   deployed.per_task.<task>.<kind>, deployed.final_average, deployed.matrix   F1 at stored thresholds (edgead.cl.deployed)
+  memory.per_task.<task>           {samples, bytes, crop, share_of_budget} after the last task
+  memory.after_task[i].<task>      the same after each task i (the budget is re-shared as products arrive)
+  versions[v]                      each `edgead train` / `edgead learn` call: its tasks, command and what changed
+  task_data[j]                     where task j's images are read ({data, max_train, task}; data null: a device's)
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +92,79 @@ def read_results(run_dir: str | Path) -> dict:
     if missing:
         raise EdgeadError(f"{path}: not an edgead results file (missing {missing})")
     return res
+
+
+def _json_cal(c, per_task: bool = True) -> dict:
+    d = asdict(c)
+    d["extra"] = {k: v for k, v in d["extra"].items() if per_task or k != "per_task"}
+    return json.loads(json.dumps(d).replace("NaN", "null"))
+
+
+def joint_kept(learner) -> dict[str, tuple[int, int]]:
+    """Joint training keeps every seen task's normal training images (train and validation split) as uint8 at
+    the training resolution, to train on all of them at the next task: (images, bytes) per task name."""
+    out = {}
+    for k, name in enumerate(learner.names):
+        d = learner.data(k)
+        out[name] = (len(d.train) + len(d.val), int(d.train.images.nbytes + d.val.images.nbytes))
+    return out
+
+
+def _memory_entry(learner) -> dict:
+    memory, cost = learner.memory, learner.cost
+    if learner.replay.strategy == "joint":
+        kept = joint_kept(learner)
+        return {"additional_bytes": sum(b for _, b in kept.values()),
+                "buffer_samples": {n: k for n, (k, _) in kept.items()}, "buffer_kind": "joint-images-uint8"}
+    entry = {"additional_bytes": 0 if memory is None else int(memory.nbytes),
+             "buffer_samples": {} if memory is None else {n: h["samples"] for n, h in
+                                                           learner.memory_holdings().items()},
+             "buffer_kind": None if memory is None else memory.kind}
+    if getattr(memory, "crop_side", 0):  # latents kept as square crops (edgead.cl.crops)
+        entry["latent_crop"] = [int(cost["latent_shape"][0]), memory.crop_side, memory.crop_side]
+    if memory is not None:
+        entry["budget_bytes"] = int(memory.budget_bytes)
+        entry["per_task"] = learner.memory_holdings()
+        entry["after_task"] = learner.holdings
+    return entry
+
+
+def _calibration_entry(learner) -> dict:
+    from edgead.cl.calibration import AGNOSTIC_RULE, ANCHOR_CODEC
+
+    anchors, replay = learner.anchors, learner.replay
+    return {"method": "anchor-drift" if replay.calibration_anchors else "fit-only",
+            "anchors_per_task": replay.calibration_anchors, "anchor_codec": ANCHOR_CODEC,
+            "anchor_latent_crop": list(anchors.crop_shape), "bytes": anchors.nbytes,
+            "inside_budget": replay.budget_bytes is not None and learner.memory is not None,
+            "task_agnostic_rule": AGNOSTIC_RULE,
+            "per_task": {learner.names[j]: _json_cal(c) for j, c in enumerate(learner.cals)},
+            "task_agnostic": _json_cal(learner.model.calibration, per_task=False)}
+
+
+def build_results(learner, config: dict, *, command: str, versions: list[dict], task_data: list[dict]) -> dict:
+    """results.json's content after the learner's last step (see the module docstring for the keys)."""
+    import platform
+    from datetime import UTC, datetime
+
+    import torch
+
+    from edgead.cl.deployed import deployed_summary
+
+    cost, timings = learner.cost, learner.timings
+    memory = {"architecture_bytes": cost["architecture_bytes"], "params": cost["params"], **_memory_entry(learner)}
+    memory["calibration_bytes"] = learner.anchors.nbytes
+    memory["total_bytes"] = memory["additional_bytes"] + learner.anchors.nbytes
+    return {
+        "schema": SCHEMA, "created": datetime.now(UTC).isoformat(timespec="seconds"), "command": command,
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "config": config, "tasks": list(learner.names), "completed_tasks": len(learner.rows),
+        "metrics": summarise(learner.rows), "memory": memory,
+        "cost": {k: cost[k] for k in ("macs", "latent_shape", "latent_bytes", "peak_activation_bytes_int8")},
+        "timings": {"per_task": timings,
+                    "mean_epoch_seconds": float(np.mean([s for t in timings for s in t["epoch_seconds"]] or [0.0]))},
+        "calibration": _calibration_entry(learner),
+        "deployed": deployed_summary(learner.rows, learner.names),
+        "versions": versions, "task_data": task_data,
+    }

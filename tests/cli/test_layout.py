@@ -53,3 +53,18 @@ def test_library_never_imports_the_cli_nor_private_names():
             assert not re.search(r"^\s*(from|import) edgead\.cli\b", text, re.M), path
         assert not re.search(r"^\s*from [\w.]+ import [^\n]*\b_[a-z]\w*", text, re.M), path
         assert "sys.path.insert" not in text, path
+
+
+def test_no_function_of_the_continual_learner_is_over_60_lines():
+    """The learner is small named parts (train, calibrate, memory, evaluate, persist), not one long loop."""
+    import ast
+
+    for name in ("learner.py", "runner.py", "memory.py", "calibration.py", "results.py", "sources.py",
+                 "device_merge.py"):
+        path = ROOT / "edgead" / "cl" / name
+        if not path.is_file():
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                assert lines <= 60, f"{path.name}: {node.name} has {lines} lines"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edgead.cl import runner as runner_mod
+from edgead.cl import learner as runner_mod
 from edgead.cl.config import ReplayConfig
 from edgead.cl.runner import run_stream
 from edgead.data import TaskStream

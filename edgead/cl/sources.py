@@ -1,0 +1,53 @@
+"""Where each task of a run reads its images: one record per task, so a run can grow from several datasets.
+
+A run that starts with `edgead train --data ROOT --tasks a` and grows with `edgead learn --data OTHER --tasks b`
+keeps, per task, the dataset (an MVTec AD root or a dataset .yaml) and its --max-train. Evaluation, `edgead
+eval` and later `learn` calls reopen each task from its own record. A task that came from a device buffer has
+no images anywhere (``data`` is None): it is never evaluated, only recalibrated from its anchor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgead.cl.run_folder import config_path
+from edgead.data.stream import TaskSequence
+from edgead.errors import EdgeadError
+
+
+def source_of(stream, name: str) -> dict:
+    """The record of task ``name`` of ``stream`` (an MVTec root or a dataset file, as config_path keeps it)."""
+    return {"data": config_path(stream.root), "max_train": getattr(stream, "max_train", None), "task": name}
+
+
+def device_source(buffer: str | Path) -> dict:
+    """The record of a task that arrived as a device's kept latents (no images to evaluate)."""
+    return {"data": None, "max_train": None, "task": None, "device_buffer": config_path(buffer)}
+
+
+def open_task(source: dict, name: str):
+    """The task ``name`` from its record; an EdgeadError says why when its dataset is not reachable."""
+    from edgead.data.folder import open_stream
+
+    if source.get("data") is None:
+        raise EdgeadError(f"task {name}: came from a device buffer ({source.get('device_buffer')}); it has no "
+                          "test images")
+    if not Path(source["data"]).exists():
+        raise EdgeadError(f"task {name}: its dataset {source['data']} is not reachable")
+    return open_stream(source["data"], [source.get("task") or name], source.get("max_train")).tasks[0]
+
+
+class SourcedStream(TaskSequence):
+    """Tasks reopened from their records, in the run's order (what `edgead eval` evaluates); tasks that came
+    from a device buffer have no test images and are left out."""
+
+    def __init__(self, names: list[str], sources: list[dict]):
+        self.tasks = [open_task(s, n) for n, s in zip(names, sources, strict=True) if s.get("data") is not None]
+
+
+def run_sources(res: dict) -> list[dict]:
+    """Every task's record of a run's results.json; runs written before per-task records share one root."""
+    if isinstance(res.get("task_data"), list):
+        return res["task_data"]
+    cfg = res["config"]
+    return [{"data": cfg["data_root"], "max_train": cfg.get("max_train"), "task": n} for n in res["tasks"]]
