@@ -145,3 +145,37 @@ def test_single_threshold_artifact_calibrates_its_one_threshold(tmp_path):
     assert new["calibration"]["threshold"] == 0.42 and new["calibration"]["history"][0]["threshold"] == 0.5
     assert data["calibration"]["threshold"] == 0.5  # the input is not modified
     assert np.isfinite(new["calibration"]["score_mean"])
+
+
+def test_best_cut_is_the_best_balanced_accuracy_and_prefers_fewer_false_alarms():
+    from firmware_sim.decisions import best_cut, ceiling, rates
+
+    normal, defect = np.array([0.1, 0.2, 0.3, 0.6]), np.array([0.5, 0.7, 0.8, 0.9])
+    thr, bacc = best_cut(normal, defect)
+    # two cuts reach 0.875 (at 0.4 one good part is rejected, at 0.65 one defect is missed): the tie goes to
+    # the higher threshold (fewer false alarms), halfway between neighbouring scores
+    assert bacc == pytest.approx(0.875) and thr == pytest.approx(0.65)
+    grid = np.r_[np.sort(np.r_[normal, defect]), -1.0]
+    assert all(rates(normal, defect, t)["balanced_accuracy"] <= bacc + 1e-12 for t in grid)
+    assert best_cut([0.5, 0.6], [0.1, 0.2]) == (0.6, 0.5)  # defects lower: nothing beats calling all good
+    assert ceiling([0, 0, 1], [0.1, 0.2, 0.3])["ceiling"] == 1.0 and ceiling([1, 1], [0.1, 0.2])["ceiling"] is None
+
+
+def test_lognormal_cut_pools_the_stored_normals_and_falls_back_when_defects_score_lower():
+    from firmware_sim.decisions import NormalPrior, choose_threshold, lognormal_cut
+    from firmware_sim.errors import UserError
+
+    normal, defect = np.array([1.0, 1.0]), np.array([100.0])
+    assert lognormal_cut(normal, defect) == pytest.approx(10.0)  # midpoint of log 1 and log 100
+    prior = NormalPrior(mean=np.e ** 2, std=0.0, n=2)  # two held-out normals at e^2
+    assert lognormal_cut(normal, defect, prior) == pytest.approx(np.exp(0.5 * (1.0 + np.log(100.0))))
+    assert lognormal_cut([], defect, prior) == pytest.approx(np.exp(0.5 * (2.0 + np.log(100.0))))  # no good image
+    res = choose_threshold([5.0, 6.0], [1.0, 7.0], None, "lognormal")  # defects lower on average
+    assert res["method"] == "best-cut" and "best-cut used" in res["note"]
+    assert NormalPrior.from_calibration({"score_mean": float("nan"), "score_std": 1.0, "n_images": 3}) is None
+    with pytest.raises(UserError, match="at least one defective"):
+        choose_threshold([1.0], [], None)
+    with pytest.raises(UserError, match="at least one good image"):
+        choose_threshold([], [2.0], None, "best-cut")
+    with pytest.raises(UserError, match="calibration method 'median'"):
+        choose_threshold([1.0], [2.0], None, "median")
