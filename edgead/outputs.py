@@ -122,6 +122,14 @@ def _is_run(folder: Path) -> bool:
     return results is not None and results.get("schema") == SCHEMA
 
 
+def _is_category(folder: Path) -> bool:
+    """A dataset category written by `edgead data convert` before the marker: its dataset.json says so."""
+    from edgead.data.category_writer import DATASET_JSON, SCHEMA
+
+    info = _json_dict(folder / DATASET_JSON)
+    return info is not None and info.get("schema") == SCHEMA
+
+
 def _is_sweep(folder: Path) -> bool:
     from edgead.sweep import SCHEMA, SWEEP_FILE
 
@@ -129,14 +137,14 @@ def _is_sweep(folder: Path) -> bool:
     return sweep is not None and sweep.get("schema") == SCHEMA
 
 
-HOST_KINDS = {**_rule.LEGACY, "run": _is_run, "bench": _is_sweep}
+HOST_KINDS = {**_rule.LEGACY, "run": _is_run, "bench": _is_sweep, "dataset": _is_category}
 
 
 def check_out(out: str | os.PathLike, *, kind: str, inputs=(), force: bool = False, what: str = "--out",
-              replaces: bool = True) -> Path:
+              replaces: bool = True, flag: str = "--force") -> Path:
     """``firmware_sim.outputs.check_out`` with the host's folder kinds and EdgeadError; returns OUT resolved."""
     return _rule.check_out(out, kind=kind, inputs=inputs, force=force, what=what, error=EdgeadError,
-                           legacy=HOST_KINDS, replaces=replaces)
+                           legacy=HOST_KINDS, replaces=replaces, flag=flag)
 
 
 def folder_kind(folder: str | os.PathLike) -> str | None:

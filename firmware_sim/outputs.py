@@ -117,7 +117,7 @@ def _listing(folder: Path) -> str:
 
 def check_out(out: str | os.PathLike, *, kind: str, inputs: Iterable[str | os.PathLike | None] = (),
               force: bool = False, what: str = "OUT", error: type[UserError] = UserError,
-              legacy: dict[str, Recogniser] | None = None, replaces: bool = True) -> Path:
+              legacy: dict[str, Recogniser] | None = None, replaces: bool = True, flag: str = "--force") -> Path:
     """Decide whether a command may write the ``kind`` folder ``out``; returns it resolved (use that path).
 
     Args:
@@ -131,6 +131,7 @@ def check_out(out: str | os.PathLike, *, kind: str, inputs: Iterable[str | os.Pa
         legacy: kind -> recogniser of folders written before the marker (default: artifact and bundle).
         replaces: False for commands that write into OUT instead of replacing it (a non-empty OUT of the same
             kind is then accepted without ``force``; the caller decides what it may overwrite).
+        flag: the option that sets ``force``, for messages ("--force", "--overwrite").
     Raises:
         ``error`` naming OUT, the input or the folder's content, and what to do instead.
     """
@@ -153,11 +154,11 @@ def check_out(out: str | os.PathLike, *, kind: str, inputs: Iterable[str | os.Pa
     if found == kind and not replaces:
         return real
     if not force:
-        hint = f"pass --force to replace the {kind} it holds" if found == kind else "choose an empty or new folder"
+        hint = f"pass {flag} to replace the {kind} it holds" if found == kind else "choose an empty or new folder"
         raise error(f"{what} {shown}: already exists and is not empty ({_listing(real)}); {hint}")
     if found != kind:
         held = f"{_a(found)} folder" if found else f"files this tool did not write as {_a(kind)} ({_listing(real)})"
-        raise error(f"{what} {shown}: --force replaces only {_a(kind)} folder written by edgead (marked by its "
+        raise error(f"{what} {shown}: {flag} replaces only {_a(kind)} folder written by edgead (marked by its "
                     f"{MARKER}), and this one holds {held}; remove it yourself or choose another folder")
     return real
 

@@ -14,7 +14,6 @@ defect image whose mask marks no pixel is counted there too (`ignored.empty_mask
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import warnings
@@ -25,9 +24,10 @@ from PIL import Image
 
 from edgead.data.layout import GOOD
 from edgead.errors import EdgeadError
-from edgead.outputs import public_mkdtemp
+from edgead.outputs import check_out, public_mkdtemp
 from firmware_sim.atomic import atomic_write_json
 from firmware_sim.errors import UserError
+from firmware_sim.outputs import publish, write_marker
 from firmware_sim.preprocess import load_mask
 
 SCHEMA = "edgead-dataset/1"
@@ -121,9 +121,11 @@ class CategoryWriter:
         self.bad: list[str] = []  # what was left out, with the reason
         self.empty_masks: list[str] = []  # "<defect>/<stem>" of defect images whose mask marks nothing
         self._checked: dict[Path, tuple[int, int] | None] = {}
-        self.final = self.out / category
-        if self.final.exists() and any(self.final.iterdir()) and not overwrite:
-            raise EdgeadError(f"{self.final}: already exists and is not empty (pass --overwrite to replace it)")
+        # The output-folder rule (edgead.outputs): resolved first; --overwrite replaces only a category this tool
+        # converted (its marker or dataset.json), never a source folder or a user's folder of the same name.
+        self.final = check_out(self.out / category, kind="dataset", force=overwrite, what="category folder",
+                               flag="--overwrite")
+        self.out = self.final.parent
         self.out.mkdir(parents=True, exist_ok=True)
         self.root = Path(public_mkdtemp(f".{category}.", self.out))
 
@@ -247,7 +249,6 @@ class CategoryWriter:
         doc = {"schema": SCHEMA, "category": self.category, **info, "ignored": ignored, "counts": counts}
         doc["pixel_labels"] = bool(counts["ground_truth"])
         atomic_write_json(self.root / DATASET_JSON, doc)
-        if self.final.exists():
-            shutil.rmtree(self.final)
-        os.replace(self.root, self.final)
+        write_marker(self.root, "dataset")
+        publish(self.root, self.final)
         return self.final

@@ -10,7 +10,6 @@ covers exactly the changed pixels. Every random draw comes from ``np.random.defa
 from __future__ import annotations
 
 import functools
-import os
 import re
 import shutil
 import zlib
@@ -23,6 +22,8 @@ from PIL import Image
 from scipy import ndimage
 
 from edgead.errors import EdgeadError
+from edgead.outputs import check_out
+from firmware_sim.outputs import publish, write_marker
 
 DEFAULT_CATEGORIES: tuple[str, ...] = ("brick", "grass", "nut", "pill")
 DEFECT_KINDS: tuple[str, ...] = ("scratch", "hole", "stain", "crack", "missing")
@@ -390,10 +391,8 @@ def generate_dataset(
     n_train, n_test = _check_int("n_train", n_train, 1), _check_int("n_test", n_test, 1)
     if out.exists() and not out.is_dir():
         raise EdgeadError(f"output {out} exists and is not a folder; expected a folder path")
-    for c in cats:  # refuse before writing anything
-        final = out / c
-        if final.exists() and (not final.is_dir() or any(final.iterdir())) and not overwrite:
-            raise EdgeadError(f"{final} already exists and is not empty; pass overwrite=True to replace it")
+    for c in cats:  # refuse before writing anything; overwrite replaces only categories edgead wrote
+        check_out(out / c, kind="dataset", force=overwrite, what="category folder", flag="--overwrite")
     out.mkdir(parents=True, exist_ok=True)
     for c in cats:
         gray = _profile(c).gray
@@ -416,10 +415,6 @@ def generate_dataset(
                 write(f"test/{kind}", f"{i:03d}", img)
                 write(f"ground_truth/{kind}", f"{i:03d}_mask", mask.astype(np.uint8) * 255)
                 index += 1
-        final = out / c
-        if final.is_dir():
-            shutil.rmtree(final)
-        elif final.exists():
-            final.unlink()
-        os.replace(tmp, final)
+        write_marker(tmp, "dataset")
+        publish(tmp, out / c)
     return out
