@@ -18,8 +18,15 @@ from firmware_sim.atomic import atomic_write_json, atomic_write_text
 
 CURVE_METRICS = ("image_auroc", "pixel_auroc")
 # Row label -> results.json metric, in the order of the thesis table (docs/thesis.md).
-TABLE_METRICS = (("image AUROC", "image_auroc"), ("image F1", "image_f1"), ("pixel AUROC", "pixel_auroc"),
+TABLE_METRICS = (("image AUROC", "image_auroc"), ("image F1 (best over thresholds)", "image_f1"),
+                 ("pixel AUROC", "pixel_auroc"),
                  ("pixel F1", "pixel_f1"), ("pixel PR-AUC", "pixel_ap"), ("AUPRO", "aupro"))
+
+# Decisions at each product's stored threshold (results.json deployed.decisions.final_average).
+DECISION_ROWS = (("image F1 at the deployed threshold", "deployed_f1"),
+                 ("deployed balanced accuracy", "balanced_accuracy"), ("false-alarm rate", "false_alarm_rate"),
+                 ("defect catch rate", "catch_rate"),
+                 ("ceiling: best balanced accuracy over thresholds (evaluation only)", "ceiling"))
 
 
 def load_run(run_dir: str | Path) -> dict:
@@ -57,6 +64,8 @@ def run_summary(res: dict) -> dict:
         "architecture_mb": mem["architecture_bytes"]["fp32"] / 1e6,
         "additional_mb": mem["additional_bytes"] / 1e6,
         "forgetting_relative_pixel_f1": m.get("pixel_f1", {}).get("forgetting_relative"),
+        # at each product's own stored threshold (edgead.cl.deployed); the ceiling is evaluation only
+        "decisions": ((res.get("deployed") or {}).get("decisions") or {}).get("final_average", {}),
     }
 
 
@@ -65,6 +74,9 @@ def results_table(labels: list[str], sums: list[dict]) -> str:
     lines = ["| | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     for name, key in TABLE_METRICS:
         lines.append(f"| {name} | " + " | ".join(_fmt(s["final_average"].get(key)) for s in sums) + " |")
+    for name, key in DECISION_ROWS:
+        if any(s.get("decisions", {}).get(key) is not None for s in sums):
+            lines.append(f"| {name} | " + " | ".join(_fmt(s.get("decisions", {}).get(key)) for s in sums) + " |")
     lines.append("| architecture memory MB | " + " | ".join(_fmt(s["architecture_mb"]) for s in sums) + " |")
     lines.append("| additional memory MB | " + " | ".join(_fmt(s["additional_mb"]) for s in sums) + " |")
     lines.append("| average forgetting (relative, pixel F1) | "

@@ -56,7 +56,8 @@ def evaluate_run(run_dir: str | Path, task_index: int | None = None, per_defect:
     out, average = evaluate_tasks(model, pre, run_stream_of(res, i + 1, data_root), train_cfg["val_fraction"],
                                   train_cfg["seed"], per_defect)
     result = {"created": datetime.now(UTC).isoformat(timespec="seconds"), "run": str(run_dir.resolve()),
-              "task_index": i, "checkpoint": ckpt.name, "tasks": list(out), "metrics": out, "average": average}
+              "task_index": i, "checkpoint": ckpt.name, "tasks": list(out), "metrics": out, "average": average,
+              "decisions": decisions_of(out)}
     if write:
         atomic_write_json(run_dir / EVAL_NAME, result)
     return result
@@ -76,6 +77,7 @@ def evaluate_tasks(model, pre, tasks, val_fraction: float, seed: int, per_defect
         d = task.load(pre, val_fraction=val_fraction, seed=seed)
         r = evaluate_split(model, d.test, pre, device, return_outputs=True)
         out[task.name] = r["metrics"]
+        out[task.name]["decisions"] = task_decisions(model, task.name, d.test.labels, r["scores"])
         if per_defect:
             out[task.name]["per_defect"] = per_defect_metrics(d.test, r["maps"], r["scores"])
     average = {}
@@ -85,12 +87,43 @@ def evaluate_tasks(model, pre, tasks, val_fraction: float, seed: int, per_defect
     return out, average
 
 
+def task_decisions(model, name: str, labels: np.ndarray, scores: np.ndarray) -> dict:
+    """The decisions at the product's own threshold (the task-agnostic one for a checkpoint without per-task
+    thresholds) and the ceiling: edgead.cl.deployed.decision_table's row."""
+    from edgead.cl.deployed import decision_table, deployed_row
+
+    cal = model.calibration
+    own = (cal.extra.get("per_task") or {}).get(name)
+    thr, n = (own["threshold"], own.get("n_images")) if own else (cal.threshold, cal.n_images)
+    return decision_table([deployed_row(labels, scores, task=thr, n_normals=n)], [name])[name]
+
+
+def decisions_of(metrics: dict) -> dict:
+    """{per_task: {task: decisions}, final_average: {statistic: mean over the tasks}}."""
+    per = {t: m["decisions"] for t, m in metrics.items() if "decisions" in m}
+    avg = {}
+    for k in ("false_alarm_rate", "catch_rate", "balanced_accuracy", "ceiling", "gap", "deployed_f1"):
+        vals = [d[k] for d in per.values() if d.get(k) is not None]
+        avg[k] = float(np.mean(vals)) if vals else None
+    return {"threshold": "each product's own", "per_task": per, "final_average": avg}
+
+
+def format_decisions(result: dict) -> str:
+    """The decisions table of an evaluation (edgead.cli.tables.decision_table)."""
+    from edgead.cli.tables import decision_table
+
+    d = result.get("decisions") or decisions_of(result["metrics"])
+    return decision_table(d["per_task"], d["final_average"])
+
+
 def format_table(result: dict) -> str:
     """The metrics per task and their average, one row each (as `edgead train` prints its summary)."""
     width = max([len("average"), *(len(t) for t in result["metrics"])]) + 2
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = [f"{'task':<{width}}" + "".join(f"{m:>12}" for m in METRICS)]
+    from edgead.cli.tables import LABELS  # image_f1 is the best over thresholds: named so
+
+    lines = [f"{'task':<{width}}" + "".join(f"{LABELS.get(m, m):>14}" for m in METRICS)]
     for task, m in result["metrics"].items():
-        lines.append(f"{task:<{width}}" + "".join(f"{fmt(m.get(k)):>12}" for k in METRICS))
-    lines.append(f"{'average':<{width}}" + "".join(f"{fmt(result['average'][k]):>12}" for k in METRICS))
+        lines.append(f"{task:<{width}}" + "".join(f"{fmt(m.get(k)):>14}" for k in METRICS))
+    lines.append(f"{'average':<{width}}" + "".join(f"{fmt(result['average'][k]):>14}" for k in METRICS))
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from edgead.cl.config import ReplayConfig
 from edgead.cl.evaluate_run import evaluate_run, format_table
 from edgead.cl.results import METRICS
 from edgead.cl.runner import run_stream
+from edgead.cli.tables import LABELS
 from edgead.data import TaskStream
 from edgead.engine.trainer import TrainConfig
 from edgead.models.backbones.registry import get_backbone_spec
@@ -140,7 +141,7 @@ def test_eval_table_and_eval_json(joint_run):
         assert r["metrics"][task]["image_auroc"] == pytest.approx(
             res["metrics"]["image_auroc"]["matrix"][1][["nut", "brick"].index(task)])
     lines = format_table(r).splitlines()
-    assert lines[0].split() == ["task", *METRICS] and [x.split()[0] for x in lines[1:]] == ["nut", "brick", "average"]
+    assert lines[0].split() == ["task", *(LABELS.get(m, m) for m in METRICS)] and [x.split()[0] for x in lines[1:]] == ["nut", "brick", "average"]
     avg = float(lines[-1].split()[1])
     assert avg == pytest.approx(np.mean([r["metrics"][t]["image_auroc"] for t in ("nut", "brick")]), abs=5e-4)
 

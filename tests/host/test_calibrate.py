@@ -131,3 +131,28 @@ def test_relabelled_keeps_every_earlier_threshold():
     c = relabelled(c, {**result, "threshold": 0.4}, "t2")
     assert c.threshold == 0.4 and [h["threshold"] for h in c.extra["history"]] == [0.5, 0.3]
     assert c.extra["history"][1]["labelled"]["method"] == "best-cut" and np.isnan(c.score_mean)
+
+
+def test_eval_and_train_tables_report_decisions_and_the_ceiling(run, tmp_path):
+    from edgead.cl.evaluate_run import evaluate_run, format_decisions
+    from edgead.cli.tables import decision_table
+
+    r = tmp_path / "run"
+    shutil.copytree(run["run"], r)
+    res = evaluate_run(r)
+    for task in ("nut", "brick"):
+        d = res["decisions"]["per_task"][task]
+        assert d["n_normals"] == 3 and "fewer than 20" in d["warning"]  # 25 % of 12 normals held out
+        assert 0.0 <= d["false_alarm_rate"] <= 1.0 and 0.0 <= d["catch_rate"] <= 1.0
+        assert d["balanced_accuracy"] <= d["ceiling"] + 1e-12 and d["gap"] == pytest.approx(
+            d["ceiling"] - d["balanced_accuracy"])
+    text = format_decisions(res)
+    assert "ceiling" in text and "evaluation only" in text and text.count("warning: ") == 2
+    # results.json of the run: the same statistics after the last task, the ceiling where the issue asks for it
+    saved = json.loads((r / "results.json").read_text())["deployed"]
+    for task in ("nut", "brick"):
+        assert saved["balanced_accuracy"]["per_task"][task]["ceiling"] == pytest.approx(
+            res["decisions"]["per_task"][task]["ceiling"])
+    lines = decision_table(saved["decisions"]["per_task"], saved["decisions"]["final_average"]).splitlines()
+    assert lines[1].split()[:3] == ["task", "threshold", "normals"] and lines[2].startswith("nut")
+

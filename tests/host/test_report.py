@@ -64,7 +64,7 @@ def test_report_figures_table_and_json(runs, made):
     for k, run in enumerate(runs):
         res = json.loads((run / "results.json").read_text())
         rj = report["runs"][k]
-        for row, key in (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("image F1", "image_f1"),
+        for row, key in (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("image F1 (best over thresholds)", "image_f1"),
                          ("pixel F1", "pixel_f1"), ("pixel PR-AUC", "pixel_ap"), ("AUPRO", "aupro")):
             final = res["metrics"][key]["final_average"]
             assert rj["final_average"][key] == final
