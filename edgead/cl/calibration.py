@@ -92,6 +92,16 @@ class CalibrationAnchors:
         self.encoded[task_index] = [self.codec.encode(random_crop(x, self.side, rng)) for x in z]
         self.fit_scores[task_index] = self.score(model, task_index)
 
+    def add_latents(self, task_index: int, model, latents: np.ndarray) -> None:
+        """Keep anchors of a task known only by trunk latents (a device's buffer): crops of the first
+        ``per_task`` of them, and their mean score under the current model."""
+        if self.per_task == 0 or len(latents) == 0:
+            return
+        rng = np.random.default_rng([self.seed, task_index, 7])
+        self.encoded[task_index] = [self.codec.encode(random_crop(np.asarray(x, np.float32), self.side, rng))
+                                    for x in latents[: self.per_task]]
+        self.fit_scores[task_index] = self.score(model, task_index)
+
     def score(self, model, task_index: int) -> float:
         """Mean image score of a task's anchors under ``model`` (nan when the task has none)."""
         es = self.encoded.get(task_index)

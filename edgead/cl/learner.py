@@ -87,6 +87,7 @@ class Learner:
         self.rows: list[list[dict]] = []
         self.timings: list[dict] = []
         self.holdings: list[dict] = []  # after each task: what the memory holds per task name
+        self.memory_file: Path | None = None  # set by a device buffer's merge into the tasks already kept
         self._tasks: dict[int, object] = {}
         self._data: dict[int, TaskData] = {}
 
@@ -125,8 +126,9 @@ class Learner:
             return memory
         return None
 
-    def restore(self, done: int) -> None:
-        """Continue from the files written after task ``done`` - 1 (checkpoint, memory, anchors)."""
+    def restore(self, done: int, memory_file: str | None = None) -> None:
+        """Continue from the files written after task ``done`` - 1 (checkpoint, memory, anchors); the memory
+        from ``memory_file`` (relative to the run) when a device buffer's merge wrote a later one."""
         if done == 0:
             return
         self.model, self.pre, meta = load_checkpoint(checkpoint_path(self.out, done - 1))
@@ -137,8 +139,8 @@ class Learner:
         self.names = list(meta.get("tasks", []))[:done]
         self.sources = list(meta.get("sources", []))[:done]
         if self.memory is not None:
-            self.memory.load(memory_path(self.out, done - 1, self.memory.file_suffix), skip_bad=self.skip_bad,
-                             log=self.log)
+            path = self.out / memory_file if memory_file else memory_path(self.out, done - 1, self.memory.file_suffix)
+            self.memory.load(path, skip_bad=self.skip_bad, log=self.log)
             if isinstance(self.memory, LatentMemory):
                 self.memory.crop_side = meta.get("crop_side", self.memory.crop_side)
         if self.replay.calibration_anchors:
@@ -240,7 +242,11 @@ class Learner:
         return row
 
     def save_files(self, i: int) -> Path | None:
-        """Checkpoint, memory and anchors after task i (each atomic); returns the memory file written."""
+        """Checkpoint, memory and anchors after task i (each atomic); returns the memory file written. After
+        a merge into the tasks already kept (``memory_file`` set) only that memory file is written."""
+        if self.memory_file is not None:
+            self.memory.save(self.memory_file)
+            return self.memory_file
         mem_path = None
         if self.memory is not None:
             mem_path = memory_path(self.out, i, self.memory.file_suffix)

@@ -233,10 +233,11 @@ class LatentMemory:
         """A memory that starts from a device's buffer file; its tasks keep their ids and this run's tasks
         are numbered after them."""
         buf, report = ReplayBuffer.load(path, budget_bytes)
-        if report.dropped:
+        if report.dropped or report.evicted:  # never a silent loss: damaged, or over the budget (evicted)
             import warnings
 
-            warnings.warn(f"{path}: dropped {report.dropped} damaged record(s)", stacklevel=2)
+            warnings.warn(f"{path}: dropped {report.dropped} damaged record(s), evicted {report.evicted} that "
+                          f"the budget cannot hold; kept {report.kept}", stacklevel=2)
         return cls(buf, seed=seed, task_offset=max(buf.tasks, default=-1) + 1)
 
     def reshare(self, task_index: int, budget_bytes: int | None, crop_side: int = 0) -> None:
@@ -269,14 +270,31 @@ class LatentMemory:
             if t not in have and 0 <= i < len(names):
                 self.buffer.name_task(t, names[i])
 
+    @staticmethod
+    def decode(encoded) -> np.ndarray:
+        return get_codec(encoded.codec).decode(encoded)
+
+    def merge(self, task_index: int, encoded: list) -> int:
+        """Add latents kept elsewhere (a device's buffer) to task ``task_index``'s share, cropped and encoded as
+        this memory keeps them; the share's seeded selection decides what stays. Returns the records kept."""
+        self.buffer.reseed(task_index, 19)
+        rng = np.random.default_rng([self.seed, task_index, 23])
+        shape = tuple(self.buffer.shape)
+        items = [self._recrop(e, shape, rng) for e in encoded]
+        start = self.buffer.stats()["offered_per_task"].get(task_index + self.task_offset, 0)
+        return self.buffer.fit_task(task_index + self.task_offset, items, sample_ids=range(start, start + len(items)),
+                                    policy=self.policy)
+
     def _recrop(self, encoded, shape: tuple[int, ...], rng: np.random.Generator):
-        """A stored record as a record of ``shape``: itself when it has that shape, else a seeded sub-crop,
-        encoded again by the buffer's codec (int8-device keeps the trunk's own scale and zero point)."""
-        if tuple(encoded.shape) == tuple(shape):
-            return encoded
+        """A record as a record of ``shape`` in this buffer's codec: itself when it already is one, else a
+        seeded sub-crop, encoded again (int8-device keeps the trunk's own scale and zero point)."""
         codec = self.buffer.codec
-        x = random_crop(get_codec(encoded.codec).decode(encoded), shape[-1], rng)
-        if codec.name == "int8-device":
+        if tuple(encoded.shape) == tuple(shape) and encoded.codec == codec.name:
+            return encoded
+        x = self.decode(encoded)
+        if tuple(x.shape) != tuple(shape):
+            x = random_crop(x, shape[-1], rng)
+        if codec.name == "int8-device" and encoded.codec == "int8-device":
             scale, zp = encoded.arrays["scale"], encoded.arrays["zero_point"]
             return codec.encode_quantized(quantize(x, scale, zp, -128, 127, axis=0).astype(np.int8), scale, zp)
         return codec.encode(x)

@@ -55,7 +55,7 @@ def stream_config(stream, det: DetectorConfig, train: TrainConfig, replay: Repla
     return config
 
 
-def _version(n: int, first: int, names: list[str], command: str, train: TrainConfig, replay: ReplayConfig,
+def version_entry(n: int, first: int, names: list[str], command: str, train: TrainConfig, replay: ReplayConfig,
              **more) -> dict:
     return {"version": n, "first_task": first, "tasks": list(names), "command": command,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -63,7 +63,7 @@ def _version(n: int, first: int, names: list[str], command: str, train: TrainCon
             "budget_bytes": replay.budget_bytes, **more}
 
 
-class _Persist:
+class RunWriter:
     """Writes a step's files: the learner's own, then results.json and state.json (each atomic)."""
 
     def __init__(self, out: Path, config: dict, versions: list[dict], task_data: list[dict], command: str):
@@ -120,7 +120,7 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
     replay.check_detector(det.model)
     out, command = Path(out), command or " ".join(sys.argv)
     config = stream_config(stream, det, train, replay)
-    done, versions = 0, [_version(0, 0, stream.names, command, train, replay)]
+    done, versions = 0, [version_entry(0, 0, stream.names, command, train, replay)]
     if resume:
         state = read_state(out)
         if len(state.get("versions", [])) > 1:
@@ -142,7 +142,7 @@ def run_stream(stream: TaskStream, det: DetectorConfig, train: TrainConfig, repl
         log(f"resuming {out} after task {done}/{len(stream)}")
     task_data = [source_of(stream, n) for n in stream.names]
     learner.sources = task_data[:done]
-    persist = _Persist(out, config, versions, task_data, command)
+    persist = RunWriter(out, config, versions, task_data, command)
     for task in stream.tasks[done:]:
         learner.learn(task, task_data[len(learner.names)], persist)
     return json.loads((out / "results.json").read_text())
@@ -163,7 +163,7 @@ def open_run(run: Path | str) -> dict:
     return state
 
 
-def _changed_train(saved: dict, epochs: int | None, steps: int | None, device: str | None) -> TrainConfig:
+def changed_train(saved: dict, epochs: int | None, steps: int | None, device: str | None) -> TrainConfig:
     """The saved training settings with what this version may change."""
     train = TrainConfig(**{**saved, "progress": False})
     changes = {k: v for k, v in (("epochs", epochs), ("steps", steps), ("device", device)) if v is not None}
@@ -172,7 +172,7 @@ def _changed_train(saved: dict, epochs: int | None, steps: int | None, device: s
     return replace(train, **changes)
 
 
-def _changed_replay(config: dict, budget_bytes: int | None) -> ReplayConfig:
+def changed_replay(config: dict, budget_bytes: int | None) -> ReplayConfig:
     replay = ReplayConfig.from_dict(config)
     if budget_bytes is None or budget_bytes == replay.budget_bytes:
         return replay
@@ -216,10 +216,10 @@ def learn_run(run: Path | str, stream=None, *, epochs: int | None = None, steps:
     if taken:
         raise EdgeadError(f"--run {run} already has task(s) {taken} (its tasks: {', '.join(config['tasks'])}); "
                           "a new product needs a new name (another category, or --name for a folder task)")
-    train = _changed_train(config["train"], epochs, steps, device)
-    replay = _changed_replay(config, budget_bytes)
+    train = changed_train(config["train"], epochs, steps, device)
+    replay = changed_replay(config, budget_bytes)
     check_stream_masks(stream, skip_bad=skip_bad)
-    versions = state.get("versions") or [_version(0, 0, config["tasks"], "(before versions were recorded)",
+    versions = state.get("versions") or [version_entry(0, 0, config["tasks"], "(before versions were recorded)",
                                                   TrainConfig(**config["train"]), ReplayConfig.from_dict(config))]
     n = len(versions)
     learner = Learner(run, DetectorConfig.from_dict(config["detector"]), replay, train, restoring=True,
@@ -229,12 +229,12 @@ def learn_run(run: Path | str, stream=None, *, epochs: int | None = None, steps:
     if prepare is not None:
         prepare(n)
     task_data = [*run_sources({**state, "tasks": config["tasks"]}), *(source_of(stream, t) for t in stream.names)]
-    versions.append(_version(n, done, stream.names, command, train, replay))
+    versions.append(version_entry(n, done, stream.names, command, train, replay))
     config["tasks"] = [*config["tasks"], *stream.names]
     if replay.budget_bytes is not None:
         config["budget_bytes"] = replay.budget_bytes
     log(f"learning {', '.join(stream.names)} after {done} task(s) of {run} (version {n})")
-    return _continue(learner, done, list(stream.tasks), _Persist(run, config, versions, task_data, command))
+    return _continue(learner, done, list(stream.tasks), RunWriter(run, config, versions, task_data, command))
 
 
 def _resume_version(run: Path, *, skip_bad: bool, command: str, log, plugins) -> dict:
@@ -246,18 +246,18 @@ def _resume_version(run: Path, *, skip_bad: bool, command: str, log, plugins) ->
                           "`edgead learn --run RUN --data ROOT --tasks NEW`")
     versions = state.get("versions") or []
     last = versions[-1] if versions else {}
-    train = _changed_train(config["train"], last.get("epochs"), last.get("steps"), last.get("device"))
-    replay = _changed_replay(config, last.get("budget_bytes"))
+    train = changed_train(config["train"], last.get("epochs"), last.get("steps"), last.get("device"))
+    replay = changed_replay(config, last.get("budget_bytes"))
     task_data = run_sources({**state, "tasks": config["tasks"]})
     pending = [open_task(task_data[k], config["tasks"][k]) for k in range(done, len(config["tasks"]))]
     learner = Learner(run, DetectorConfig.from_dict(config["detector"]), replay, train, restoring=True,
                       skip_bad=skip_bad, log=log, plugins=plugins)
     log(f"resuming {run} after task {done}/{len(config['tasks'])}")
-    return _continue(learner, done, pending, _Persist(run, config, versions, task_data, command))
+    return _continue(learner, done, pending, RunWriter(run, config, versions, task_data, command))
 
 
-def _continue(learner: Learner, done: int, tasks: list, persist: _Persist) -> dict:
-    learner.restore(done)
+def _continue(learner: Learner, done: int, tasks: list, persist: RunWriter) -> dict:
+    learner.restore(done, read_state(persist.out).get("memory_file"))
     learner.sources = persist.task_data[:done]
     for task in tasks:
         learner.learn(task, persist.task_data[len(learner.names)], persist)

@@ -51,3 +51,30 @@ def run_sources(res: dict) -> list[dict]:
         return res["task_data"]
     cfg = res["config"]
     return [{"data": cfg["data_root"], "max_train": cfg.get("max_train"), "task": n} for n in res["tasks"]]
+
+
+def learning_stream(run: Path, data, tasks, *, normal=None, abnormal=None, mask=None, normal_test=None,
+                    name: str | None = None, max_train: int | None = None):
+    """The new tasks of a `learn` call, from `--data ROOT --tasks` or one `--normal/--abnormal` folder task, and
+    the step that keeps a folder task's dataset file in the run (RUN/datasets/vN.yaml; None for --data): it is
+    written only once every check has passed, so a refused call leaves RUN as it was."""
+    import shutil
+    import tempfile
+
+    from edgead.data.folder import stream_from_options
+    from firmware_sim.atomic import atomic_write_bytes
+
+    if normal is None:
+        return stream_from_options(data, tasks, max_train=max_train), None
+    tmp = Path(tempfile.mkdtemp(prefix="edgead-learn-"))
+    try:
+        stream = stream_from_options(data, name or tasks, normal=normal, abnormal=abnormal, mask=mask,
+                                     normal_test=normal_test, max_train=max_train, out=tmp)
+        text = Path(stream.root).read_bytes()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def prepare(version: int) -> None:
+        stream.root = atomic_write_bytes(Path(run) / "datasets" / f"v{version}.yaml", text)
+
+    return stream, prepare

@@ -40,6 +40,7 @@ def learn(run, data, tasks, normal, abnormal, mask, normal_test, name, max_train
     tasks appended (results.json grows by a row and a column each; every earlier checkpoint stays)."""
     from edgead import console
     from edgead.cl.runner import learn_run
+    from edgead.cl.sources import learning_stream
     from firmware_sim.sizes import parse_size
 
     log = (lambda m: None) if quiet or console.level() <= console.QUIET else (lambda m: click.echo(m, err=True))
@@ -55,33 +56,10 @@ def learn(run, data, tasks, normal, abnormal, mask, normal_test, name, max_train
         return
     stream, prepare = None, None
     if not resume:
-        stream, prepare = _new_stream(run, data, tasks, normal, abnormal, mask, normal_test, name, max_train)
+        if name is not None and normal is None:
+            raise click.UsageError("--name names a --normal/--abnormal product; --data products keep their folder names")
+        stream, prepare = learning_stream(run, data, tasks, normal=normal, abnormal=abnormal, mask=mask,
+                                          normal_test=normal_test, name=name, max_train=max_train)
     res = learn_run(run, stream, epochs=epochs, steps=steps, budget_bytes=budget_bytes, device=device,
                     resume=resume, skip_bad=skip_bad, command=command, log=log, prepare=prepare)
     print_table(res)
-
-
-def _new_stream(run: Path, data, tasks, normal, abnormal, mask, normal_test, name, max_train):
-    """The new tasks, and for a folder task the step that keeps its dataset file in the run (RUN/datasets/)."""
-    import shutil
-    import tempfile
-
-    from edgead.data.folder import stream_from_options
-    from firmware_sim.atomic import atomic_write_bytes
-
-    if name is not None and normal is None:
-        raise click.UsageError("--name names a --normal/--abnormal product; --data products keep their folder names")
-    if normal is None:
-        return stream_from_options(data, tasks, max_train=max_train), None
-    tmp = Path(tempfile.mkdtemp(prefix="edgead-learn-"))
-    try:
-        stream = stream_from_options(None, name or tasks, normal=normal, abnormal=abnormal, mask=mask,
-                                     normal_test=normal_test, max_train=max_train, out=tmp)
-        text = Path(stream.root).read_bytes()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    def prepare(version: int) -> None:  # only once every check passed: a refused call leaves RUN as it was
-        stream.root = atomic_write_bytes(run / "datasets" / f"v{version}.yaml", text)
-
-    return stream, prepare
