@@ -55,7 +55,7 @@ KEYS = ("image_auroc", "pixel_auroc", "aupro", "img_forget_abs", "pix_forget_abs
         "deployed_f1_task", "deployed_f1_agnostic", "deployed_f1_last_task", "deployed_f1_fit",
         "deployed_f1_oracle", "deployed_f1_before", "deployed_bacc_task", "deployed_bacc_agnostic",
         "deployed_bacc_last_task", "deployed_bacc_fit", "deployed_bacc_oracle", "deployed_bacc_before",
-        "threshold_error_task", "threshold_error_fit", "additional_bytes", "calibration_bytes", "total_bytes", "buffer_samples", "wall_s")
+        "deployed_bacc_ceiling", "deployed_fpr_task", "deployed_tpr_task", "threshold_error_task", "threshold_error_fit", "additional_bytes", "calibration_bytes", "total_bytes", "buffer_samples", "wall_s")
 
 
 def parse_tasks(text: str) -> list[str]:
@@ -137,6 +137,10 @@ def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int
         "threshold_error_fit": dep["threshold_error_vs_oracle"]["fit"],
         "deployed_per_task": dep["per_task"],
         "deployed_bacc_per_task": dep["balanced_accuracy"]["per_task"],
+        # at each task's own threshold: false alarms, catch rate, normals behind it, ceiling (evaluation only)
+        "deployed_fpr_task": dep.get("decisions", {}).get("final_average", {}).get("false_alarm_rate"),
+        "deployed_tpr_task": dep.get("decisions", {}).get("final_average", {}).get("catch_rate"),
+        "deployed_decisions_per_task": dep.get("decisions", {}).get("per_task"),
         "additional_bytes": mem["additional_bytes"],
         "calibration_bytes": mem["calibration_bytes"],
         "total_bytes": mem["total_bytes"],
@@ -331,10 +335,11 @@ def write_outputs(rows, meta, tasks, a, seeds, out_dir: Path, name: str) -> None
     write_json(out_dir / f"{name}.json", {**meta, "summary": summary, "runs": rows, "checks": checks})
     write_csv(out_dir / f"{name}.csv", [{k: v for k, v in r.items() if k not in (
         "buffer_per_task", "image_auroc_matrix", "pixel_auroc_matrix", "aupro_matrix", "deployed_per_task",
-        "deployed_bacc_per_task")}
+        "deployed_bacc_per_task", "deployed_decisions_per_task")}
         for r in rows])
     print_table(summary, ["method", "setting", "seeds", "image_auroc", "image_auroc_std", "pixel_auroc", "aupro",
-                          "img_forget_abs", "deployed_f1_before", "deployed_f1_task", "total_bytes",
+                          "img_forget_abs", "deployed_f1_before", "deployed_f1_task", "deployed_bacc_before",
+                          "deployed_bacc_task", "deployed_fpr_task", "deployed_bacc_ceiling", "total_bytes",
                           "buffer_samples"])
     title = (f"{len(tasks)} real tasks ({', '.join(tasks)}), {a.image_size} px, {a.epochs} epochs, seeds {seeds}; "
              "PaSTe-MCUNet")
@@ -424,14 +429,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma list of saved real_stream results files of the same stream: one summary, checks and "
                         "plots over all their runs, written under --tag (runs with a --latent-crop other than auto "
                         "get it in their setting; a run present in two files is refused)")
+    p.add_argument("--lifecycle", action="store_true",
+                   help="the stream as separate `learn` calls plus a device hand-off, against one call (first "
+                        "method, budget and seed; benchmarks/real_lifecycle.py)")
     a = p.parse_args(argv)
     if a.merge:
         return merge(a, argv)
-    if a.quick:
+    if a.quick and a.lifecycle:
+        a.methods = "int8-channel" if a.methods == ",".join(METHODS) else a.methods
+        a.tasks, a.image_size, a.epochs, a.seeds, a.budgets, a.tag = "brick,nut,pill", 64, 1, "0", "12kB", a.tag or "quick"
+    elif a.quick:
         a.tasks, a.image_size, a.epochs, a.seeds = "brick,nut", 64, 1, "0"
         a.methods = "finetune,joint,replay,int8-channel" if a.methods == ",".join(METHODS) else a.methods
         a.budgets, a.memory_size, a.tag = "30kB", 4, a.tag or "quick"
-    name = f"real_stream{'_' + a.tag if a.tag else ''}"
+    name = f"real_{'lifecycle' if a.lifecycle else 'stream'}{'_' + a.tag if a.tag else ''}"
     out_dir = Path(a.out_dir)
     sweep_dir = Path(a.sweep_dir) if a.sweep_dir else out_dir / f"{name}_runs"
     inputs = sweep_dir / INPUTS
@@ -446,6 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     if not a.data:
         raise SystemExit("error: --data FOLDER (the converted real categories) is required, or --quick")
     tasks = parse_tasks(a.tasks)
+    if a.lifecycle:
+        from real_lifecycle import lifecycle_main
+
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        a.sweep_dir = str(sweep_dir)
+        return lifecycle_main(a, argv, tasks, out_dir, name)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad:

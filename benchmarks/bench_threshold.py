@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_decisions import split_rules
 from bench_recipe import BEFORE, QUICK_RECIPES, RecipeData, dataset, resolve, train_one
 from benchkit import RESULTS, check, header, print_table, run_as_script, write_csv, write_json
 from edgead.engine.selection import make_pseudo_defects
@@ -42,12 +43,14 @@ from edgead.engine.thresholds import (
     deployed_f1,
 )
 from edgead.engine.views import predict_split
+from firmware_sim.decisions import ceiling
 
 CATEGORIES = "magnetic_tile,battery_weld,bsdata,mpdd_metal_plate,elpv_mono,elpv_poly"
 RULES = ("quantile:0.5,quantile:0.75,quantile:0.9,quantile:0.95,quantile:0.99,quantile:1,sigma:0,sigma:0.5,sigma:1,"
-         "sigma:1.5,sigma:2,sigma:3,pseudo-f1")
+         "sigma:1.5,sigma:2,sigma:3,pseudo-f1,far:0.05,far:0.1,pseudo-band:0.7,0.1")
 HALVES = ("dev", "report")
-METRICS = ("f1", "fpr", "tpr", "bacc")
+# ceiling: the best balanced accuracy over all thresholds on the half itself (evaluation only: uses its labels)
+METRICS = ("f1", "fpr", "tpr", "bacc", "ceiling")
 OBJECTIVES = {"bacc": "balanced accuracy (mean of defect catch rate and good-part pass rate)",
               "f1": "deployed F1"}
 
@@ -82,12 +85,14 @@ def evaluate_rules(runs: list[dict], rules: list[ThresholdRule]) -> list[dict]:
                 row[f"fpr_{h}"] = float((s[y == 0] > thr).mean())
                 row[f"tpr_{h}"] = float((s[y == 1] > thr).mean())
                 row[f"bacc_{h}"] = deployed_balanced_accuracy(y, s, thr)
+                row[f"ceiling_{h}"] = ceiling(y, s)["ceiling"]
             rows.append(row)
         rep = r["report"]
         y, s = np.asarray(rep["labels"]), np.asarray(rep["scores"])
         best = best_f1_threshold(s[y == 0], s[y == 1])
         rows.append({"category": r["category"], "seed": r["seed"], "rule": "best", "threshold": best,
-                     "n_normal": len(normal), "f1_report": deployed_f1(y, s, best)})
+                     "n_normal": len(normal), "f1_report": deployed_f1(y, s, best),
+                     "ceiling_report": ceiling(y, s)["ceiling"]})
     return rows
 
 
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default=str(RESULTS), help="folder for the results files")
     p.add_argument("--quick", action="store_true", help="tiny synthetic data at 64 px, one epoch")
     a = p.parse_args(argv)
-    rules = [ThresholdRule.parse(t) for t in a.rules.split(",") if t.strip()]
+    rules = [ThresholdRule.parse(t) for t in split_rules(a.rules)]
     meta = header(argv)
     if a.from_json:
         try:
@@ -189,8 +194,8 @@ def _save(runs, rules, meta, a, *, final: bool) -> int:
                                               "rows": rows, "runs": runs})
     write_csv(out / f"threshold{tag}.csv", summary)
     if final:
-        print_table(summary, ["rule", "bacc_dev", "f1_dev", "fpr_dev", "bacc_report", "f1_report", "fpr_report",
-                              "tpr_report"])
+        print_table(summary, ["rule", "bacc_dev", "f1_dev", "fpr_dev", "bacc_report", "ceiling_report", "f1_report",
+                              "fpr_report", "tpr_report"])
         print(f"chosen on DEV by {choice['objective']}: {choice['chosen']}; report F1 "
               f"{choice['chosen_report_f1']:.3f}, false alarms {choice['chosen_report_fpr']:.3f} (before, "
               f"{choice['before']}: {choice['before_report_f1']}, {choice['before_report_fpr']})")

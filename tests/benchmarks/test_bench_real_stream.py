@@ -25,6 +25,9 @@ def test_quick_writes_results_plots_and_reruns_nothing(tmp_path, capsys):
         assert set(r["deployed_per_task"]) == {"brick", "nut"}
         for k in ("deployed_f1_task", "deployed_f1_last_task", "deployed_f1_agnostic"):
             assert r[k] is None or 0.0 <= r[k] <= 1.0
+        # the ceiling (best balanced accuracy over thresholds, evaluation only) bounds every deployed one
+        assert r["deployed_bacc_ceiling"] >= r["deployed_bacc_task"] - 1e-12 and 0 <= r["deployed_fpr_task"] <= 1
+        assert set(r["deployed_decisions_per_task"]) == {"brick", "nut"}
     assert (tmp_path / "real_stream_quick.csv").read_text().startswith("method,")
     for png in ("real_stream_quick_pareto.png", "real_stream_quick_matrix_finetune_none.png",
                 "real_stream_quick_matrix_int8-channel_count4.png"):
