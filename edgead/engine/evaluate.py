@@ -7,7 +7,13 @@ import numpy as np
 from edgead.data.loading import LoadedSplit
 from edgead.engine.selection import make_pseudo_defects
 from edgead.engine.tensors import predict_images
-from edgead.engine.thresholds import DEFAULT_THRESHOLD_RULE, LEGACY_THRESHOLD_RULE, ThresholdRule, deployed_f1
+from edgead.engine.thresholds import (
+    DEFAULT_THRESHOLD_RULE,
+    LEGACY_THRESHOLD_RULE,
+    ThresholdRule,
+    deployed_f1,
+    far_achievable,
+)
 from edgead.engine.views import predict_split
 from edgead.metrics import evaluate_all, image_auroc, image_f1_max, pixel_auroc, pixel_metrics
 from edgead.models.teacher_student import Calibration
@@ -91,5 +97,7 @@ def fit_calibration(model, val_images: np.ndarray | LoadedSplit, pre: Preprocess
         # The legacy rule's threshold from the same scores: the deployed F1 before the rule was chosen can then
         # be measured on the very same model (edgead.cl.deployed, kind "before").
         extra={"pixel_threshold": float(np.quantile(maps, 0.999)), "threshold_rule": str(rule),
-               "legacy_threshold": ThresholdRule.parse(LEGACY_THRESHOLD_RULE).threshold(scores)},
+               "legacy_threshold": ThresholdRule.parse(LEGACY_THRESHOLD_RULE).threshold(scores),
+               # far:A: the false-alarm rate these normals certify (A, or 1/(n+1) when they are too few)
+               **({"far_achievable": far_achievable(rule, len(scores))} if rule.kind == "far" else {})},
     )

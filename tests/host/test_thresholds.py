@@ -158,3 +158,13 @@ def test_deployed_row_reports_rates_ceiling_and_normals():
     assert summary["balanced_accuracy"]["per_task"]["mpdd"]["task"] == 0.75
     assert summary["balanced_accuracy"]["per_task"]["mpdd"]["agnostic"] is None  # other kinds: not computed
     assert summary["decisions"]["per_task"]["mpdd"]["false_alarm_rate"] == 0.5
+
+
+def test_fit_calibration_records_what_far_certifies():
+    from edgead.engine.thresholds import ThresholdWarning
+
+    model = TeacherStudent(DetectorConfig.defaults("paste", "mcunet-in3", image_size=64))
+    images = np.random.default_rng(1).integers(0, 255, size=(4, 64, 64, 3), dtype=np.uint8)
+    with pytest.warns(ThresholdWarning, match="4 held-out normals cannot certify"):
+        cal = fit_calibration(model, images, Preprocess(image_size=64), rule="far:0.05")
+    assert cal.extra["far_achievable"] == pytest.approx(0.2) and cal.threshold == pytest.approx(cal.score_max)
