@@ -36,7 +36,9 @@ class Predictions:
     scores: np.ndarray  # (N,) float32: the anomaly map's maximum
     normalized: np.ndarray  # (N,) float32 in 0..1, the threshold at 0.5
     decisions: np.ndarray  # (N,) bool: anomalous (score above the calibrated threshold)
-    maps: np.ndarray  # (N, S, S) float32 anomaly maps at the model's resolution
+    # float32 anomaly maps at each input image's size (N, H, W) when the images share a size, else a list of
+    # (H, W) arrays; with predict(map_frame="model") (N, S, S) in the model's square frame.
+    maps: np.ndarray | list[np.ndarray]
     paths: list[str | None]  # the file of each image (None for in-memory images)
     threshold: float
 
@@ -74,7 +76,7 @@ class Detector:
 
     def __init__(self, model: str = "paste", backbone: str = "mcunet-in3", *, levels: Sequence[int] | None = None,
                  bootstrap: int | None = None, image_size: int = 256, pretrained: bool = True,
-                 weights: str | os.PathLike | None = None, device: str = "cpu"):
+                 weights: str | os.PathLike | None = None, device: str = "cpu", **options):
         """Args:
             model: "paste" (shared frozen trunk) or "stfpm".
             backbone: "mcunet-in3", "mobilenet_v2" or "resnet18".
@@ -85,50 +87,50 @@ class Detector:
             weights: the backbone's ImageNet weights file (default: found as the CLI finds it,
                 `$EDGEAD_WEIGHTS_DIR`, the cache, or a download).
             device: torch device for training and prediction.
+            **options: the other model options of `edgead train` (the fields of DetectorConfig, edgead.options).
         """
         from edgead.models.teacher_student import DetectorConfig
+        from edgead.options import check_known, names, take
 
-        self.config = DetectorConfig.defaults(model, backbone, levels=None if levels is None else tuple(levels),
-                                              bootstrap=bootstrap, image_size=image_size, pretrained=pretrained)
+        check_known(options, [n for n in names(DetectorConfig) if n not in ("model", "backbone", "levels",
+                                                                           "bootstrap", "image_size", "pretrained")],
+                    "Detector")
+        kw = take(DetectorConfig, {**options, "levels": levels, "bootstrap": bootstrap, "image_size": image_size,
+                                   "pretrained": pretrained})
+        kw["levels"] = None if levels is None else tuple(kw["levels"])
+        self.config = DetectorConfig.defaults(model, backbone, **kw)
         self.weights = None if weights is None else Path(weights)
         self.device = device
         self.run_dir: Path | None = None
         self.results: dict | None = None
         self._scorer = None  # edgead.predict.HostDetector once trained or loaded
         self._task_index: int | None = None  # the run's task whose checkpoint is loaded (None: the last)
+        self._meta: dict = {}  # for a detector loaded from a .pt file: the data it was trained on
 
     # -- training ----------------------------------------------------------------------------------------------
     def fit(self, data: str | os.PathLike | None = None, tasks: str | Sequence[str] | None = None, *,
-            normal: str | os.PathLike | None = None, abnormal: str | os.PathLike | None = None,
-            mask: str | os.PathLike | None = None, normal_test: str | os.PathLike | None = None,
-            max_train: int | None = None, strategy: str = "finetune", codec: str | None = None,
-            budget: str | int | None = None, memory_size: int = 100, policy: str = "random",
-            replay_ratio: float = 0.5, epochs: int = 20, steps: int | None = None, resize: str = "squash",
-            batch_size: int = 32, lr: float = 0.4,
-            momentum: float = 0.9, weight_decay: float = 1e-4, select_every: int = 1, val_fraction: float = 0.1,
-            seed: int = 0, out: str | os.PathLike | None = None, resume: bool = False, skip_bad: bool = False,
-            force: bool = False,
-            progress: bool = True) -> dict:
+            name: str | None = None, normal: str | os.PathLike | None = None,
+            abnormal: str | os.PathLike | None = None, mask: str | os.PathLike | None = None,
+            normal_test: str | os.PathLike | None = None, max_train: int | None = None,
+            out: str | os.PathLike | None = None, resume: bool = False, skip_bad: bool = False,
+            force: bool = False, **options) -> dict:
         """Train over one task or a stream of tasks (as `edgead train`), then keep the last checkpoint.
 
         Args:
             data: dataset root in MVTec AD layout, or a dataset .yaml naming image folders.
             tasks: task names in order (list or comma-separated); default all.
+            name: the name of a `normal=`/`abnormal=` folder task (default: the normal folder's name, or its
+                parent's for good/, normal/, ok/).
             normal, abnormal, mask, normal_test: one task from plain folders instead of `data`.
             max_train: at most this many normal training images per task (seeded).
-            strategy: "finetune", "joint", "replay" or "compressed-replay".
-            codec: latent codec for compressed-replay (fp32, fp16, int8-tensor, int8-channel, int4-channel, pca).
-            budget: replay memory in bytes (int) or as text ("500kB", "2.46MB").
-            memory_size: replay samples when no budget.
-            policy: "random" or "coverage" (which latents compressed replay keeps).
-            replay_ratio, epochs, steps, resize, batch_size, lr, momentum, weight_decay, select_every, val_fraction,
-            seed:
-                training settings, as the `edgead train` options of the same names.
             out: run folder (default: a new temporary folder, see `run_dir`).
             resume: continue a killed run in `out`.
             force: write into an `out` folder that holds other files (never over a run).
             skip_bad: skip unreadable images with a warning.
-            progress: show progress bars.
+            **options: the training and replay options of `edgead train`, by the same names (the fields of
+                TrainConfig and ReplayConfig in edgead.options' form): epochs, steps, batch_size, lr, strategy,
+                codec, budget ("500kB" or bytes), threshold_rule, latent_crop, ... `edgead train --help` lists
+                every one with its default and meaning. The model's options are set in `Detector(...)`.
 
         Returns:
             The run's results (results.json): metric matrices, averages, forgetting, memory, timings.
@@ -139,40 +141,90 @@ class Detector:
         from edgead.config_file import record_config
         from edgead.data.folder import stream_from_options
         from edgead.engine.trainer import TrainConfig
+        from edgead.options import check_known, names, specs, take
         from edgead.outputs import check_writable
-        from firmware_sim.sizes import parse_size
 
-        replay = ReplayConfig(strategy, codec, parse_size(budget) if budget is not None else None, memory_size,
-                              policy)
+        check_known(options, names(TrainConfig, ReplayConfig), "Detector.fit")
+        options.setdefault("device", self.device)
+        given = dict(options)
+        replay = ReplayConfig(**take(ReplayConfig, options))
         replay.check_detector(self.config.model)
+        train = TrainConfig(**take(TrainConfig, options))
         out = Path(out).resolve() if out is not None else Path(tempfile.mkdtemp(prefix="edgead-run-"))
         task_text = tasks if isinstance(tasks, str) or tasks is None else ",".join(tasks)
         if not resume:  # before dataset.yaml and config.yaml are written into `out`
             check_new_run_folder(out, force=force)
             check_writable(out, what="--out")
         stream = stream_from_options(data, task_text, normal=normal, abnormal=abnormal, mask=mask,
-                                     normal_test=normal_test, max_train=max_train, out=out)
-        train = TrainConfig(epochs=epochs, steps=steps, resize=resize, batch_size=batch_size, lr=lr, momentum=momentum,
-                            weight_decay=weight_decay, seed=seed, device=self.device, replay_ratio=replay_ratio,
-                            select_every=select_every, val_fraction=val_fraction, progress=progress)
+                                     normal_test=normal_test, max_train=max_train, out=out, name=name)
         paths = {"data": data, "normal": normal, "abnormal": abnormal, "mask": mask, "normal_test": normal_test}
         if not (out / "state.json").exists():
+            # The keys of `edgead train`, so `edgead train --config RUN/config.yaml` repeats this run (an
+            # inverted flag such as --no-pretrained is recorded as the flag).
             c = self.config
-            record_config(out, {  # the keys of `edgead train`; tests/host/test_api.py checks they stay valid
-                **{k: None if v is None else Path(v) for k, v in paths.items()}, "max_train": max_train,
-                "tasks": task_text, "model": c.model, "backbone": c.backbone,
-                "levels": ",".join(map(str, c.levels)), "bootstrap": c.bootstrap, "image_size": c.image_size,
-                "strategy": strategy, "codec": codec, "budget": None if budget is None else str(budget),
-                "memory_size": memory_size, "policy": policy, "replay_ratio": replay_ratio, "epochs": epochs, "steps": steps, "resize": resize,
-                "batch_size": batch_size, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
-                "select_every": select_every, "val_fraction": val_fraction, "seed": seed, "device": self.device,
-                "weights": self.weights, "no_pretrained": not c.pretrained, "skip_bad": skip_bad})
+            values = {**{s.name: getattr(c, s.attr) for s in specs(type(c))}, **given}
+            recorded = {s.param: (values.get(s.name, s.default) != s.default) if s.flag
+                        else values.get(s.name, s.default)
+                        for s in (*specs(type(c)), *specs(TrainConfig), *specs(ReplayConfig)) if s.param != "quiet"}
+            recorded["levels"] = ",".join(map(str, c.levels))
+            record_config(out, {**{k: None if v is None else Path(v) for k, v in paths.items()}, "name": name,
+                                "max_train": max_train, "tasks": task_text, **recorded, "weights": self.weights,
+                                "skip_bad": skip_bad})
         self._task_index = None
         self.results = run_stream(stream, self.config, train, replay, out,
                                   weights=None if self.weights is None else str(self.weights), resume=resume,
                                   skip_bad=skip_bad, force=True, command="edgead.api.Detector.fit",
                                   log=lambda m: None)
         self._use_run(out, None)
+        return self.results
+
+    def learn(self, data: str | os.PathLike | None = None, tasks: str | Sequence[str] | None = None, *,
+              normal: str | os.PathLike | None = None, abnormal: str | os.PathLike | None = None,
+              mask: str | os.PathLike | None = None, normal_test: str | os.PathLike | None = None,
+              name: str | None = None, max_train: int | None = None, epochs: int | None = None,
+              steps: int | None = None, budget: str | int | None = None,
+              device_buffer: str | os.PathLike | None = None, resume: bool = False,
+              skip_bad: bool = False) -> dict:
+        """Add products to this detector's run (as `edgead learn --run RUN`), then keep its new last checkpoint.
+
+        Args:
+            data, tasks: the new products: a dataset root (MVTec AD layout) or dataset .yaml, and their names.
+            normal, abnormal, mask, normal_test, name: one new product from plain folders instead.
+            max_train: at most this many normal training images per new task (seeded).
+            epochs, steps: training length of the new tasks (default: the run's).
+            budget: a larger replay budget from now on (int bytes or text such as "500kB"); never smaller.
+            device_buffer: merge what a device kept (a replay buffer file) instead of new images.
+            resume: finish a `learn` that was killed.
+            skip_bad: skip unreadable images with a warning.
+
+        Returns:
+            The run's results (results.json), a row and a column more per new task.
+        """
+        from edgead.cl.runner import learn_run
+        from edgead.cl.sources import learning_stream
+        from firmware_sim.sizes import parse_size
+
+        if self.run_dir is None:
+            raise EdgeadError("Detector.learn: needs a run folder; use Detector.load(RUN) or fit(..., out=RUN) first")
+        budget_bytes = parse_size(budget) if isinstance(budget, str) else budget
+        if device_buffer is not None:
+            from edgead.cl.device_merge import merge_device_buffer
+
+            self.results = merge_device_buffer(self.run_dir, Path(device_buffer), budget_bytes=budget_bytes,
+                                               command="edgead.api.Detector.learn", log=lambda m: None)
+        else:
+            stream, prepare = None, None
+            if not resume:
+                task_text = tasks if isinstance(tasks, str) or tasks is None else ",".join(tasks)
+                stream, prepare = learning_stream(self.run_dir, data, task_text, normal=normal, abnormal=abnormal,
+                                                  mask=mask, normal_test=normal_test, name=name,
+                                                  max_train=max_train)
+            self.results = learn_run(self.run_dir, stream, epochs=epochs, steps=steps, budget_bytes=budget_bytes,
+                                     device=None if self.device == "cpu" else self.device, resume=resume,
+                                     skip_bad=skip_bad, command="edgead.api.Detector.learn", log=lambda m: None,
+                                     prepare=prepare)
+        self._task_index = None
+        self._use_run(self.run_dir, None)
         return self.results
 
     def _use_run(self, run_dir: Path, task: str | int | None) -> None:
@@ -190,25 +242,53 @@ class Detector:
         return self._scorer
 
     # -- using it ----------------------------------------------------------------------------------------------
-    def predict(self, images) -> Predictions:
+    def predict(self, images, *, task: str | None = None, out: str | os.PathLike | None = None,
+                map_frame: str = "image") -> Predictions:
         """Score images with the trained model (the same numbers as `edgead predict`).
 
         Args:
             images: an image file or a folder (searched recursively), a PIL image, a uint8 array (H, W, 3) or
                 a batch (N, H, W, 3), or a list of these.
+            task: decide with this product's own threshold (a task name of the run; default: the task-agnostic
+                threshold), as `edgead predict --task`.
+            out: folder for one anomaly-map overlay PNG per image (as `edgead predict --out`).
+            map_frame: "image": maps and overlays at each input image's size (as anomalib); "model": in the
+                model's square frame (image_size x image_size).
 
         Returns:
             Predictions: scores, normalized scores, decisions (anomalous), anomaly maps, paths, threshold.
         """
+        from edgead.predict import HostDetector
+        from firmware_sim.commands import MAP_FRAMES
+        from firmware_sim.device import image_rgb
+        from firmware_sim.overlay import save_overlay
+
         scorer = self._require_model("predict")
+        if map_frame not in MAP_FRAMES:
+            raise EdgeadError(f"Detector.predict: map_frame {map_frame!r}: expected one of {', '.join(MAP_FRAMES)}")
+        if task is not None:  # a scorer of its own, so the detector's default threshold stays as it is
+            scorer = HostDetector(scorer.model, scorer.preprocess, self.device)
+            scorer.use_task(str(task))
         items, paths = _as_image_list(images)
         if not items:
             raise EdgeadError("Detector.predict: no images given")
-        results = [scorer.infer(x) for x in items]
+        out = None if out is None else Path(out)
+        results, maps = [], []
+        for k, x in enumerate(items):
+            r = scorer.infer(x)
+            results.append(r)
+            rgb = np.asarray(image_rgb(x)) if map_frame == "image" else r.pixels
+            amap = scorer.preprocess.to_image(r.map, (rgb.shape[1], rgb.shape[0])) if map_frame == "image" else r.map
+            maps.append(amap.astype(np.float32))
+            if out is not None:
+                stem = Path(paths[k]).stem if paths[k] is not None else "image"
+                save_overlay(out / f"{k:04d}_{stem}.png", rgb, scorer.normalize(amap), score=r.score,
+                             normalized=r.normalized, anomalous=r.anomalous)
+        same = len({m.shape for m in maps}) == 1
         return Predictions(np.array([r.score for r in results], np.float32),
                            np.array([r.normalized for r in results], np.float32),
                            np.array([r.anomalous for r in results], bool),
-                           np.stack([r.map for r in results]).astype(np.float32), paths, scorer.threshold)
+                           np.stack(maps) if same else maps, paths, scorer.threshold)
 
     def evaluate(self, data: str | os.PathLike | None = None, tasks: str | Sequence[str] | None = None,
                  per_defect: bool = False) -> dict:
@@ -216,68 +296,103 @@ class Detector:
 
         Args:
             data: a dataset (MVTec root or dataset .yaml) to evaluate on; default the run's own tasks, as
-                `edgead eval` (which also writes RUN/eval.json).
+                `edgead eval` (which also writes RUN/eval.json), or for a detector loaded from a `.pt` file the
+                data it was trained on (recorded in the file by `save`).
             tasks: task names of `data` (default all).
             per_defect: also break the metrics down by defect type.
 
         Returns:
             {"metrics": {task: {metric: value}}, "average": {metric: value}, ...}.
         """
-        from edgead.cl.evaluate_run import evaluate_run
-
-        scorer = self._require_model("evaluate")
-        if data is None:
-            if self.run_dir is None:
-                raise EdgeadError("Detector.evaluate: this detector was loaded from a checkpoint file; pass data=")
-            i = int(self._scorer_task_index())
-            return evaluate_run(self.run_dir, i, per_defect)
-        from edgead.cl.evaluate_run import evaluate_tasks
+        from edgead.cl.evaluate_run import evaluate_run, evaluate_tasks
         from edgead.data.folder import open_stream
 
-        cfg = (self.results or {}).get("config", {}).get("train", {})
+        scorer = self._require_model("evaluate")
+        if data is None and self.run_dir is not None:
+            return evaluate_run(self.run_dir, int(self._scorer_task_index()), per_defect)
+        src = self._source()
+        if data is None:
+            if not src.get("data_root"):
+                raise EdgeadError("Detector.evaluate: this checkpoint file does not say which data it was trained "
+                                  "on; pass data=")
+            data, tasks = src["data_root"], tasks or src.get("tasks")
         names = [tasks] if isinstance(tasks, str) else tasks
         out, average = evaluate_tasks(scorer.model, scorer.preprocess, open_stream(data, names),
-                                      cfg.get("val_fraction", 0.1), cfg.get("seed", 0), per_defect, self.device)
+                                      src.get("val_fraction", 0.1), src.get("seed", 0), per_defect, self.device)
         return {"tasks": list(out), "metrics": out, "average": average}
+
+    def _source(self) -> dict:
+        """What the model was trained on: data root, tasks, held-out share and seed (from the run, or from the
+        checkpoint file's record)."""
+        if self.results is not None:
+            cfg = self.results.get("config", {})
+            done = int(self.results.get("completed_tasks", 0))
+            i = self._task_index if self._task_index is not None else done - 1
+            return {"data_root": cfg.get("data_root"), "tasks": list(self.results.get("tasks", []))[: i + 1],
+                    "val_fraction": cfg.get("train", {}).get("val_fraction", 0.1),
+                    "seed": cfg.get("train", {}).get("seed", 0), "max_train": cfg.get("max_train")}
+        return dict(self._meta)
 
     def _scorer_task_index(self) -> int:
         return self._task_index if self._task_index is not None else int(self.results["completed_tasks"]) - 1
 
-    def export(self, out: str | os.PathLike, formats: Sequence[str] = ("tflite-int8", "onnx", "onnx-int8"), *,
-               calibration: int = 32, io: str = "int8", allow_drift: bool = False, force: bool = False,
-               max_image_auroc_drop: float = 0.02, max_pixel_auroc_drop: float = 0.01,
-               data: str | os.PathLike | None = None) -> dict:
-        """Export the trained run for devices (as `edgead export`): int8 TFLite / ONNX, fidelity, manifest.
+    def export(self, out: str | os.PathLike, **options) -> dict:
+        """Export the trained model for devices (as `edgead export`): int8 TFLite / ONNX, fidelity, manifest.
 
         Args:
             out: artifact folder.
-            formats: any of "tflite-int8" (mcunet-in3 only), "onnx", "onnx-int8".
-            calibration: normal training images for the int8 ranges.
-            io: TFLite input/output type, "int8" or "uint8".
-            allow_drift: publish even when accuracy drifts past the tolerance.
-            force: replace a non-empty `out`.
-            max_image_auroc_drop, max_pixel_auroc_drop: the fidelity gate.
-            data: the dataset, if it has moved since training.
+            **options: the options of `edgead export`, by the same names (the fields of ExportOptions,
+                edgead.options): formats (default: the device formats; one that drifts is left out with a
+                warning, while formats named here must all pass), calibration, io, tflite_weights,
+                max_image_auroc_drop, max_pixel_auroc_drop, allow_drift, data (the dataset, if it has moved or
+                the detector was loaded from a `.pt` file), force, task.
 
         Returns:
             {"out": Path, "manifest": dict, "fidelity": dict}.
         """
-        from export.fidelity import Tolerance
-        from export.formats import parse_formats
-        from export.pipeline import ExportOptions, export_run
+        import warnings
 
+        from edgead.export.pipeline import ExportOptions, export_run
+        from edgead.options import check_known, names, take
+
+        check_known(options, names(ExportOptions), "Detector.export")
         self._require_model("export")
-        if self.run_dir is None:
-            raise EdgeadError("Detector.export needs a training run: fit(...) or Detector.load(RUN_DIR)")
-        opts = ExportOptions(formats=parse_formats(list(formats)), task=self._scorer_task_index(),
-                             calibration=calibration, io=io,
-                             tolerance=Tolerance(max_image_auroc_drop, max_pixel_auroc_drop),
-                             allow_drift=allow_drift, data_root=None if data is None else Path(data), force=force)
-        return export_run(self.run_dir, out, opts)
+        if self.run_dir is not None:
+            options.setdefault("task", self._scorer_task_index())
+            opts = ExportOptions(**take(ExportOptions, options))
+            return export_run(self.run_dir, out, opts, warn=lambda m: warnings.warn(m, stacklevel=3))
+        with tempfile.TemporaryDirectory(prefix="edgead-export-") as tmp:
+            run = self._run_folder_from_checkpoint(Path(tmp), options.get("data"))
+            opts = ExportOptions(**take(ExportOptions, options))
+            return export_run(run, out, opts, warn=lambda m: warnings.warn(m, stacklevel=3))
+
+    def _run_folder_from_checkpoint(self, folder: Path, data) -> Path:
+        """A one-task run folder around a checkpoint file's model, so `export_run` can export it."""
+        import json
+
+        from edgead.data.folder import open_stream
+        from edgead.engine.checkpoint import save_checkpoint
+
+        src = self._source()
+        data = data if data is not None else src.get("data_root")
+        if data is None:
+            raise EdgeadError("Detector.export: this detector was loaded from a checkpoint file that does not say "
+                              "which data it was trained on; pass data= (calibration and the fidelity check need "
+                              "its normal and test images)")
+        tasks = src.get("tasks") or [t.name for t in open_stream(Path(data), None)]
+        scorer = self._scorer
+        save_checkpoint(folder / "checkpoints" / f"task_{len(tasks) - 1:02d}.pt", scorer.model, scorer.preprocess)
+        res = {"config": {"detector": scorer.model.config.to_dict(), "data_root": str(Path(data).resolve()),
+                          "max_train": src.get("max_train"),
+                          "train": {"val_fraction": src.get("val_fraction", 0.1), "seed": src.get("seed", 0)}},
+               "tasks": tasks, "completed_tasks": len(tasks), "metrics": {}, "memory": {}}
+        (folder / "results.json").write_text(json.dumps(res))
+        return folder
 
     # -- files -------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the trained model (weights, preprocessing, calibration) as one checkpoint file (atomic).
+        """Write the trained model (weights, preprocessing, calibration) as one checkpoint file (atomic), with a
+        note of the data it was trained on, so a detector loaded from the file can evaluate and export.
 
         Returns:
             The path written; `Detector.load(path)` reads it back.
@@ -285,7 +400,8 @@ class Detector:
         from edgead.engine.checkpoint import save_checkpoint
 
         scorer = self._require_model("save")
-        return save_checkpoint(path, scorer.model, scorer.preprocess)
+        src = {k: (str(v) if k == "data_root" and v is not None else v) for k, v in self._source().items()}
+        return save_checkpoint(path, scorer.model, scorer.preprocess, source=src)
 
     @classmethod
     def load(cls, path: str | os.PathLike, task: str | int | None = None, device: str = "cpu") -> Detector:
@@ -297,7 +413,8 @@ class Detector:
             device: torch device.
 
         Returns:
-            A Detector ready to predict (and, from a run folder, to evaluate and export).
+            A Detector ready to predict, evaluate and export (from a `.pt` file: on the data it records, or on
+            the `data=` given to evaluate/export).
         """
         from edgead.predict import HostDetector, checkpoint_of
 
@@ -305,15 +422,16 @@ class Detector:
         if path.is_dir():
             _, i, _ = checkpoint_of(path, task)
             det = cls.__new__(cls)
-            det.weights, det.device, det._task_index = None, device, i
+            det.weights, det.device, det._task_index, det._meta = None, device, i, {}
             det._use_run(path, i)
             return det
         from edgead.engine.checkpoint import load_checkpoint
 
-        model, pre, _ = load_checkpoint(path)
+        model, pre, meta = load_checkpoint(path)
         det = cls.__new__(cls)
         det.config, det.weights, det.device, det.run_dir, det.results = model.config, None, device, None, None
         det._task_index = None
+        det._meta = dict((meta or {}).get("source") or {})
         det._scorer = HostDetector(model, pre, device)
         return det
 

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from edgead.errors import EdgeadError
+from firmware_sim.anomaly_map import ScorePost
 from firmware_sim.device import Result, image_pixels, image_rgb, normalize_score
 from firmware_sim.preprocess import Preprocess
 
@@ -76,7 +77,7 @@ class HostDetector:
         x = self.preprocess.views(img)  # one view, or the tiles of a long image (as the device)
         t1 = time.perf_counter()
         maps, _ = predict_images(self.model, x, self.preprocess, device=self.device)
-        frame, score = self.preprocess.merge(maps, img.size)
+        frame, score = self.preprocess.merge(maps, img.size, ScorePost.parse(self.model.config.score))
         t2 = time.perf_counter()
         return Result(score, self.normalize(score), bool(score > self.threshold), frame, 1000.0 * (t2 - t0),
                       {"preprocess": 1000.0 * (t1 - t0), "model": 1000.0 * (t2 - t1)}, None,
@@ -126,7 +127,7 @@ def load_host_detector(run_dir: str | Path, task: str | int | None = None, devic
 
 def predict_run(run_dir: str | Path, images: str | Path, task: str | None = None,
                 out: str | Path | None = None, emit=lambda d: None, warn=None, device: str = "cpu",
-                checkpoint: str | int | None = None) -> dict:
+                checkpoint: str | int | None = None, map_frame: str = "image") -> dict:
     """Score an image file or every image in a folder with a run's checkpoint.
 
     Args:
@@ -135,6 +136,7 @@ def predict_run(run_dir: str | Path, images: str | Path, task: str | None = None
         task: decide with this product's own threshold (a task name; default: the task-agnostic threshold).
         checkpoint: the checkpoint after this task (name or index; default the last).
         out: folder for one overlay PNG per image.
+        map_frame: overlays at the input image's size ("image") or in the model's square frame ("model").
         emit: receives each per-image dict (the JSON line).
         warn: receives each warning message.
         device: torch device.
@@ -149,5 +151,5 @@ def predict_run(run_dir: str | Path, images: str | Path, task: str | None = None
     detector = load_host_detector(run_dir, checkpoint, device, option="--checkpoint")
     if task is not None:
         detector.use_task(str(task))
-    summary = commands.score_files(detector, files, images, out, emit, warn)
+    summary = commands.score_files(detector, files, images, out, emit, warn, map_frame=map_frame)
     return {**summary, "task": detector.task_name}

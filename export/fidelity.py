@@ -15,14 +15,19 @@ import numpy as np
 from edgead.data.loading import LoadedSplit
 from edgead.engine.views import merge_views
 from edgead.metrics import image_auroc, pixel_auroc
+from edgead.options import option
+from firmware_sim.anomaly_map import ScorePost
 from firmware_sim.preprocess import Preprocess
 from firmware_sim.runtime import DeployedDetector, Prediction
 
 
 @dataclass(frozen=True)
 class Tolerance:
-    image_auroc: float = 0.02  # largest allowed drop
-    pixel_auroc: float = 0.01
+    # The largest allowed drops; also options of `edgead export` and `Detector.export` (edgead.options).
+    image_auroc: float = option(0.02, name="max_image_auroc_drop", min=0.0,
+                                help="Largest image AUROC drop (vs the float model) a format may have.")
+    pixel_auroc: float = option(0.01, name="max_pixel_auroc_drop", min=0.0,
+                                help="Largest pixel AUROC drop (vs the float model) a format may have.")
 
 
 @dataclass
@@ -54,8 +59,12 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _aurocs(test: LoadedSplit, maps: np.ndarray, scores: np.ndarray) -> tuple[float | None, float | None]:
     img = float(image_auroc(test.labels, scores)) if len(np.unique(test.labels)) == 2 else None
-    pix = float(pixel_auroc(test.masks, maps)) if test.has_masks and test.masks.any() else None
-    return img, pix
+    if not (test.has_masks and test.masks.any()):
+        return img, None
+    if test.valid is None:
+        return img, float(pixel_auroc(test.masks, maps))
+    # --resize pad / tile: only the pixels that show the image count, as in `edgead eval` (edgead.engine.evaluate)
+    return img, float(pixel_auroc(test.masks[test.valid][None, None], maps[test.valid][None, None]))
 
 
 def latent_error(z: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -69,10 +78,11 @@ def latent_error(z: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 
 def compare(test: LoadedSplit, ref: Reference, pred: Prediction, tol: Tolerance,
-            pre: Preprocess | None = None) -> dict:
+            pre: Preprocess | None = None, post: ScorePost | str | None = None) -> dict:
     """pre: the run's preprocessing; with pad or tile the AUROCs are on per-image maps and scores (views merged
-    as the device merges them), the map cosines and latents per view."""
-    per_image = (lambda m, s: (m, s)) if pre is None else (lambda m, s: merge_views(test, pre, m, s))  # noqa: E731
+    as the device merges them, with the score post-processing ``post``), the map cosines and latents per view."""
+    post = ScorePost.parse(post)
+    per_image = (lambda m, s: (m, s)) if pre is None else (lambda m, s: merge_views(test, pre, m, s, post))  # noqa: E731
     ref_img, ref_pix = _aurocs(test, *per_image(ref.maps, ref.scores))
     img, pix = _aurocs(test, *per_image(pred.maps, pred.scores))
     cos = row_cosines(pred.maps, ref.maps)
@@ -104,4 +114,4 @@ def compare(test: LoadedSplit, ref: Reference, pred: Prediction, tol: Tolerance,
 
 def evaluate_format(detector: DeployedDetector, paths: list[str], test: LoadedSplit, ref: Reference,
                     tol: Tolerance, pre: Preprocess | None = None) -> dict[str, dict]:
-    return {path: compare(test, ref, detector.predict(test.images, path), tol, pre) for path in paths}
+    return {path: compare(test, ref, detector.predict(test.images, path), tol, pre, detector.post) for path in paths}

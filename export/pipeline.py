@@ -14,7 +14,7 @@ import os
 import platform
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +24,7 @@ from edgead.export.drift_advice import ExportContext, drift_message
 from edgead.export.fidelity import Reference, Tolerance, evaluate_format
 from edgead.export.formats import EDGETPU, FILE_SUFFIX, FormatExport, export_format, parse_formats
 from edgead.export.graphs import feature_names
+from edgead.export.tflite import GRANULARITIES
 
 from edgead.cl.results import read_results
 from edgead.console import progress
@@ -34,6 +35,7 @@ from edgead.engine.tensors import compute_latents, predict_images
 from edgead.errors import EdgeadError
 from edgead.models.cost import detector_cost
 from edgead.models.teacher_student import DetectorConfig, TeacherStudent
+from edgead.options import option
 from edgead.outputs import check_out, check_writable, public_mkdtemp, recheck, writing
 from firmware_sim.atomic import atomic_write_json
 from firmware_sim.digest import sha256_file
@@ -45,8 +47,10 @@ from firmware_sim.preprocess import Preprocess
 MIN_CALIBRATION = 8
 DEFAULT_CALIBRATION = 32
 FIDELITY_NAME = "fidelity.json"
+# What a device runs: the Pi (LiteRT int8 or ONNX Runtime) and, compiled from tflite-int8, the Coral.
+DEVICE_FORMATS = ("tflite-int8", "onnx", "onnx-int8")
 _TOOLS = ("edgead", "torch", "tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert", "onnx", "onnxruntime",
-          "onnxscript", "numpy")
+          "onnxscript", "openvino", "nncf", "numpy")
 
 
 class ExportDrift(EdgeadError):
@@ -59,15 +63,29 @@ class ExportDrift(EdgeadError):
 
 @dataclass
 class ExportOptions:
-    formats: list[str] = field(default_factory=lambda: ["tflite-int8", "onnx", "onnx-int8"])
-    task: int | None = None
-    calibration: int = DEFAULT_CALIBRATION
-    io: str = "int8"
-    tflite_weights: str = "per-channel"  # edgead.export.tflite.GRANULARITIES: per-channel, per-tensor, mixed
-    tolerance: Tolerance = field(default_factory=Tolerance)
-    allow_drift: bool = False
-    data_root: Path | None = None  # when the run's dataset has moved
-    force: bool = False  # replace an existing ART_DIR
+    """What `edgead export` / `Detector.export` write; each field is also their option (edgead.options)."""
+
+    # None: the formats a device uses (DEVICE_FORMATS that the backbone supports); one of them that drifts is
+    # left out with a warning. Formats asked for by name keep the strict gate.
+    formats: list[str] | None = option(None, parse=parse_formats, default_text=",".join(DEVICE_FORMATS),
+                                       cli_name="format",
+                                       help="Comma-separated: tflite-int8 (mcunet-in3 only), onnx, onnx-int8, "
+                                            "openvino (fp32 IR), openvino-int8 (NNCF int8 IR), edgetpu (tflite-int8 compiled for the Coral Edge TPU; needs "
+                                            "edgetpu_compiler on PATH). Default: the device formats, each left out "
+                                            "with a warning if it drifts; formats named here must all pass.")
+    task: int | None = option(None, help="Checkpoint after this task (index; default: the last).")
+    calibration: int = option(DEFAULT_CALIBRATION, min=1, help="Normal training images used to calibrate the int8 "
+                              "ranges (seeded; all there are when fewer exist; a warning below 8).")
+    io: str = option("int8", choices=("int8", "uint8"), help="TFLite input and output type (int8 keeps the latent "
+                     "byte-compatible with the replay buffer).")
+    tflite_weights: str = option("per-channel", choices=GRANULARITIES, help="int8 weight scales: mixed = "
+                                 "per-tensor 1x1 convs (about 7% smaller, costs pixel AUROC; see "
+                                 "benchmarks/study_size.py).")
+    tolerance: Tolerance = option(factory=Tolerance, nested=True, help="The fidelity gate.")
+    allow_drift: bool = option(False, help="Publish even when a format's AUROC falls past the tolerance.")
+    data_root: Path | None = option(None, name="data", parse=Path,
+                                    help="Dataset root, if it has moved since training.")
+    force: bool = option(False, help="Replace a non-empty output folder.")
 
 
 @dataclass
@@ -205,7 +223,9 @@ def build_manifest(run: Run, opts: ExportOptions, exports: dict[str, FormatExpor
             "computed_in": "runtime", "function": "firmware_sim.anomaly_map.anomaly_map",
             "features": feature_names(cfg.levels), "out_size": cfg.image_size,
             "definition": "per level: L2-normalise teacher and student over channels, 0.5 * squared distance; "
-                          "bilinear upsample (align_corners=False) to out_size; multiply levels; score = max",
+                          "bilinear upsample (align_corners=False) to out_size; multiply levels; then `score` "
+                          "(firmware_sim.anomaly_map.ScorePost): optional Gaussian blur, score = max or top-k mean",
+            "score": cfg.score,
         },
         "calibration": {k: _finite(v) for k, v in asdict(model.calibration).items() if k != "extra"}
         | {"extra": {k: v for k, v in model.calibration.extra.items() if k != "per_task"}},
@@ -242,6 +262,17 @@ def _space_needed(run: Run, formats: list[str]) -> tuple[int, int]:
     return (fp32 if "onnx" in formats else fp32 // 4), 2 * len(formats) * fp32
 
 
+def leave_out_drifted(fidelity: dict) -> list[str]:
+    """The default export's rule: the formats that drifted move from fidelity["formats"] to
+    fidelity["left_out"] (returned), unless every format drifted (then none is left out and the export fails
+    as a named one does: publishing nothing silently would help no one)."""
+    drifted = [f for f, per in fidelity["formats"].items() if any(r["drift"] for r in per.values())]
+    if not drifted or len(drifted) == len(fidelity["formats"]):
+        return []
+    fidelity["left_out"] = {f: fidelity["formats"].pop(f) for f in drifted}
+    return drifted
+
+
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportOptions,
                log: Callable[[str], None] = lambda m: None, warn: Callable[[str], None] | None = None) -> dict:
     """Export a run's checkpoint for devices, check every format's fidelity, and publish the artifact folder.
@@ -264,7 +295,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
         EdgeadError: bad input (no run, unsupported format for the backbone, too few calibration images, ...).
     """
     warn = warn or (lambda m: log(f"warning: {m}"))
-    formats = parse_formats(opts.formats)
+    explicit = opts.formats is not None  # named formats must all pass; default ones may be left out
+    formats = parse_formats(opts.formats) if explicit else list(DEVICE_FORMATS)
     # 'edgetpu': the tflite-int8 graphs, compiled by edgetpu_compiler; checked before any work.
     edgetpu = EDGETPU in formats
     formats = [f for f in formats if f != EDGETPU]
@@ -272,8 +304,6 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
         formats.insert(0, "tflite-int8")
     if opts.io not in ("int8", "uint8"):
         raise EdgeadError(f"--io {opts.io!r}: expected int8 or uint8")
-    from edgead.export.tflite import GRANULARITIES
-
     if opts.tflite_weights not in GRANULARITIES:
         raise EdgeadError(f"--tflite-weights {opts.tflite_weights!r}: expected one of {', '.join(GRANULARITIES)}")
     given = Path(out)
@@ -281,6 +311,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
     # is an artifact and --force; every later step uses the resolved folder.
     out = check_out(given, kind="artifact", inputs=[run_dir, opts.data_root], force=opts.force)
     run = load_run(run_dir, opts.task)
+    if not explicit and run.model.config.backbone != "mcunet-in3":
+        formats = [f for f in formats if f != "tflite-int8"]  # the Keras mirror exists for mcunet-in3 only
     if "tflite-int8" in formats and run.model.config.backbone != "mcunet-in3":
         raise EdgeadError(f"tflite-int8 needs the Keras mirror, which exists for mcunet-in3 only (this run is "
                           f"{run.model.config.backbone}); use --format onnx,onnx-int8")
@@ -305,7 +337,9 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
         for fmt in progress(formats, "export: calibrate and convert", unit="format"):
             log(f"exporting {fmt} ...")
             with writing(out.parent, f"the {fmt} files of {out.name}"):
-                exports[fmt] = export_format(fmt, run.model, run.pre, calib, tmp, opts.io, opts.tflite_weights)
+                # The Edge TPU compiler gets the converter's own TFLite files (compaction is not known to compile).
+                exports[fmt] = export_format(fmt, run.model, run.pre, calib, tmp, opts.io, opts.tflite_weights,
+                                             compact=not edgetpu)
         log(f"fidelity on {len(test)} test images of {tasks} ...")
         ref = reference(run.model, run.pre, test)
         fidelity = {"test_images": len(test), "tasks": tasks, "tolerance": asdict(opts.tolerance), "formats": {}}
@@ -315,6 +349,14 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
                                                           run.pre)
         drift = [f"{fmt} ({path}): {'; '.join(r['drift'])}" for fmt, per in fidelity["formats"].items()
                  for path, r in per.items() if r["drift"]]
+        if drift and not explicit and not opts.allow_drift:
+            for f in leave_out_drifted(fidelity):  # default formats: publish those that pass
+                for file in exports.pop(f).files:
+                    (tmp / file).unlink(missing_ok=True)
+                warn(f"{f} left out: its accuracy drifted past the tolerance ("
+                     + "; ".join(d for d in drift if d.startswith(f + " ")) + "). Ask for it with --format to "
+                     "see the advice, or pass --allow-drift to publish it anyway.")
+            drift = [d for d in drift if d.split(" ")[0] in exports]
         fidelity["within_tolerance"] = not drift
         with writing(out.parent, f"the manifest of {out.name}"):
             atomic_write_json(tmp / FIDELITY_NAME, fidelity)

@@ -46,7 +46,10 @@ def parser(prog: str = "python -m firmware_sim") -> argparse.ArgumentParser:
     r.add_argument("--artifact", required=True, help="Artifact folder (edgead export --out).")
     r.add_argument("--images", required=True, help="An image file or a folder of images.")
     r.add_argument("--out", default=None, help="Folder for one anomaly-map overlay PNG per image.")
-    r.add_argument("--format", default=None, help="tflite-int8 | onnx-int8 | onnx (default: the first exported).")
+    r.add_argument("--map-frame", choices=["image", "model"], default="image",
+                   help="Overlays at the input image's size (default) or in the model's square frame.")
+    r.add_argument("--format", default=None, help="tflite-int8 | onnx-int8 | onnx | openvino-int8 | openvino "
+                   "(default: the first exported).")
     r.add_argument("--threads", type=int, default=None, help="Interpreter threads (default: the interpreter's).")
     r.add_argument("--delegate", choices=["edgetpu"], default=None,
                    help="edgetpu: run the Edge TPU-compiled graphs on a Coral (needs libedgetpu1-std).")
@@ -59,6 +62,9 @@ def parser(prog: str = "python -m firmware_sim") -> argparse.ArgumentParser:
                    "Names win over numbers; digits that name no task are a buffer task id. Default: the "
                    "task-agnostic threshold (the max over the tasks' thresholds) and the newest task in the "
                    "buffer, else 0.")
+    r.add_argument("--keep", default="normal", help="Frames kept in --buffer: normal (default; only frames decided "
+                   "normal: the host replays the buffer as normal data), all, or margin:X (only frames scoring "
+                   "below X times the threshold, 0 < X <= 1). The summary counts the frames left out and why.")
     r.add_argument("--task-id", type=int, default=None, help="Buffer task id to keep frames under (instead of "
                    "--task; the task-agnostic threshold).")
     r.add_argument("--wait", action="store_true", help="If another process has the buffer, wait for it instead "
@@ -77,6 +83,8 @@ def parser(prog: str = "python -m firmware_sim") -> argparse.ArgumentParser:
                                     "`edgead train --device-buffer`.")
     e.add_argument("file", help="The device's replay buffer file.")
     e.add_argument("dest", help="Where to write the copy for the host.")
+    e.add_argument("--shrink", action="store_true", help="Allow evicting records that do not fit FILE's own budget "
+                   "(a damaged file or another tool's); without it such a file is refused.")
     i = bsub.add_parser("import", help="Merge a buffer file into FILE, or replace FILE with it.",
                         description="merge: offer SRC's records to FILE's buffer task by task within FILE's budget; "
                                     "replace: FILE becomes SRC (re-fitted to --budget if given).")
@@ -154,6 +162,13 @@ def print_profile(res: dict) -> None:
           f"{_size(ram['analytic_peak_activation_int8_bytes'])}")
     print(f"flash: {_size(flash['total_bytes'])} (models {_size(sum(flash['model_files'].values()))}, manifest "
           f"{_size(flash['manifest_bytes'])}, buffer budget {_size(flash['buffer_budget_bytes'])})")
+    w = res.get("buffer_writes")
+    if w and "error" in w:
+        print(f"buffer writes: not measured ({w['error']})")
+    elif w:
+        print(f"buffer writes: {_size(w['bytes_per_1000_frames'])} per 1,000 frames offered ({w['buffered']} "
+              f"buffered, {w['bytes_per_buffered_frame']:.0f} B each for {w['record_bytes']:,} B records; "
+              f"{w['compactions']} compactions)")
     for row in res["profiles"]:
         print(f"  {row['profile']:<16} {'fits' if row['fits'] else 'DOES NOT FIT':<13} RAM headroom "
               f"{_size(row['ram_headroom'])} ({row['ram_basis']}), flash headroom {_size(row['flash_headroom'])}")
@@ -175,13 +190,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m firmware_sim") ->
             summary = commands.run(args.artifact, args.images, args.out, args.threads, args.delegate, args.buffer,
                                    args.budget, args.task, args.format, emit=_print,
                                    xnnpack=not args.no_xnnpack, shrink=args.shrink, wait=args.wait,
-                                   task_id=args.task_id)
+                                   task_id=args.task_id, map_frame=args.map_frame,
+                                   keep=args.keep)
             print(_dumps({"summary": summary}), file=sys.stderr, flush=True)
         elif args.cmd == "buffer":
             if args.action == "stats":
                 _print(commands.buffer_stats(args.file))
             elif args.action == "export":
-                _print(commands.buffer_export(args.file, args.dest))
+                _print(commands.buffer_export(args.file, args.dest, shrink=args.shrink))
             else:
                 _print(commands.buffer_import(args.src, args.file, args.mode, args.budget, args.shrink, args.wait))
         elif args.cmd == "profile":

@@ -10,6 +10,7 @@ import os
 import resource
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,9 +19,12 @@ from PIL import Image
 
 from firmware_sim.atomic import remove_stale_temps
 from firmware_sim.buffer_lock import BufferLock
-from firmware_sim.device import Device, open_buffer
+from firmware_sim.buffer_log import resolved
+from firmware_sim.buffer_wear import measure_writes
+from firmware_sim.device import Device, image_rgb, named_task_id, open_buffer
 from firmware_sim.errors import UserError
 from firmware_sim.format_speed import compare_formats
+from firmware_sim.keep_policy import KeepPolicy
 from firmware_sim.manifest import MANIFEST_NAME
 from firmware_sim.overlay import OverlayNames, save_overlay
 from firmware_sim.preprocess import is_image_file
@@ -28,7 +32,11 @@ from firmware_sim.profiles import load_profiles
 from firmware_sim.replay_buffer import RECORD_OVERHEAD, ReplayBuffer
 from firmware_sim.sizes import parse_size
 
+# Where overlays (and the API's maps) are drawn: the input image's own size, or the model's square frame.
+MAP_FRAMES = ("image", "model")
+
 Emit = Callable[[dict], None]
+RESERVOIR = "not drawn by reservoir sampling (the task's share is full)"
 Warn = Callable[[str], None]
 # Profiles with less RAM than this are microcontrollers: no OS process, so RAM = arena + one record, not RSS.
 MCU_RAM_BYTES = 64 * 2**20
@@ -59,7 +67,7 @@ def run(artifact: str | os.PathLike, images: str | os.PathLike, out: str | os.Pa
         threads: int | None = None, delegate: str | None = None, buffer: str | os.PathLike | None = None,
         budget: str | int | None = None, task: str | int | None = None, format: str | None = None,
         emit: Emit = lambda d: None, warn: Warn = _stderr, xnnpack: bool = True, shrink: bool = False,
-        wait: bool = False, task_id: int | None = None) -> dict:
+        wait: bool = False, task_id: int | None = None, map_frame: str = "image", keep: str = "normal") -> dict:
     """Score every image; one dict per image to ``emit``; an overlay PNG per image in ``out``; a summary back.
 
     ``task``: a product name. A task of the artifact decides with that task's threshold; with a buffer, its
@@ -69,10 +77,13 @@ def run(artifact: str | os.PathLike, images: str | os.PathLike, out: str | os.Pa
     that name no task are a buffer task id (as ``task_id``, the unambiguous way). None: the task-agnostic
     threshold and the newest buffer task. With ``buffer`` the file is locked for the whole run (``wait``: queue
     behind another process instead of failing); ``shrink`` allows a ``budget`` below the file's, counting the
-    evicted records. A frame that cannot be read is skipped with a warning and counted in ``skipped``.
+    evicted records; ``keep`` (normal | all | margin:X) says which frames are offered to the buffer, and the
+    summary counts the frames left out and why. A frame that cannot be read is skipped with a warning and
+    counted in ``skipped``.
     """
-    if buffer is None and (budget is not None or shrink or task_id is not None):
-        raise UserError("--budget, --shrink and --task-id apply to a replay buffer: give --buffer FILE too")
+    if buffer is None and (budget is not None or shrink or task_id is not None or keep != "normal"):
+        raise UserError("--budget, --shrink, --keep and --task-id apply to a replay buffer: give --buffer FILE too")
+    KeepPolicy.parse(keep)  # bad input before any work
     files = list_images(images, warn)
     device = Device(artifact, format=format, threads=threads, delegate=delegate, xnnpack=xnnpack)
     task_name, buffer_task = _parse_task(task, device.manifest.tasks, task_id, buffer is not None)
@@ -85,7 +96,8 @@ def run(artifact: str | os.PathLike, images: str | os.PathLike, out: str | os.Pa
         warn(f"--task {task_name!r} is not a task of this model (its tasks: {', '.join(device.manifest.tasks) or 'none'}"
              "): a new product, decided with the task-agnostic threshold; its frames are kept under its own name")
     if buffer is not None:
-        device.attach_buffer(buffer, budget, buffer_task, shrink=shrink, wait=wait, warn=warn, task_name=task_name)
+        device.attach_buffer(buffer, budget, buffer_task, shrink=shrink, wait=wait, warn=warn, task_name=task_name,
+                             keep=keep)
     try:
         report = device.buffer_report
         if report is not None:
@@ -94,11 +106,21 @@ def run(artifact: str | os.PathLike, images: str | os.PathLike, out: str | os.Pa
             if report.dropped or report.evicted:
                 warn(f"{device.buffer_path}: {report.dropped} damaged record(s) dropped, {report.evicted} "
                      f"evicted; kept {report.kept}")
-        summary = score_files(device, files, images, out, emit, warn)
+        kept = Counter()
+
+        def counted(line: dict) -> None:
+            if "buffered" in line:
+                kept["buffered" if line["buffered"] else line.get("not_kept", RESERVOIR)] += 1
+            emit(line)
+
+        summary = score_files(device, files, images, out, counted, warn, map_frame=map_frame)
         if device.buffer is not None:
-            device.buffer.save(device.buffer_path)
+            device.buffer.commit(device.buffer_path)  # the offered counts of frames not kept
+            buffered = kept.pop("buffered", 0)
             summary["buffer"] = {"path": str(device.buffer_path), "task": device.task_id,
-                                 "task_name": device.buffer.task_names().get(device.task_id), **device.buffer.stats(),
+                                 "task_name": device.buffer.task_names().get(device.task_id), "keep": str(device.keep),
+                                 "buffered": buffered, "not_kept": dict(kept), **device.buffer.stats(),
+                                 "writes": device.buffer.write_stats(),
                                  **({"load": _report(report)} if report is not None else {})}
         return summary
     finally:
@@ -106,11 +128,14 @@ def run(artifact: str | os.PathLike, images: str | os.PathLike, out: str | os.Pa
 
 
 def score_files(device, files: list[Path], images: str | os.PathLike, out: str | os.PathLike | None = None,
-                emit: Emit = lambda d: None, warn: Warn = _stderr) -> dict:
+                emit: Emit = lambda d: None, warn: Warn = _stderr, map_frame: str = "image") -> dict:
     """Score ``files`` with anything shaped like a Device (``infer`` -> Result, ``normalize``, ``format``,
     ``interpreter``, ``threshold``): one JSON line each to ``emit``, an overlay PNG each in ``out``; the
     host's `edgead predict` passes its torch detector here, so both print and draw the same way. A frame
-    that cannot be read is skipped with a warning and counted in ``skipped``."""
+    that cannot be read is skipped with a warning and counted in ``skipped``. ``map_frame``: overlays at the
+    input image's size ("image", as anomalib returns maps) or in the model's S x S frame ("model")."""
+    if map_frame not in MAP_FRAMES:
+        raise UserError(f"map frame {map_frame!r}: expected one of {', '.join(MAP_FRAMES)}")
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +157,11 @@ def score_files(device, files: list[Path], images: str | os.PathLike, out: str |
         if out_dir is not None:
             rel = path.relative_to(root) if root is not None else Path(path.name)
             png = names(rel)
-            save_overlay(png, r.pixels, device.normalize(r.map), score=r.score, normalized=r.normalized,
+            pixels, amap = r.pixels, r.map
+            if map_frame == "image":  # the image as it came and its map resized to it (Preprocess.to_image)
+                pixels = np.asarray(image_rgb(path))
+                amap = device.preprocess.to_image(r.map, (pixels.shape[1], pixels.shape[0]))
+            save_overlay(png, pixels, device.normalize(amap), score=r.score, normalized=r.normalized,
                          anomalous=r.anomalous)
             line["overlay"] = str(png)
         emit(line)
@@ -178,11 +207,13 @@ def buffer_stats(path: str | os.PathLike) -> dict:
     return {"path": str(path), "file_bytes": Path(path).stat().st_size, **buf.stats(), "load": _report(report)}
 
 
-def buffer_export(path: str | os.PathLike, dest: str | os.PathLike) -> dict:
-    """Validate the device's buffer and write a clean copy (damaged records dropped) for the host."""
-    buf, report = open_buffer(path)
+def buffer_export(path: str | os.PathLike, dest: str | os.PathLike, shrink: bool = False) -> dict:
+    """Validate the device's buffer and write a clean copy (damaged records dropped, no append log) for the
+    host. A file whose records do not fit its own budget is refused unless ``shrink`` (then evicted, counted)."""
+    buf, report = open_buffer(path, shrink=shrink)
     if len(buf) == 0:
         raise UserError(f"{path}: the buffer holds no records; nothing for the host to replay")
+    buf.set_append(False)  # the host rewrites whole files: the log's reserve is room for records there
     buf.save(dest)
     ReplayBuffer.load(dest)  # what the host will read
     return {"exported": str(dest), "records": len(buf), "bytes": buf.nbytes, "tasks": buf.tasks,
@@ -197,13 +228,24 @@ def buffer_import(src: str | os.PathLike, dest: str | os.PathLike, mode: str = "
     while it changes (``wait`` as for run); a budget that would evict records needs ``shrink``."""
     if mode not in ("merge", "replace"):
         raise UserError(f"buffer import mode {mode!r}: expected merge or replace")
+    dest = resolved(dest)  # one lock for a symlink and its target, and the link is never replaced
     with BufferLock(dest, wait=wait, notify=warn):
         remove_stale_temps(dest)
         return _import_locked(src, Path(dest), mode, budget, shrink)
 
 
+def _merged_task_ids(src: ReplayBuffer, dest: ReplayBuffer) -> dict[int, int]:
+    """SRC's task ids in DEST: a named product goes to DEST's task of that name (named there now if new: its
+    own id when DEST has no name for it, else a new id); an unnamed task keeps its id."""
+    ids = {t: t for t in src.tasks}
+    for task_id, name in src.task_names().items():
+        ids[task_id] = named_task_id(dest, name, task_id, 0)
+        dest.name_task(ids[task_id], name)
+    return ids
+
+
 def _import_locked(src, dest: Path, mode: str, budget, shrink: bool) -> dict:
-    incoming, report = open_buffer(src)
+    incoming, report = open_buffer(src, shrink=shrink)  # never evict from SRC without --shrink
     if mode == "replace" or not dest.exists():
         buf = incoming if budget is None else open_buffer(src, budget, shrink=shrink)[0]
     else:
@@ -211,8 +253,9 @@ def _import_locked(src, dest: Path, mode: str, budget, shrink: bool) -> dict:
         if incoming.codec.spec != buf.codec.spec or (incoming.shape and buf.shape and incoming.shape != buf.shape):
             raise UserError(f"{src}: codec {incoming.codec.spec} shape {incoming.shape} cannot merge into {dest} "
                             f"(codec {buf.codec.spec} shape {buf.shape})")
+        ids = _merged_task_ids(incoming, buf)
         for r in incoming.records():
-            buf.add(r.task_id, r.encoded, r.sample_id, r.timestamp)
+            buf.add(ids[r.task_id], r.encoded, r.sample_id, r.timestamp)
     buf.save(dest)
     return {"imported": str(src), "into": str(dest), "mode": mode, **buf.stats(), "load": _report(report)}
 
@@ -227,6 +270,16 @@ def _percentiles(ms: list[float]) -> dict:
     a = np.asarray(ms)
     return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
             "p99": float(np.percentile(a, 99)), "min": float(a.min()), "max": float(a.max())}
+
+
+def _buffer_writes(device: Device, budget_bytes: int) -> dict:
+    """Bytes written to a buffer of this budget per 1,000 frames (firmware_sim.buffer_wear), or why not."""
+    scale, zp, _ = device.latent_quantization()
+    try:
+        return measure_writes(tuple(device.manifest.data["latent"]["shape_chw"]), budget_bytes, 1000,
+                              scale=scale, zero_point=zp)
+    except UserError as e:
+        return {"error": str(e)}
 
 
 def profile(artifact: str | os.PathLike, profile_names: list[str] | None = None,
@@ -272,6 +325,9 @@ def profile(artifact: str | os.PathLike, profile_names: list[str] | None = None,
     lat = m.data.get("latent")
     record = RECORD_OVERHEAD + int(np.prod(lat["shape_chw"])) + 64 if lat else 0  # payload + codec fields
     model_files = {p.name: p.stat().st_size for p in device.graph_files.values()}  # Edge TPU: the compiled ones
+    for p in device.graph_files.values():  # an OpenVINO IR keeps its weights in the .bin beside the .xml
+        if p.suffix == ".xml" and p.with_suffix(".bin").is_file():
+            model_files[p.with_suffix(".bin").name] = p.with_suffix(".bin").stat().st_size
     manifest_bytes = (m.root / MANIFEST_NAME).stat().st_size
     flash = sum(model_files.values()) + manifest_bytes + budget_bytes
     mcu_ram = (arena if arena is not None else (peak_act or 0)) + (record if budget_bytes else 0)
@@ -293,6 +349,7 @@ def profile(artifact: str | os.PathLike, profile_names: list[str] | None = None,
                 "analytic_peak_activation_int8_bytes": peak_act, "replay_record_bytes": record or None},
         "flash": {"model_files": model_files, "manifest_bytes": manifest_bytes, "buffer_budget_bytes": budget_bytes,
                   "total_bytes": flash},
+        "buffer_writes": _buffer_writes(device, budget_bytes) if budget_bytes and lat else None,
         "profiles": fits,
         "format_comparison": (compare_formats(artifact, m.formats, frame, runs, warmup, threads, xnnpack)
                               if compare and delegate is None and len(m.formats) > 1 else None),

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from firmware_sim.anomaly_map import ScorePost
 from firmware_sim.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -183,24 +184,27 @@ class Preprocess:
     def n_views(self, size: tuple[int, int]) -> int:
         return len(self.tile_layout(size)[1]) if self.resize_mode == "tile" else 1
 
-    def merge(self, maps: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float]:
+    def merge(self, maps: np.ndarray, size: tuple[int, int], post: ScorePost | None = None
+              ) -> tuple[np.ndarray, float]:
         """The K view maps (K, S, S) of one image of size (W, H) -> (its map in the frame (S, S), its score).
 
-        Score: the maximum over the image's own pixels (not the letterbox padding); for ``tile`` taken on the
-        stitched map at tile resolution, before it is resized into the frame (resizing would blur the peak).
+        Score: ``post``'s reduction (firmware_sim.anomaly_map.ScorePost; default the maximum) over the image's own
+        pixels (not the letterbox padding); for ``tile`` taken on the stitched map at tile resolution, before it
+        is resized into the frame (resizing would blur the peak). The view maps are already post-processed.
         """
+        reduce = (post or ScorePost()).reduce
         maps = np.asarray(maps, np.float32)
         s = self.image_size
         if maps.ndim != 3 or maps.shape[1:] != (s, s) or len(maps) != self.n_views(size):
             raise UserError(f"view maps {maps.shape}: expected ({self.n_views(size)}, {s}, {s}) for a "
                             f"{size[0]}x{size[1]} image in {self.resize_mode} mode")
         if self.resize_mode == "squash":
-            return maps[0], float(maps[0].max())
+            return maps[0], float(reduce(maps[0][None])[0])
         if self.resize_mode == "pad":
             valid = self.frame_valid(size)
             frame = maps[0].copy()
             frame[~valid] = frame[valid].min()  # the padding is not the image: never a peak in an overlay
-            return frame, float(frame[valid].max())
+            return frame, float(reduce(frame[valid][None])[0])
         (rw, rh), starts = self.tile_layout(size)
         big = np.full((rh, rw), -np.inf, np.float32)
         for m, (x, y) in zip(maps, starts, strict=True):
@@ -209,7 +213,18 @@ class Preprocess:
         frame = np.zeros((s, s), np.float32)
         frame[y0:y0 + ch, x0:x0 + cw] = _resize_float(big, (cw, ch))
         frame[~self.frame_valid(size)] = float(big.min())  # outside the image: its lowest value, never a peak
-        return frame, float(big.max())
+        return frame, float(reduce(big[np.isfinite(big)][None])[0])
+
+    def to_image(self, frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """A map in the model's frame (S, S) -> the same map at the input image's size (H, W) (float32): the
+        image's part of the frame (all of it when squashed, the letterbox box when padded or tiled) resized
+        bilinearly, as anomalib returns maps at the input size."""
+        w, h = _check_size(size)
+        frame = np.asarray(frame, np.float32)
+        if self.resize_mode != "squash":
+            x0, y0, cw, ch = self.letterbox_box((w, h))
+            frame = frame[y0:y0 + ch, x0:x0 + cw]
+        return _resize_float(frame, (w, h))
 
     def frame_mask(self, mask: np.ndarray) -> np.ndarray:
         """Bool (H, W) ground truth -> float32 (S, S) in {0, 1} in the frame of this resize mode."""

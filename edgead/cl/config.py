@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edgead.cl.crops import MIN_CROP_SIDE, auto_crop_side
 from edgead.errors import EdgeadError
+from edgead.options import option
 from firmware_sim.codecs import Codec, get_codec
 from firmware_sim.replay_buffer import POLICIES
 from firmware_sim.sizes import parse_size
@@ -44,15 +45,25 @@ class ReplayConfig:
             side (latent cells).
     """
 
-    strategy: str = "finetune"
-    codec: str | None = None
-    budget_bytes: int | None = None
-    memory_size: int = 100
-    policy: str = "random"
-    device_buffer: Path | None = None
-    device_trunk: Path | None = None
-    calibration_anchors: int = 1
-    latent_crop: str = "auto"
+    # Each field is also an option of `edgead train` and `Detector.fit` (edgead.options).
+    strategy: str = option("finetune", choices=STRATEGIES, help="What the model keeps from earlier tasks: "
+                           "nothing (finetune), every task's data (joint), images (replay) or trunk latents "
+                           "(compressed-replay, PaSTe).")
+    codec: str | None = option(None, help="Latent codec for compressed-replay: fp32, fp16, int8-tensor, "
+                               "int8-channel, int4-channel, pca[:VAR] (default fp32).")
+    budget_bytes: int | None = option(None, name="budget", parse=parse_size,
+                                      help="Replay memory in bytes: 2.46MB, 500kB, 1.5MiB, 100000B.")
+    memory_size: int = option(100, help="Replay samples when no --budget.")
+    policy: str = option("random", choices=POLICIES, help="Which samples stay when a task's share shrinks.")
+    device_buffer: Path | None = option(None, parse=Path,
+                                        help="Start compressed replay from a buffer collected on a device.")
+    device_trunk: Path | None = option(None, parse=Path, help="Keep latents as a device does: this PaSTe "
+                                       "export's int8 TFLite trunk output (--codec int8-device).")
+    calibration_anchors: int = option(1, help="Held-out normals kept per task (inside the budget) to recalibrate "
+                                      "earlier tasks' thresholds after each update; 0: keep them as fitted.")
+    latent_crop: str = option("auto", help="compressed-replay with --budget: auto keeps whole latents "
+                              "when one fits in every task's share, else the largest square crop that does; "
+                              "none: whole only; N: crops of N latent cells.")
     codec_obj: Codec | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -14,6 +14,12 @@ From the command line: `--normal DIR --abnormal DIR [--mask DIR] [--normal-test 
 
 Without `normal_test`, a seeded 20% of the normal images (anomalib Folder's default test split ratio) is held
 out as the good test images; the held-out validation normals come from the rest, as for MVTec AD.
+
+One folder cannot hold two roles: the same (resolved) folder given as `normal` and `abnormal`, `mask` and
+`abnormal` (every image would be found as its own mask) or `normal` and `normal_test` (the training images
+would be the good test images) is refused. Nested folders are allowed: folders are read one level deep, so
+`good/` and `good/defect/` share no file. A file that shows up in two roles anyway (a copy, a link) is
+warned about when the folders are scanned (`edgead.data.layout`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,44 @@ from firmware_sim.preprocess import Preprocess
 
 TEST_FRACTION = 0.2
 SPEC_KEYS = ("name", "normal", "abnormal", "mask", "normal_test")
+ROLES = ("normal", "abnormal", "mask", "normal_test")  # the folder keys, in the order errors name them
 DATASET_SUFFIXES = (".yaml", ".yml")
+# Why two roles in one folder give wrong results without a word.
+_SAME_FOLDER = {
+    ("normal", "abnormal"): "the model would train on the abnormal images and be tested on them",
+    ("abnormal", "mask"): "every abnormal image would be found as its own mask",
+    ("normal", "normal_test"): "the good test images would be the training images",
+}
+
+
+def _kind(v: object) -> str:
+    names = {list: "a list", dict: "a mapping", bool: "a bool", int: "an int", float: "a float"}
+    return names.get(type(v), f"a {type(v).__name__}")
+
+
+def check_roles(spec: FolderSpec, where: str | None = None, *, flags: bool = False) -> None:
+    """Refuse one resolved folder in two roles of a task (see the module docstring), naming both."""
+    def shown(k: str) -> str:
+        return f"--{k.replace('_', '-')}" if flags else k
+
+    for i, a in enumerate(ROLES):
+        for b in ROLES[i + 1:]:
+            pa, pb = getattr(spec, a), getattr(spec, b)
+            if pa is not None and pb is not None and pa == pb:
+                why = _SAME_FOLDER.get((a, b), "one folder cannot hold two roles")
+                raise EdgeadError(f"{where + ': ' if where else ''}{shown(a)} {pa} and {shown(b)} {pb} are the "
+                                  f"same folder ({why}); expected separate folders")
+
+
+# Folder names that say what the images are, not which product: a task is then named after the folder above.
+GENERIC_FOLDER_NAMES = ("good", "normal", "ok", "train", "images", "normals")
+
+
+def default_task_name(normal: Path) -> str:
+    """A folder task's name when none is given: `screws/good` -> screws (two products' `good/` folders would
+    otherwise collide), `screws_ok_images` -> itself."""
+    p = Path(normal).expanduser().resolve()
+    return p.parent.name if p.name.lower() in GENERIC_FOLDER_NAMES and p.parent.name else p.name
 
 
 @dataclass(frozen=True)
@@ -46,21 +89,39 @@ class FolderSpec:
         return {k: (str(v) if isinstance(v, Path) else v) for k in SPEC_KEYS if (v := getattr(self, k)) is not None}
 
     @classmethod
-    def from_dict(cls, d: dict, base: Path, where: str) -> FolderSpec:
+    def from_dict(cls, d: dict, base: Path, where: str, *, flags: bool = False) -> FolderSpec:
+        """A task from a dataset file's mapping (or the options, ``flags``: errors then name `--normal` etc.);
+        relative folders are taken from `base` and every folder is resolved (links, `..`)."""
         if not isinstance(d, dict):
-            raise EdgeadError(f"{where}: expected a mapping with keys {', '.join(SPEC_KEYS)}, got {d!r}")
+            raise EdgeadError(f"{where}: expected a mapping with keys {', '.join(SPEC_KEYS)}, got {_kind(d)}")
         unknown = [k for k in d if k not in SPEC_KEYS]
         if unknown:
-            raise EdgeadError(f"{where}: unknown key {unknown[0]!r} (expected {', '.join(SPEC_KEYS)})")
+            raise EdgeadError(f"{where}: unknown key {str(unknown[0])[:80]!r} (expected {', '.join(SPEC_KEYS)})")
+        name = d.get("name")
+        if name is not None and (isinstance(name, bool) or not isinstance(name, (str, int))):
+            raise EdgeadError(f"{where}: 'name' is {_kind(name)}; expected a task name (text)")
+        for k in ROLES:
+            v = d.get(k)
+            if v is not None and not isinstance(v, (str, Path)):
+                raise EdgeadError(f"{where}: '{k}' is {_kind(v)}; expected a folder path (quote a folder named "
+                                  "like a number)")
         if not d.get("normal"):
             raise EdgeadError(f"{where}: 'normal' (the folder of normal images) is required")
 
         def path(k: str) -> Path | None:
             v = d.get(k)
-            return None if v is None else (base / Path(str(v)).expanduser()).resolve()
+            if v is None:
+                return None
+            try:
+                return (base / Path(str(v)).expanduser()).resolve()
+            except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a NUL byte, no such user (~x)
+                raise EdgeadError(f"{where}: '{k}' {str(v)[:200]!r} is not a usable path ({e})") from None
 
         normal = path("normal")
-        return cls(str(d.get("name") or normal.name), normal, path("abnormal"), path("mask"), path("normal_test"))
+        spec = cls(str(d.get("name") or default_task_name(normal)), normal, path("abnormal"), path("mask"),
+                   path("normal_test"))
+        check_roles(spec, None if flags else where, flags=flags)
+        return spec
 
 
 @dataclass(frozen=True)
@@ -105,6 +166,13 @@ class FolderTask:
             keep, held = split_validation(len(train), TEST_FRACTION, seed, key=self.name + "/test")
             test = [train[i] for i in held] + test
             train = [train[i] for i in keep]
+        # Name the folder that came up empty before anything is decoded (an empty list says nothing).
+        if not any(e.label == 1 for e in test):
+            raise EdgeadError(f"task {self.name}: no abnormal images in {self.spec.abnormal}; evaluation needs "
+                              "some (.png, .jpg, .bmp, .tif or .webp files)")
+        if not any(e.label == 0 for e in test):
+            raise EdgeadError(f"task {self.name}: no good test images in {self.spec.normal_test}; evaluation "
+                              "needs some (or leave normal_test out to hold out 20% of the normals)")
         normals = load_entries(subsample(train, self.max_train, seed, self.name), pre, skip_bad=skip_bad,
                                desc=f"{self.name} train")
         tr, va = split_validation(len(normals), val_fraction, seed, key=self.name)
@@ -186,10 +254,11 @@ def open_stream(data: str | Path, tasks: list[str] | tuple[str, ...] | None = No
 def stream_from_options(data: str | Path | None, tasks: str | None, *, normal: str | Path | None = None,
                         abnormal: str | Path | None = None, mask: str | Path | None = None,
                         normal_test: str | Path | None = None, max_train: int | None = None,
-                        out: str | Path | None = None) -> TaskStream | FolderStream:
+                        out: str | Path | None = None, name: str | None = None) -> TaskStream | FolderStream:
     """The stream named by the CLI's data options: `--data ROOT|FILE.yaml [--tasks a,b]`, or one folder task
     `--normal DIR --abnormal DIR [--mask DIR] [--normal-test DIR]`, written as OUT/dataset.yaml so that
-    eval, export and resume find the same folders.
+    eval, export and resume find the same folders. `name` names the folder task (default: --tasks' one value,
+    else the normal folder's name, or its parent's for a generic name such as good/).
 
     Returns:
         A TaskStream (MVTec AD layout) or a FolderStream.
@@ -200,6 +269,9 @@ def stream_from_options(data: str | Path | None, tasks: str | None, *, normal: s
         given = [k for k, v in folder_opts.items() if v is not None]
         if given:
             raise EdgeadError(f"--{given[0].replace('_', '-')} belongs to a folder dataset: give --normal DIR too")
+        if name is not None:
+            raise EdgeadError(f"--name {name}: names a --normal/--abnormal folder task; the tasks of --data are "
+                              "named by their folders (choose them with --tasks)")
         if data is None:
             raise EdgeadError("no data: give --data ROOT (MVTec AD layout) or a dataset .yaml file, or "
                               "--normal DIR --abnormal DIR [--mask DIR]")
@@ -208,12 +280,14 @@ def stream_from_options(data: str | Path | None, tasks: str | None, *, normal: s
         raise EdgeadError("give either --data or --normal/--abnormal/--mask, not both")
     if abnormal is None:
         raise EdgeadError("--normal needs --abnormal DIR too: evaluation needs abnormal images")
-    name = names[0] if names and len(names) == 1 else None
+    if name is not None and names and names != [name]:
+        raise EdgeadError(f"--name {name} and --tasks {tasks} both name the folder task: give one")
+    name = name if name is not None else names[0] if names and len(names) == 1 else None
     if names and len(names) > 1:
         raise EdgeadError(f"--tasks {tasks}: a --normal/--abnormal dataset is one task; name it with one value")
     spec = FolderSpec.from_dict({"name": name, "normal": str(normal),
                                  **{k: str(v) for k, v in folder_opts.items() if v is not None}},
-                                Path.cwd(), "--normal/--abnormal")
+                                Path.cwd(), "--normal/--abnormal", flags=True)
     for key in ("normal", "abnormal", "mask", "normal_test"):
         p = getattr(spec, key)
         if p is not None and not p.is_dir():

@@ -9,8 +9,10 @@ replayed part of each batch. Model selection uses pseudo-defects on held-out nor
 from __future__ import annotations
 
 import copy
+import logging
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -21,7 +23,10 @@ from edgead.engine.selection import make_pseudo_defects, selection_score
 from edgead.engine.tensors import compute_latents, compute_teacher_features, predict_latents
 from edgead.engine.thresholds import DEFAULT_THRESHOLD_RULE, ThresholdRule
 from edgead.errors import EdgeadError
-from firmware_sim.preprocess import Preprocess
+from edgead.options import option
+from firmware_sim.preprocess import RESIZE_MODES, Preprocess
+
+log = logging.getLogger(__name__)
 
 # Above this, teacher features are recomputed per batch instead of cached for the task (host RAM guard).
 TEACHER_CACHE_LIMIT_BYTES = 3 * 2**30
@@ -29,34 +34,69 @@ TEACHER_CACHE_LIMIT_BYTES = 3 * 2**30
 # a selection check every epoch would then cost as much as the training (measured: battery weld, 300 steps,
 # 421 s). So a steps budget spaces the checks out to at most this many (plus the last epoch).
 MAX_SELECTION_CHECKS = 20
+# Fewer optimiser steps than this starve the student (a 36-image folder with --epochs 3: 3 steps, image AUROC
+# 0.71 vs 1.000 with 200 steps): such a run is warned about.
+FEW_STEPS = 200
+
+
+class BudgetWarning(UserWarning):
+    """A task trained with fewer than FEW_STEPS optimiser steps (explicit --epochs or --steps)."""
+
+# Epochs per task when neither --epochs nor --steps is given (and the budget floor does not apply).
+DEFAULT_EPOCHS = 20
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 0.4
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    seed: int = 0
-    device: str = "cpu"
-    replay_ratio: float = 0.5  # fraction of each batch drawn from the replay memory (from task 2 on)
-    select_every: int = 1  # epochs between model-selection checks; 0 keeps the last epoch
-    val_fraction: float = 0.1
-    progress: bool = True
-    # Budget in optimiser steps instead of epochs (None: use epochs). Steps make a 33-image and a 3,000-image
-    # category train comparably long; with steps, the epochs run until the budget is spent (the last may be cut).
-    steps: int | None = None
-    resize: str = "squash"  # firmware_sim.preprocess.RESIZE_MODES; recorded in the checkpoint's preprocessing
+    """How one task is trained. Each field is also an option of `edgead train` and `Detector.fit`
+    (edgead.options: the help text, choices and bounds are declared here, once)."""
+
+    # None: DEFAULT_EPOCHS under the budget floor (min_steps); an explicit number of epochs is trained as given.
+    epochs: int | None = option(None, default_text=f"{DEFAULT_EPOCHS}, or the budget floor on small data",
+                                help="Training epochs per task (ignored with --steps). Given explicitly, no floor "
+                                     "applies (a warning when that makes fewer than 200 optimiser steps).")
+    batch_size: int = option(32, help="Images per optimiser step.")
+    lr: float = option(0.4, help="SGD learning rate.")
+    momentum: float = option(0.9, help="SGD momentum.")
+    weight_decay: float = option(1e-4, help="SGD weight decay.")
+    seed: int = option(0, help="Seed of every random choice (data split, order, init).")
+    device: str = option("cpu", help="torch device for training.")
+    replay_ratio: float = option(0.5, help="Fraction of each batch replayed (from the second task on).")
+    select_every: int = option(1, help="Epochs between model-selection checks on held-out normals (0: keep the "
+                                        "last epoch).")
+    val_fraction: float = option(0.1, help="Share of the normal training images held out for model selection "
+                                           "and the threshold.")
+    progress: bool = option(True, flag="quiet", help="Progress bars (--quiet: none).")
+    # Steps make a 33-image and a 3,000-image category train comparably long; with steps, the epochs run until
+    # the budget is spent (the last may be cut).
+    steps: int | None = option(None, help="Training budget in optimiser steps per task instead of --epochs (same "
+                                          "for small and large categories).")
+    # The budget floor (docs/training-budget.md): when the default epochs would give fewer than `min_steps`
+    # optimiser steps (a small category: 20 epochs of 37 images at batch 32 are 40 steps), the task trains
+    # `floor_steps` steps at batch `floor_batch` instead. Chosen on DEV halves of six real categories
+    # (benchmarks/bench_budget.py). Explicit --epochs or --steps are kept as given.
+    min_steps: int = option(300, min=0, help="Budget floor: when the default epochs would give fewer optimiser "
+                                             "steps than this, train --floor-steps steps at --floor-batch instead "
+                                             "(0: off).")
+    floor_steps: int = option(1000, min=1, help="Optimiser steps of a task trained under the budget floor.")
+    floor_batch: int = option(8, min=1, help="Batch size of a task trained under the budget floor.")
+    resize: str = option("squash", choices=RESIZE_MODES,
+                         help="Non-square images: squash to a square, pad (letterbox, padding left out of pixel "
+                              "metrics) or tile (square tiles, score = max). Recorded in checkpoints and exports.")
     # How the deployment threshold is set from the held-out normals after training (edgead.engine.thresholds).
-    threshold_rule: str = DEFAULT_THRESHOLD_RULE
+    threshold_rule: str = option(DEFAULT_THRESHOLD_RULE,
+                                 help="Deployment threshold from the held-out normals: pseudo-band:Q,A (default: "
+                                      "pseudo-f1 kept between their Q-quantile and the far:A cut), far:A (at most a "
+                                      "share A of good parts rejected, split-conformal), quantile:Q, sigma:K (mean + "
+                                      "K std) or pseudo-f1 (best F1 against pseudo-defects). See docs/thresholds.md.")
 
     def __post_init__(self) -> None:
-        from firmware_sim.preprocess import RESIZE_MODES
-
         checks = [
-            (self.epochs >= 1, f"epochs {self.epochs}: expected >= 1"),
+            (self.epochs is None or self.epochs >= 1, f"epochs {self.epochs}: expected >= 1"),
             (self.steps is None or self.steps >= 1, f"steps {self.steps}: expected >= 1"),
+            (self.min_steps >= 0, f"min steps {self.min_steps}: expected >= 0 (0: no floor)"),
+            (self.floor_steps >= 1 and self.floor_batch >= 1,
+             f"floor {self.floor_steps} steps at batch {self.floor_batch}: expected both >= 1"),
             (self.resize in RESIZE_MODES, f"resize {self.resize!r}: expected one of {', '.join(RESIZE_MODES)}"),
             (self.batch_size >= 1, f"batch size {self.batch_size}: expected >= 1"),
             (self.lr > 0, f"learning rate {self.lr}: expected > 0"),
@@ -74,9 +114,20 @@ class TrainConfig:
     def n_epochs(self, n_samples: int, per_batch: int) -> int:
         """Epochs to run: ``epochs``, or as many as the ``steps`` budget needs at this batch size."""
         if self.steps is None:
-            return self.epochs
+            return self.epochs or DEFAULT_EPOCHS
         per_epoch = -(-max(n_samples, 1) // max(per_batch, 1))
         return -(-self.steps // per_epoch)
+
+    def budget(self, n_samples: int, replay_ratio: float = 0.0) -> TrainConfig:
+        """The budget this task trains with: ``self``, or, when its epochs would give fewer than ``min_steps``
+        optimiser steps on ``n_samples`` images (replay_ratio: the share of each batch that is replay), a copy
+        with ``floor_steps`` steps at batch ``floor_batch``. Explicit epochs or steps are never changed."""
+        if self.steps is not None or self.epochs is not None or not self.min_steps:
+            return self
+        n_cur = max(1, self.batch_size - int(round(self.batch_size * replay_ratio)))
+        if DEFAULT_EPOCHS * -(-max(n_samples, 1) // n_cur) >= self.min_steps:
+            return self
+        return replace(self, steps=self.floor_steps, batch_size=self.floor_batch)
 
 
 class ReplaySource(Protocol):
@@ -100,6 +151,8 @@ def train_task(model, train_images: np.ndarray, val_images: np.ndarray, pre: Pre
     """Train model.student_tail in place; returns timings and the selection history."""
     if len(train_images) == 0:
         raise EdgeadError("no training images for this task")
+    asked = cfg
+    cfg = cfg.budget(len(train_images), cfg.replay_ratio if replay is not None and len(replay) > 0 else 0.0)
     seed = cfg.seed if seed is None else seed
     _seed_all(seed)
     rng = np.random.default_rng(seed)
@@ -169,9 +222,19 @@ def train_task(model, train_images: np.ndarray, val_images: np.ndarray, pre: Pre
         model.student_tail.load_state_dict(best[1])
     model.to(memory_format=torch.contiguous_format)
     model.eval()
+    if cfg is not asked:
+        log.info("%s: %d epochs at batch %d would be fewer than %d optimiser steps on %d images; trained %d "
+                 "steps at batch %d instead (the budget floor; min_steps=0 turns it off)", desc, DEFAULT_EPOCHS,
+                 asked.batch_size, asked.min_steps, len(train_images), cfg.steps, cfg.batch_size)
+    if steps_done < FEW_STEPS:
+        warnings.warn(f"{desc}: only {steps_done} optimiser steps on {len(train_images)} images; fewer than "
+                      f"{FEW_STEPS} steps starve the student (leave --epochs out for the budget floor, or give "
+                      f"--steps, e.g. --steps 1000 --batch-size 8)", BudgetWarning, stacklevel=2)
     return {
         "epochs": n_epochs,
         "steps": steps_done,
+        "batch_size": cfg.batch_size,
+        "budget_floor": cfg is not asked,
         "selected_epoch": best[2] if best[1] is not None else n_epochs,
         "selection_score": None if best[1] is None else float(best[0]),
         "history": history,

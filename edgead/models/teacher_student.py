@@ -19,21 +19,35 @@ from torch import nn
 from edgead.errors import EdgeadError
 from edgead.models.anomaly_map import anomaly_map, image_score, st_loss
 from edgead.models.backbones.registry import get_backbone_spec
+from edgead.options import option, parse_levels
+from firmware_sim.anomaly_map import LEGACY_SCORE, ScorePost
 
 MODELS = ("stfpm", "paste")
+# The score post-processing of new models (docs/model-selection.md): chosen on DEV halves of six real
+# categories by benchmarks/bench_postprocess.py.
+DEFAULT_SCORE = "max"
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    model: str = "paste"
-    backbone: str = "mcunet-in3"
-    levels: tuple[int, ...] = (6, 10, 14)
-    bootstrap: int | None = 5  # last shared stage (PaSTe); None for STFPM
-    image_size: int = 256
-    pretrained: bool = True
+    # Each field is also an option of `edgead train` and `Detector(...)` (edgead.options).
+    model: str = option("paste", choices=MODELS, help="paste (shared frozen trunk) or stfpm.")
+    backbone: str = option("mcunet-in3", help="mcunet-in3, mobilenet_v2 or resnet18.")
+    levels: tuple[int, ...] = option((6, 10, 14), parse=parse_levels, default_text="the backbone's",
+                                     help="Feature levels (stage indices), e.g. 6,10,14.")
+    bootstrap: int | None = option(5, default_text="the backbone's",  # None for STFPM
+                                   help="Last shared stage (PaSTe).")
+    image_size: int = option(256, help="Square model input size in pixels.")
+    pretrained: bool = option(True, flag="no-pretrained", help="ImageNet teacher (--no-pretrained: random "
+                              "teacher, experiments only).")
+    # How a map becomes the image score (firmware_sim.anomaly_map.ScorePost): the device applies what the
+    # manifest records, so a threshold calibrated on the host holds there. Older checkpoints read as "max".
+    score: str = option(DEFAULT_SCORE, help="Score post-processing: max, topk:F (mean of the top fraction F of "
+                        "pixels), blur:S,max or blur:S,topk:F (Gaussian blur of sigma S pixels first).")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "levels", tuple(int(v) for v in self.levels))
+        object.__setattr__(self, "score", str(ScorePost.parse(self.score)))  # one spelling, or a clear error
         if self.model not in MODELS:
             raise EdgeadError(f"unknown model {self.model!r}: expected one of {', '.join(MODELS)}")
         spec = get_backbone_spec(self.backbone)
@@ -68,6 +82,7 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> DetectorConfig:
+        d = {"score": LEGACY_SCORE, **d}  # saved before score post-processing existed: scored by the maximum
         try:
             return cls(**{k: (tuple(v) if k == "levels" else v) for k, v in d.items()})
         except TypeError as e:
@@ -183,9 +198,14 @@ class TeacherStudent(nn.Module):
 
     @torch.no_grad()
     def predict_latent(self, z: torch.Tensor, out_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent batch -> (anomaly maps (N, S, S), image scores (N,))."""
+        """Latent batch -> (anomaly maps (N, S, S), image scores (N,)), post-processed as config.score says."""
         amap = anomaly_map(self.teacher_features(z), self.student_features(z), out_size or self.config.image_size)
-        return amap, image_score(amap)
+        post = ScorePost.parse(self.config.score)
+        if post == ScorePost():  # the plain maximum: stay in torch (training's selection checks call this)
+            return amap, image_score(amap)
+        # Anything else runs the device's numpy code, so host and device scores come from one function.
+        m, sc = post(amap.detach().cpu().numpy())
+        return torch.from_numpy(m).to(amap.device), torch.from_numpy(sc).to(amap.device)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -265,3 +265,25 @@ def test_quant_range_matches_dtype():
     assert quant_range(0.5, -128, "int8") == (0.0, 127.5)
     assert quant_range(0.5, 10, "uint8") == (-5.0, 122.5)
 
+
+
+def test_default_formats_leave_out_a_drifting_one_and_named_formats_keep_the_gate(paste_run, exported, tmp_path):
+    # The tolerance is set between the formats' measured pixel AUROC drops (the export is deterministic: same
+    # seed, same calibration images), so exactly the formats above it drift.
+    _, result = exported
+    drops = {f: max(-r["pixel_auroc"]["delta"] for r in per.values()) for f, per in result["fidelity"]["formats"].items()}
+    lo, hi = min(drops.values()), max(drops.values())
+    assert hi > lo, drops
+    tol = (lo + hi) / 2
+    drifting = {f for f, d in drops.items() if d > tol}
+    warnings = []
+    out = export_run(paste_run, tmp_path / "art", ExportOptions(calibration=16, tolerance=pipeline.Tolerance(1.0, tol)),
+                     warn=warnings.append)
+    assert set(out["manifest"]["formats"]) == set(drops) - drifting
+    assert set(out["fidelity"]["left_out"]) == drifting and out["fidelity"]["within_tolerance"]
+    assert len(warnings) == len(drifting) and all("left out" in w for w in warnings)
+    for f in drifting:  # its files are not published
+        assert not (tmp_path / "art" / f"full{pipeline.FILE_SUFFIX[f]}").exists()
+    with pytest.raises(ExportDrift):  # named: the strict gate
+        export_run(paste_run, tmp_path / "art2", ExportOptions(formats=sorted(drops), calibration=16,
+                                                               tolerance=pipeline.Tolerance(1.0, tol)))

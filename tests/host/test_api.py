@@ -127,3 +127,52 @@ def test_export_through_the_api(example, tmp_path):
     dev = Device(tmp_path / "art")
     img = det.predict(example[0] / "demo-data" / "nut" / "test" / "good" / "000.png")
     assert dev.infer(img.paths[0]).score == pytest.approx(float(img.scores[0]), rel=1e-3)
+
+
+def test_predict_per_task_overlays_and_maps_at_the_input_size(example, tmp_path):
+    where, scope = example
+    det = scope["det"]
+    img = np.asarray(Image.open(where / "demo-data" / "nut" / "test" / "good" / "000.png").convert("RGB"))
+    wide = np.asarray(Image.fromarray(img).resize((96, 40)))  # a non-square image, as a weld seam
+    pred = det.predict([wide, img], out=tmp_path / "ov")
+    assert isinstance(pred.maps, list) and pred.maps[0].shape == (40, 96) and pred.maps[1].shape == (64, 64)
+    model = det.predict(wide, map_frame="model")
+    assert model.maps.shape == (1, 64, 64) and model.scores[0] == pytest.approx(pred.scores[0])
+    overlays = sorted((tmp_path / "ov").glob("*.png"))
+    assert len(overlays) == 2 and Image.open(overlays[0]).size[1] > 40  # image height + the legend below it
+    per_task = det.predict(img, task="nut")
+    per = det._scorer.model.calibration.extra["per_task"]["nut"]
+    assert per_task.threshold == pytest.approx(per["threshold"]) and pred.threshold == det._scorer.threshold
+    with pytest.raises(EdgeadError, match="not a task of this checkpoint"):
+        det.predict(img, task="bolt")
+
+
+def test_a_checkpoint_file_evaluates_and_exports_on_its_recorded_data(example, tmp_path):
+    from edgead import Detector
+
+    where, scope = example
+    loaded = Detector.load(where / "demo-run" / "detector.pt")
+    own = scope["det"].evaluate()
+    again = loaded.evaluate()  # the data the file records (saved by the README example from a run)
+    assert again["metrics"]["pill"]["image_auroc"] == pytest.approx(own["metrics"]["pill"]["image_auroc"])
+    result = loaded.export(tmp_path / "art", formats=["onnx"], calibration=8, allow_drift=True)
+    assert result["manifest"]["formats"].keys() == {"onnx"}
+    assert result["fidelity"]["tasks"] == ["nut", "pill"]
+
+
+def test_fit_takes_every_train_option_and_names_a_folder_task(example, tmp_path):
+    from edgead import Detector
+
+    where, _ = example
+    cat = where / "demo-data" / "nut"
+    det = Detector(image_size=64)
+    defect = next(d.name for d in sorted((cat / "test").iterdir()) if d.name != "good")
+    res = det.fit(normal=cat / "train" / "good", abnormal=cat / "test" / defect, mask=cat / "ground_truth" / defect,
+                  name="nut-line-2",
+                  threshold_rule="quantile:0.99", latent_crop="none", steps=2, batch_size=4, progress=False,
+                  out=tmp_path / "run")
+    assert res["tasks"] == ["nut-line-2"]
+    assert res["config"]["train"]["threshold_rule"] == "quantile:0.99" and res["config"]["train"]["steps"] == 2
+    rec = read_config(tmp_path / "run" / "config.yaml")
+    assert not unknown_keys(importlib.import_module("edgead.cli.train").train, rec)
+    assert rec["name"] == "nut-line-2" and rec["latent_crop"] == "none" and rec["threshold_rule"] == "quantile:0.99"

@@ -59,7 +59,15 @@ def test_options_write_a_dataset_file_that_reads_back(folders, tmp_path):
     assert (tmp_path / "run" / "dataset.yaml").is_file() and s.root == tmp_path / "run" / "dataset.yaml"
     (spec,) = read_dataset_file(s.root)
     assert spec.normal == (folders / "good").resolve() and spec.mask == (folders / "masks").resolve()
-    assert spec.name == "good"
+    assert spec.name == folders.name  # good/ names no product: the folder above does (issue 22)
+    named = stream_from_options(None, None, normal=folders / "good", abnormal=folders / "defect",
+                                out=tmp_path / "run2", name="screws")
+    assert [t.name for t in named] == ["screws"] and read_dataset_file(named.root)[0].name == "screws"
+    with pytest.raises(EdgeadError, match="--name screws and --tasks nuts both name"):
+        stream_from_options(None, "nuts", normal=folders / "good", abnormal=folders / "defect",
+                            out=tmp_path / "run3", name="screws")
+    with pytest.raises(EdgeadError, match="--name screws: names a --normal/--abnormal folder task"):
+        stream_from_options(folders, None, name="screws")
 
 
 def test_stream_of_folder_tasks_and_task_selection(folders, tmp_path):

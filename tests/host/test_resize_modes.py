@@ -207,7 +207,13 @@ def test_device_matches_host_on_a_non_square_image(mode, non_square, tmp_path, m
     assert pre.resize_mode == mode  # recorded in the checkpoint: eval and export use the same
     m = res["metrics"]["pixel_auroc"]["final_average"]
     assert m is not None and 0.0 <= m <= 1.0
-    export_run(tmp_path / "run", tmp_path / "art", ExportOptions(formats=["onnx"], calibration=8, allow_drift=True))
+    fid = export_run(tmp_path / "run", tmp_path / "art",
+                     ExportOptions(formats=["onnx"], calibration=8, allow_drift=True))["fidelity"]
+    # The export's fidelity check scores the float model on the same test images as `edgead eval`, with the
+    # same pixels (padding left out): its reference numbers must be eval's, in every resize mode.
+    for r in fid["formats"]["onnx"].values():
+        assert r["pixel_auroc"]["float"] == pytest.approx(m, abs=1e-6)
+        assert r["image_auroc"]["float"] == pytest.approx(res["metrics"]["image_auroc"]["final_average"], abs=1e-6)
     dev = Device(tmp_path / "art", format="onnx")
     assert dev.manifest.preprocess.resize_mode == mode
     assert dev.manifest.data["input"]["resize_mode"] == mode
