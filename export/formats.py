@@ -27,9 +27,10 @@ from firmware_sim.runtime import (
     same_quantization,
 )
 
-FORMATS = ("tflite-int8", "onnx", "onnx-int8")
+FORMATS = ("tflite-int8", "onnx", "onnx-int8", "openvino", "openvino-int8")
 EDGETPU = "edgetpu"  # not a format of its own: tflite-int8 compiled for the Coral Edge TPU (firmware_sim.edgetpu)
-FILE_SUFFIX = {"tflite-int8": ".int8.tflite", "onnx": ".onnx", "onnx-int8": ".int8.onnx"}
+FILE_SUFFIX = {"tflite-int8": ".int8.tflite", "onnx": ".onnx", "onnx-int8": ".int8.onnx",
+               "openvino": ".openvino.xml", "openvino-int8": ".int8.openvino.xml"}  # + .bin beside each .xml
 
 
 @dataclass
@@ -41,7 +42,8 @@ class FormatExport:
 
     @property
     def files(self) -> list[str]:
-        return [g["file"] for g in self.graphs.values()]
+        # An OpenVINO graph is two files: the .xml and its "weights" (.bin).
+        return [f for g in self.graphs.values() for f in (g["file"], g.get("weights")) if f]
 
     def detector(self, model: TeacherStudent) -> DeployedDetector:
         return DeployedDetector(self.runners, model.config.levels, model.config.image_size)
@@ -144,11 +146,18 @@ def export_onnx(model: TeacherStudent, pre: Preprocess, calib: np.ndarray, folde
 
 
 def export_format(fmt: str, model: TeacherStudent, pre: Preprocess, calib: np.ndarray, folder: Path,
-                  io: str, tflite_weights: str = "per-channel") -> FormatExport:
+                  io: str, tflite_weights: str = "per-channel", compact: bool = True) -> FormatExport:
+    """``compact``: tflite-int8 only; False keeps the converter's own files (for the Edge TPU compiler, which
+    has not been shown to accept the compacted serialisation)."""
     if fmt == "tflite-int8":
-        return export_tflite(model, pre, calib, folder, io, tflite_weights)
+        return export_tflite(model, pre, calib, folder, io, tflite_weights, compact)
     if fmt in ("onnx", "onnx-int8"):
         return export_onnx(model, pre, calib, folder, quantized=fmt == "onnx-int8")
+    if fmt in ("openvino", "openvino-int8"):
+        # Imported only when asked: it needs openvino (and nncf for int8).
+        from edgead.export.openvino import export_openvino
+
+        return export_openvino(model, pre, calib, folder, quantized=fmt == "openvino-int8")
     raise EdgeadError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 

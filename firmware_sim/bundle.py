@@ -20,37 +20,23 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from firmware_sim import __version__, outputs
+from firmware_sim import outputs
 from firmware_sim.atomic import atomic_write, atomic_write_text, current_umask
 from firmware_sim.device import FORMAT_PREFERENCE
 from firmware_sim.edgetpu import FORMAT as EDGETPU_BASE
 from firmware_sim.errors import UserError
 from firmware_sim.manifest import MANIFEST_NAME, load_manifest, write_manifest
+from firmware_sim.requirements import device_requirements
 
 PACKAGE = Path(__file__).resolve().parent
 REQUIREMENTS = "requirements-device.txt"
 ARTIFACT = "artifact"
 EDGETPU = "edgetpu"  # a bundle 'format': tflite-int8 with its Edge TPU-compiled graphs
 
-# Python 3.10+ (firmware_sim's own floor). numpy < 2 up to Python 3.11 so that tflite-runtime 2.14 (built
-# against numpy 1) stays a drop-in alternative; there is no numpy < 2 wheel for Python 3.13 (Trixie).
-# ai-edge-litert has aarch64 and x86-64 wheels only; 32-bit Raspberry Pi OS (armv7l) gets tflite-runtime.
-_BASE_REQUIREMENTS = """\
-numpy>=1.23.2,<2; python_version < "3.12"
-numpy>=1.23.2; python_version >= "3.12"
-pillow>=9.0
-ai-edge-litert>=2.1; platform_machine != "armv7l"
-tflite-runtime>=2.13; platform_machine == "armv7l"
-"""
-_ONNX_REQUIREMENT = 'onnxruntime>=1.16; platform_machine != "armv7l"\n'
-
-
-def requirements(formats: list[str]) -> str:
-    """requirements-device.txt for an artifact holding ``formats``."""
-    onnx = any(f.startswith("onnx") for f in formats)
-    head = (f"# edgead device runtime (firmware_sim {__version__}) for the formats {', '.join(formats)}.\n"
-            "# pip install -r requirements-device.txt   (Python 3.10 or newer; see README.md for each OS)\n")
-    return head + _BASE_REQUIREMENTS + (_ONNX_REQUIREMENT if onnx else "")
+def requirements(formats: list[str], edgetpu: bool = False) -> str:
+    """requirements-device.txt for an artifact holding ``formats`` (each runtime names its own pip lines:
+    firmware_sim.requirements; ``edgetpu`` pins the Coral-compatible TFLite interpreter)."""
+    return device_requirements(formats, edgetpu)
 
 
 def _choose(have: list[str], asked: str | list[str] | None, where: Path) -> tuple[list[str], bool | None]:
@@ -90,7 +76,7 @@ def _subset(src: Path, dest: Path, keep: list[str], edgetpu: bool | None) -> dic
     for entry in data["formats"].values():
         for g in entry["graphs"].values():
             tpu = g.get("edgetpu") or {}
-            files += [f for f in (g["file"], tpu.get("file"), tpu.get("log")) if f]
+            files += [f for f in (g["file"], g.get("weights"), tpu.get("file"), tpu.get("log")) if f]
     extra = manifest.data.get("fidelity", {}).get("file")  # the fidelity report travels with the model
     if extra and extra in manifest.data["files"]:
         files.append(extra)
@@ -204,7 +190,7 @@ def make_bundle(artifact: str | os.PathLike, out: str | os.PathLike, formats: st
         shutil.copytree(PACKAGE, tmp / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         written = _subset(src, tmp / ARTIFACT, keep, edgetpu)
         edgetpu = has_edgetpu(written)
-        reqs = requirements(keep)
+        reqs = requirements(keep, edgetpu)
         atomic_write_text(tmp / REQUIREMENTS, reqs)
         atomic_write_text(tmp / "README.md", _readme(written, keep, edgetpu))
         outputs.write_marker(tmp, "bundle")

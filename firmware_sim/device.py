@@ -26,10 +26,10 @@ from firmware_sim.manifest import Manifest, load_manifest
 from firmware_sim.manifest_check import check_against_graphs
 from firmware_sim.preprocess import load_rgb, load_rgb_from
 from firmware_sim.replay_buffer import MAX_TASK_ID, LoadReport, ReplayBuffer
-from firmware_sim.runtime import DeployedDetector, OnnxRunner, TFLiteRunner, edgetpu_delegate, image_feed
+from firmware_sim.runtime import DeployedDetector, edgetpu_delegate, image_feed, open_runner
 from firmware_sim.sizes import format_size
 
-FORMAT_PREFERENCE = ("tflite-int8", "onnx-int8", "onnx")
+FORMAT_PREFERENCE = ("tflite-int8", "onnx-int8", "onnx", "openvino-int8", "openvino")
 DELEGATES = ("edgetpu",)
 
 
@@ -97,7 +97,8 @@ class Device:
 
     Args:
         artifact_dir: a folder written by `edgead export` (its manifest is verified: schema, sizes, sha256).
-        format: tflite-int8 | onnx-int8 | onnx (default: the first of these that was exported).
+        format: tflite-int8 | onnx-int8 | onnx | openvino-int8 | openvino (default: the first of these that was
+            exported; each runs with its runtime from firmware_sim.runtimes).
         threads: interpreter threads (default: the interpreter's choice).
         delegate: "edgetpu" to run the TFLite model on a Coral Edge TPU (needs libedgetpu).
         xnnpack: TFLite only; False uses the built-in int8 kernels without the XNNPACK delegate.
@@ -131,13 +132,8 @@ class Device:
         # The Edge TPU runs the compiled copies recorded beside the originals (firmware_sim.edgetpu).
         self.graph_files = (edgetpu_graph_files(self.manifest, format, names) if delegate == "edgetpu" else
                             {name: self.manifest.graph_path(format, name) for name in names})
-        runners = {}
-        for name in names:
-            file = self.graph_files[name]
-            if format.startswith("tflite"):
-                runners[name] = TFLiteRunner(file, threads, delegates, xnnpack)
-            else:
-                runners[name] = OnnxRunner(file, threads)
+        # The format's runtime from the table in firmware_sim.runtimes (LiteRT, ONNX Runtime, OpenVINO).
+        runners = {name: open_runner(format, self.graph_files[name], threads, delegates, xnnpack) for name in names}
         # Shapes and quantisation come from the interpreter: a manifest that says otherwise is refused.
         check_against_graphs(self.manifest, format, runners)
         self.detector = DeployedDetector(runners, self.manifest.levels, self.manifest.image_size)

@@ -2,7 +2,8 @@
 
 The one implementation, used by the device (firmware_sim.device) and by the host's fidelity check
 (export.runtime re-exports it). It imports numpy, an interpreter and firmware_sim only, never torch or
-tensorflow (tensorflow.lite is the last resort when no lighter TFLite interpreter is installed), so the host
+tensorflow (tensorflow.lite is the last resort when no lighter TFLite interpreter is installed); the
+interpreters themselves are the small classes of firmware_sim.runtimes, one file each. So the host
 measures exactly the device's arithmetic: the TFLite trunk's int8 latent goes into the head unchanged (the two
 share scale and zero point by construction, see export/tflite.py) and the map is firmware_sim.anomaly_map on
 the dequantised features. Outputs are always read by name (signature runner / ONNX names), never by position:
@@ -11,10 +12,6 @@ get_output_details() does not list a flatbuffer's outputs in model order.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,153 +22,15 @@ from firmware_sim import anomaly_map as amap_np
 from firmware_sim import quantization
 from firmware_sim.errors import UserError
 
-SIGNATURE = "serving_default"
-EDGETPU_LIBRARY = "libedgetpu.so.1"
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
-# Lightest first: tensorflow is ~1.3 GB and only a fallback for a host that has nothing else.
-_TFLITE_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
-
-
-def tflite_module():
-    """(module name, Interpreter class, load_delegate function) of the lightest TFLite interpreter installed."""
-    for name in _TFLITE_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        if name == "tensorflow.lite":
-            return name, mod.Interpreter, mod.experimental.load_delegate
-        return name, mod.Interpreter, mod.load_delegate
-    raise UserError("no TFLite interpreter is installed: pip install ai-edge-litert (or tflite-runtime on "
-                    "Python <= 3.11 with numpy < 2), or use an ONNX format with onnxruntime")
-
-
-def edgetpu_delegate():
-    """The Edge TPU delegate (libedgetpu.so.1), or a UserError that says how to get it."""
-    import ctypes
-
-    _, _, load_delegate = tflite_module()
-    try:
-        # Probe the library first: a failed load_delegate leaves a half-built Delegate whose __del__ prints a
-        # traceback (ai-edge-litert 2.3).
-        ctypes.CDLL(EDGETPU_LIBRARY)
-        return load_delegate(EDGETPU_LIBRARY)
-    except (ValueError, OSError, RuntimeError) as e:
-        raise UserError(f"--delegate edgetpu: cannot load {EDGETPU_LIBRARY} ({e}). Install the Edge TPU runtime "
-                        "(Debian package libedgetpu1-std from Coral's apt repository) on a machine with a Coral "
-                        "device attached, or run without --delegate on the CPU") from None
-
-
-def _quant(details: dict) -> dict | None:
-    qp = details.get("quantization_parameters", {})
-    scales = np.asarray(qp.get("scales", []), np.float64)
-    if scales.size == 0:
-        return None
-    return {"scale": [float(v) for v in scales], "zero_point": [int(v) for v in qp["zero_points"]],
-            "axis": int(qp.get("quantized_dimension", 0)) if scales.size > 1 else None}
-
-
-@contextlib.contextmanager
-def _quiet_native_info():
-    """LiteRT's C++ logger prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on stderr when a model
-    is allocated and ignores TF_CPP_MIN_LOG_LEVEL; when that variable asks for no INFO lines (edgead sets it
-    unless -v), stderr is muted for the allocation only. Load errors still arrive as exceptions."""
-    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
-    if not level.isdigit() or int(level) < 1:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-class TFLiteRunner:
-    """One TFLite model through its signature: outputs by name, whatever order the flatbuffer lists them in."""
-
-    layout = "NHWC"
-
-    def __init__(self, model: bytes | str | os.PathLike, num_threads: int | None = None,
-                 delegates: Sequence | None = None, xnnpack: bool = True):
-        self.module, interpreter_cls, _ = tflite_module()
-        kw = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
-        if delegates:
-            kw["experimental_delegates"] = list(delegates)
-        if not xnnpack:
-            # The built-in int8 kernels without the default XNNPACK delegate: measured faster for these int8
-            # graphs on x86 (benchmarks/bench_device.py); on ARM, XNNPACK usually wins. Measure per device.
-            mod = importlib.import_module(self.module)
-            resolver = getattr(mod, "OpResolverType", None) or mod.experimental.OpResolverType
-            kw["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        try:
-            with _quiet_native_info():
-                self.interpreter = interpreter_cls(num_threads=num_threads, **kw)
-                self.interpreter.allocate_tensors()  # applies the default delegate now, inside the muted block
-                self.runner = self.interpreter.get_signature_runner(SIGNATURE)
-        except (ValueError, RuntimeError) as e:
-            raise UserError(f"{model if not isinstance(model, bytes) else 'model'}: TFLite cannot load it ({e})") from None
-        ins, outs = self.runner.get_input_details(), self.runner.get_output_details()
-        self.inputs = {n: self._entry(n, d) for n, d in ins.items()}
-        self.outputs = {n: self._entry(n, d) for n, d in outs.items()}
-
-    def _entry(self, name: str, d: dict) -> dict:
-        return {"name": name, "shape": [int(v) for v in d["shape"]], "dtype": np.dtype(d["dtype"]).name,
-                "layout": self.layout, "quantization": _quant(d)}
-
-    def arena_bytes(self) -> int | None:
-        """Bytes of the interpreter's tensors (activations and I/O; weights live in the mapped model file)."""
-        try:
-            details = self.interpreter.get_tensor_details()
-        except (AttributeError, RuntimeError, ValueError):
-            return None
-        total = 0
-        for d in details:
-            n = int(np.prod(d.get("shape", []))) if len(d.get("shape", [])) else 1
-            total += n * np.dtype(d["dtype"]).itemsize
-        return total
-
-    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        return self.runner(**inputs)
-
-
-class OnnxRunner:
-    layout = "NCHW"
-
-    def __init__(self, model: str | os.PathLike, num_threads: int | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise UserError("onnxruntime is not installed: pip install onnxruntime, or use the tflite-int8 "
-                            "format") from None
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        # No busy-waiting between runs: it would steal the CPU from the numpy distance that follows.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if num_threads:
-            opts.intra_op_num_threads = num_threads
-        try:
-            self.session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-            raise UserError(f"{model}: onnxruntime cannot load it ({e})") from None
-        self.module = "onnxruntime"
-        self.inputs = {a.name: self._entry(a) for a in self.session.get_inputs()}
-        self.outputs = {a.name: self._entry(a) for a in self.session.get_outputs()}
-        self._names = list(self.outputs)
-
-    def _entry(self, a) -> dict:
-        return {"name": a.name, "shape": [int(v) for v in a.shape], "dtype": _ORT_TYPES.get(a.type, a.type),
-                "layout": self.layout, "quantization": None}
-
-    def arena_bytes(self) -> int | None:
-        return None  # onnxruntime does not report its arena
-
-    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(self._names, self.session.run(None, inputs), strict=True))
+# The runners live in firmware_sim.runtimes (one file per interpreter); re-exported here for existing callers.
+from firmware_sim.runtimes import OnnxRunner, OpenVinoRunner, Runner, TFLiteRunner, open_runner  # noqa: F401
+from firmware_sim.runtimes.litert import (  # noqa: F401
+    EDGETPU_LIBRARY,
+    SIGNATURE,
+    _quiet_native_info,
+    edgetpu_delegate,
+    tflite_module,
+)
 
 
 def quantize(x: np.ndarray, entry: dict) -> np.ndarray:
