@@ -429,14 +429,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma list of saved real_stream results files of the same stream: one summary, checks and "
                         "plots over all their runs, written under --tag (runs with a --latent-crop other than auto "
                         "get it in their setting; a run present in two files is refused)")
+    p.add_argument("--lifecycle", action="store_true",
+                   help="the stream as separate `learn` calls plus a device hand-off, against one call (first "
+                        "method, budget and seed; benchmarks/real_lifecycle.py)")
     a = p.parse_args(argv)
     if a.merge:
         return merge(a, argv)
-    if a.quick:
+    if a.quick and a.lifecycle:
+        a.methods = "int8-channel" if a.methods == ",".join(METHODS) else a.methods
+        a.tasks, a.image_size, a.epochs, a.seeds, a.budgets, a.tag = "brick,nut", 64, 1, "0", "12kB", a.tag or "quick"
+    elif a.quick:
         a.tasks, a.image_size, a.epochs, a.seeds = "brick,nut", 64, 1, "0"
         a.methods = "finetune,joint,replay,int8-channel" if a.methods == ",".join(METHODS) else a.methods
         a.budgets, a.memory_size, a.tag = "30kB", 4, a.tag or "quick"
-    name = f"real_stream{'_' + a.tag if a.tag else ''}"
+    name = f"real_{'lifecycle' if a.lifecycle else 'stream'}{'_' + a.tag if a.tag else ''}"
     out_dir = Path(a.out_dir)
     sweep_dir = Path(a.sweep_dir) if a.sweep_dir else out_dir / f"{name}_runs"
     inputs = sweep_dir / INPUTS
@@ -451,6 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     if not a.data:
         raise SystemExit("error: --data FOLDER (the converted real categories) is required, or --quick")
     tasks = parse_tasks(a.tasks)
+    if a.lifecycle:
+        from real_lifecycle import lifecycle_main
+
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        a.sweep_dir = str(sweep_dir)
+        return lifecycle_main(a, argv, tasks, out_dir, name)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad:

@@ -1,0 +1,27 @@
+"""bench real-stream --lifecycle --quick: the stream as a train call, a device hand-off and a learn call, next to
+the single call, on generated data (the numbers are not targets: 1 epoch at 64 px)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import bench_real_stream as brs
+
+
+@pytest.mark.slow
+def test_lifecycle_quick_runs_every_call_and_the_handoff(tmp_path):
+    assert brs.main(["--quick", "--lifecycle", "--out-dir", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "real_lifecycle_quick.json").read_text())
+    assert saved["tasks"] == ["brick", "nut"] and saved["method"] == "int8-channel"
+    life, single = saved["lifecycle"], saved["single"]
+    # train, the device hand-off, learn: three versions, and the matrices have the same shape
+    assert [v["tasks"] for v in life["versions"]] == [["brick"], [], ["nut"]]
+    assert life["versions"][1]["merged"] == {"brick": 8}
+    assert len(life["call_seconds"]) == 3 and len(single["call_seconds"]) == 1
+    assert [len(r) for r in life["image_auroc_matrix"]] == [len(r) for r in single["image_auroc_matrix"]]
+    assert saved["difference"] == pytest.approx(life["image_auroc"] - single["image_auroc"])
+    for after in (life["memory_after_task"], single["memory_after_task"]):
+        assert list(after[-1]) == ["brick", "nut"]
+    assert life["total_bytes"] <= saved["budget_bytes"] and saved["checks"][0]["check"].startswith("lifecycle")
