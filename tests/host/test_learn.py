@@ -111,3 +111,31 @@ def test_unreachable_earlier_task_keeps_its_anchor_threshold(synth_root, tmp_pat
     assert nut["extra"]["drift_ratio"] > 0  # recalibrated from its anchor all the same
     assert res["versions"][1]["epochs"] == 2 and res["versions"][1]["budget_bytes"] == 12_000
     assert res["task_data"][1]["data"] == str((tmp_path / "later").resolve())
+
+
+@pytest.mark.slow
+def test_a_killed_learn_resumes_to_the_same_numbers(synth_root, tmp_path, monkeypatch):
+    """learn b,c killed during c: a plain learn is refused (resume first); Detector.learn(resume=True) ends
+    where one call over nut, brick, pill ends."""
+    from edgead import Detector
+    from edgead.cl import learner as learner_mod
+
+    whole = run_stream(TaskStream(synth_root, ["nut", "brick", "pill"]), DET, CFG, ReplayConfig(), tmp_path / "w",
+                       **QUIET)
+    run_stream(TaskStream(synth_root, ["nut"]), DET, CFG, ReplayConfig(), tmp_path / "r", **QUIET)
+    real, calls = learner_mod.train_task, {"n": 0}
+
+    def dies_on_second(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(learner_mod, "train_task", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        learn_run(tmp_path / "r", TaskStream(synth_root, ["brick", "pill"]), **QUIET)
+    monkeypatch.setattr(learner_mod, "train_task", real)
+    with pytest.raises(EdgeadError, match=r"stopped during task 3 \(pill\).*--resume"):
+        learn_run(tmp_path / "r", TaskStream(synth_root, ["pill"]), **QUIET)
+    resumed = Detector.load(tmp_path / "r").learn(resume=True)
+    assert _numbers(resumed) == _numbers(whole)
