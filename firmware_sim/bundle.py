@@ -98,8 +98,17 @@ def _readme(manifest_data: dict, keep: list[str], edgetpu: bool) -> str:
     onnx = any(f.startswith("onnx") for f in keep)
     fmt = next(f for f in FORMAT_PREFERENCE if f in keep)
     tpu = ("\n## Coral Edge TPU\n\nThe tflite-int8 graphs come with their Edge TPU-compiled copies "
-           "(`*_edgetpu.tflite`). Install the Edge TPU runtime (Debian package `libedgetpu1-std` from Coral's apt "
-           "repository), attach the Coral, and add `--delegate edgetpu` to `run` or `profile`.\n") if edgetpu else ""
+           "(`*_edgetpu.tflite`), compiled from the converter's own files. libedgetpu is built against one "
+           "TensorFlow Lite and crashes with interpreters from much later ones (Coral's own 2021 build with "
+           "tflite-runtime 2.12+: google-coral/edgetpu#812), so use Raspberry Pi OS Bookworm 64-bit (Python 3.11): "
+           "requirements-device.txt pins tflite-runtime 2.14.0 (with numpy < 2) and leaves ai-edge-litert out; "
+           "install a libedgetpu1-std built against TensorFlow 2.15.1 or 2.16.1 for bookworm arm64 (the "
+           "community builds at https://github.com/feranick/libedgetpu/releases, which support tflite_runtime "
+           "2.11.1 to 2.16.1), attach the Coral, and add `--delegate edgetpu` to `run` or `profile` "
+           "(`--profile coral-usb-rpi5`). Trixie (Python 3.13) has no tflite-runtime wheel: the CPU only.\n"
+           ) if edgetpu else ""
+    openvino = ("OpenVINO formats need openvino (in requirements-device.txt; x86-64 and aarch64 wheels, "
+                "glibc 2.35+: Bookworm or later).\n" if any(f.startswith("openvino") for f in keep) else "")
     return f"""# edgead on the device
 
 {manifest_data['model']} on {manifest_data['backbone']}, {manifest_data['input']['image_size']} px input;
@@ -138,6 +147,10 @@ this board. The default format is {fmt}.
 To use tflite-runtime instead of ai-edge-litert on Bookworm: `pip install "numpy<2" pillow tflite-runtime==2.14.0`.
 {"ONNX formats need onnxruntime (in requirements-device.txt; aarch64 and x86-64 wheels)." if onnx else
  "No ONNX format is inside, so onnxruntime is not needed."}
+{openvino}
+Before deploying, `scripts/arm64_check.sh THIS_FOLDER` (in the edgead repository, on an x86 Debian host) installs
+this bundle in an emulated 64-bit Raspberry Pi OS root and writes arm64_fidelity.json: the scores ARM's kernels
+give on the export's test images against the host's and the float model's.
 {tpu}"""
 
 
