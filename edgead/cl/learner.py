@@ -230,11 +230,12 @@ class Learner:
                 dj = self.data(j)
             except (EdgeadError, OSError) as e:
                 self.log(f"  {self.names[j]}: not evaluated ({e}); its threshold stays recalibrated from its anchor")
-                row.append({"evaluated": False, "reason": str(e),
-                            **deployed_row(np.zeros(0), np.zeros(0), task=self.cals[j].threshold)})
+                thr = self.cals[j].threshold
+                row.append({"evaluated": False, "reason": str(e), "threshold_task": thr if np.isfinite(thr) else None})
                 continue
             res = evaluate_split(self.model, dj.test, self.pre, self.train_cfg.device, return_outputs=True)
-            entry = {**res["metrics"], **deployed_row(dj.test.labels, res["scores"], task=self.cals[j].threshold)}
+            entry = {**res["metrics"], **deployed_row(dj.test.labels, res["scores"], n_normals=len(dj.val),
+                                                      task=self.cals[j].threshold)}
             for plugin in self.plugins:
                 plugin.after_evaluation(self, i, j, dj, res["scores"], entry)
             row.append(entry)
