@@ -14,7 +14,8 @@ last product only. The choice made here:
   and student features, so a student that drifts on a product scales that product's normal scores; the ratio
   of the same anchors (same crop, same quantisation error) cancels everything but that drift.
 * With a byte budget the anchors are reserved **inside** it: the replay memory gets the budget minus the
-  anchors of every task of the stream (a device has to reserve them up front too). With a sample count, or
+  anchors of the tasks seen so far (re-shared before each new task: no stream length is assumed). With a
+  sample count, or
   for fine-tuning and joint training (no memory), they are extra bytes, reported as ``calibration_bytes``.
 
 Why not a slice of replayed samples or their stored scores: at microcontroller budgets a task keeps at most
