@@ -40,14 +40,19 @@ from edgead.engine.trainer import TrainConfig, train_task
 from edgead.models.teacher_student import DetectorConfig, TeacherStudent
 from firmware_sim.preprocess import RESIZE_MODES, Preprocess
 
-# Today's defaults (`edgead train`): 20 epochs, batch 32, lr 0.4, 256 px, squash, pseudo-defect selection.
+# The defaults before the budget floor: 20 epochs, batch 32, lr 0.4, 256 px, squash, pseudo-defect selection,
+# no floor (explicit epochs; min_steps 0). Files written before min_steps existed read as min_steps 0.
 BEFORE = {"epochs": 20, "steps": None, "batch_size": 32, "lr": 0.4, "image_size": 256, "resize": "squash",
-          "select": "pseudo"}
+          "select": "pseudo", "min_steps": 0}
 RECIPES = {
     "before": {},
+    # `edgead train`'s defaults since the budget floor (epochs left to TrainConfig; min_steps / floor_steps /
+    # floor_batch): 20 epochs at batch 32, or 1000 steps at batch 8 when those would be fewer than 300 steps.
+    "floor": {"epochs": None, "min_steps": 300},
     "s1000-b8": {"steps": 1000, "batch_size": 8},
     "s1000-b8-lr0.2": {"steps": 1000, "batch_size": 8, "lr": 0.2},
     "s600-b16": {"steps": 600, "batch_size": 16},
+    "s300-b8": {"steps": 300, "batch_size": 8},  # a quarter of s1000-b8's images: studies on a loaded machine
     "s1000-b8-320": {"steps": 1000, "batch_size": 8, "image_size": 320},
     "s1000-b8-last": {"steps": 1000, "batch_size": 8, "select": "last"},
     "squash-s300": {"steps": 300, "batch_size": 16},
@@ -148,7 +153,7 @@ def train_one(data: RecipeData, category: str, recipe: dict, seed: int, weights:
     model = TeacherStudent(det, weights=weights)
     cfg = TrainConfig(epochs=recipe["epochs"], steps=recipe["steps"], batch_size=recipe["batch_size"],
                       lr=recipe["lr"], seed=seed, select_every=0 if recipe["select"] == "last" else 1,
-                      resize=recipe["resize"], progress=False)
+                      resize=recipe["resize"], progress=False, min_steps=recipe.get("min_steps", 0))
     t0 = time.perf_counter()
     # The same seed for the task as `edgead train` gives a single-task run (seed * 1000 + task index 0).
     report = train_task(model, d.train.images, d.val.images, pre, cfg, seed=seed * 1000)
@@ -284,7 +289,8 @@ def _merge(a, argv) -> int:
     for f in a.merge.split(","):
         d = json.loads(Path(f).read_text())
         for name, rec in d["recipes"].items():
-            rec = {"threshold_rule": LEGACY_THRESHOLD_RULE, **rec}  # files from before the rule was recorded
+            # files from before the rule or the budget floor were recorded
+            rec = {"threshold_rule": LEGACY_THRESHOLD_RULE, "min_steps": 0, **rec}
             if recipes.setdefault(name, rec) != rec:
                 raise SystemExit(f"{f}: recipe {name!r} differs from another file's ({rec} vs {recipes[name]})")
         cats = {c.strip() for c in a.categories.split(",")}

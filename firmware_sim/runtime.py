@@ -77,8 +77,10 @@ class Prediction:
 class DeployedDetector:
     """The graphs of one format (trunk/head/full runners) and how to turn pixels into maps."""
 
-    def __init__(self, runners: dict, levels: Sequence[int], image_size: int):
+    def __init__(self, runners: dict, levels: Sequence[int], image_size: int, post: amap_np.ScorePost | None = None):
+        """post: the score post-processing the model was calibrated with (the manifest's; default the maximum)."""
         self.runners, self.levels, self.image_size = runners, tuple(levels), int(image_size)
+        self.post = post or amap_np.ScorePost()
 
     def _features(self, runner, out: dict[str, np.ndarray]) -> tuple[list, list]:
         t = [dequantize(out[f"teacher_{lv}"], runner.outputs[f"teacher_{lv}"]) for lv in self.levels]
@@ -87,7 +89,8 @@ class DeployedDetector:
 
     def run_one(self, img: np.ndarray, path: str, clock: dict[str, float] | None = None
                 ) -> tuple[np.ndarray, np.ndarray | None]:
-        """One uint8 image (1, S, S, 3) -> (map (1, S, S), the trunk's raw latent or None); adds seconds to clock."""
+        """One uint8 image (1, S, S, 3) -> (post-processed map (1, S, S), the trunk's raw latent or None); adds
+        seconds to clock."""
         clock = {} if clock is None else clock
 
         def timed(name, fn, *a, **kw):
@@ -112,7 +115,8 @@ class DeployedDetector:
         else:
             raise UserError(f"path {path!r}: expected 'trunk+head' or 'full'")
         t, s = self._features(runner, out)
-        return timed("distance", amap_np.anomaly_map, t, s, self.image_size, layout=runner.layout), lat
+        amap = timed("distance", amap_np.anomaly_map, t, s, self.image_size, layout=runner.layout)
+        return (timed("post", self.post.map, amap) if self.post.blur else amap), lat
 
     def predict(self, images: np.ndarray, path: str) -> Prediction:
         """images: uint8 (N, S, S, 3). path: 'trunk+head' (the continual-learning device) or 'full'."""
@@ -130,5 +134,5 @@ class DeployedDetector:
                 raw.append(lat)
         m = np.concatenate(maps)
         n = max(len(images), 1)
-        return Prediction(m, amap_np.image_score(m), np.concatenate(latents) if latents else None,
+        return Prediction(m, self.post.score(m), np.concatenate(latents) if latents else None,
                           {k: 1000.0 * v / n for k, v in clock.items()}, raw or None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -24,7 +25,7 @@ def demo(out: Path, category: str, epochs: int, image_size: int, weights: Path |
     from edgead.cli.tables import print_table
     from edgead.data import TaskStream
     from edgead.data.synth import generate_dataset
-    from edgead.engine.trainer import TrainConfig
+    from edgead.engine.trainer import BudgetWarning, TrainConfig
     from edgead.models.teacher_student import DetectorConfig
 
     data_dir, run_dir = out / "data", out / "run"
@@ -37,8 +38,11 @@ def demo(out: Path, category: str, epochs: int, image_size: int, weights: Path |
         shutil.rmtree(run_dir)  # the demo always trains afresh
     det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=image_size)
     cfg = TrainConfig(epochs=epochs, seed=seed)
-    res = run_stream(TaskStream(data_dir, [category]), det, cfg, ReplayConfig(), run_dir, weights=weights,
-                     command="edgead " + shlex.join(sys.argv[1:]), log=lambda m: click.echo(m, err=True))
+    with warnings.catch_warnings():
+        # The demo trains a few explicit epochs on purpose (minutes, not the budget floor's 1000 steps).
+        warnings.simplefilter("ignore", BudgetWarning)
+        res = run_stream(TaskStream(data_dir, [category]), det, cfg, ReplayConfig(), run_dir, weights=weights,
+                         command="edgead " + shlex.join(sys.argv[1:]), log=lambda m: click.echo(m, err=True))
     click.echo(f"\nPaSTe-MCUNet on synthetic '{category}' ({image_size} px, {epochs} epochs):")
     print_table(res)
     t = res["timings"]["per_task"][0]

@@ -10,12 +10,14 @@ import numpy as np
 
 from edgead.data.loading import LoadedSplit
 from edgead.engine.tensors import predict_images
+from firmware_sim.anomaly_map import ScorePost
 from firmware_sim.preprocess import Preprocess
 
 
-def merge_views(split: LoadedSplit, pre: Preprocess, maps: np.ndarray, scores: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """View maps (M, S, S) and scores (M,) -> per-image frame maps (N, S, S) and scores (N,)."""
+def merge_views(split: LoadedSplit, pre: Preprocess, maps: np.ndarray, scores: np.ndarray,
+                post: ScorePost | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """View maps (M, S, S) and scores (M,) -> per-image frame maps (N, S, S) and scores (N,); ``post``: the
+    model's score post-processing (the views' maps already went through it; its reduction scores the image)."""
     if pre.resize_mode == "squash":
         return maps, scores
     owner = split.view_owner()
@@ -23,7 +25,7 @@ def merge_views(split: LoadedSplit, pre: Preprocess, maps: np.ndarray, scores: n
     out_maps = np.empty((len(split), *maps.shape[1:]), np.float32)
     out_scores = np.empty(len(split), np.float32)
     for i in range(len(split)):
-        out_maps[i], out_scores[i] = pre.merge(maps[lo[i]:hi[i]], tuple(int(v) for v in split.sizes[i]))
+        out_maps[i], out_scores[i] = pre.merge(maps[lo[i]:hi[i]], tuple(int(v) for v in split.sizes[i]), post)
     return out_maps, out_scores
 
 
@@ -31,4 +33,4 @@ def predict_split(model, split: LoadedSplit, pre: Preprocess, device: str = "cpu
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Anomaly maps in each image's frame (N, S, S) float32 and image scores (N,) for a loaded split."""
     maps, scores = predict_images(model, split.images, pre, device=device)
-    return merge_views(split, pre, maps, scores)
+    return merge_views(split, pre, maps, scores, ScorePost.parse(model.config.score))

@@ -201,3 +201,70 @@ def test_recipe_merge_recomputes_from_rows(tmp_path):
     assert saved["choice"]["chosen"] == "better" and saved["choice"]["categories"] == ["a", "b"]
     assert saved["choice"]["report_gain_image_auroc"] == pytest.approx(0.05)
     assert [c["pass"] for c in saved["checks"]] == [True, True]
+
+
+# -- the budget floor --------------------------------------------------------------------------------------------
+
+def test_budget_floor_applies_to_the_default_epochs_only():
+    from edgead.engine.trainer import DEFAULT_EPOCHS
+
+    cfg = TrainConfig()  # 20 epochs at batch 32, floor: 1000 steps at batch 8 under 300 steps
+    assert cfg.epochs is None and cfg.n_epochs(100, 32) == DEFAULT_EPOCHS
+    small = cfg.budget(37)  # 20 x 2 = 40 steps: floored
+    assert (small.steps, small.batch_size) == (1000, 8) and cfg.steps is None  # a copy; cfg unchanged
+    assert cfg.budget(448).steps == 1000  # 20 x 14 batches = 280 steps < 300: floored too
+    assert cfg.budget(449) is cfg  # 20 x 15 = 300 steps: trained as before
+    # From the second task on half of each batch is replay: 16 current images per step, so more steps.
+    assert cfg.budget(300).steps == 1000 and cfg.budget(300, replay_ratio=0.5) is cfg
+    for kept in (TrainConfig(epochs=3), TrainConfig(steps=5), TrainConfig(min_steps=0)):
+        assert kept.budget(10) is kept  # explicit epochs / steps, or the floor off: as given
+    with pytest.raises(EdgeadError, match="min steps -1"):
+        TrainConfig(min_steps=-1)
+    with pytest.raises(EdgeadError, match="floor 0 steps"):
+        TrainConfig(floor_steps=0)
+
+
+def test_floored_task_trains_the_floor_and_few_steps_are_warned_about():
+    from edgead.engine.trainer import BudgetWarning
+
+    images = np.random.default_rng(0).integers(0, 256, (10, 64, 64, 3), dtype=np.uint8)
+    pre = Preprocess(image_size=64)
+    # A small floor for speed: 20 epochs x 1 batch = 20 < 50 steps -> 7 steps at batch 4 (2 epochs of 3 batches).
+    cfg = TrainConfig(min_steps=50, floor_steps=7, floor_batch=4, progress=False, select_every=0)
+    with pytest.warns(BudgetWarning, match="only 7 optimiser steps on 10 images"):
+        rep = train_task(_tiny_model(), images, images[:0], pre, cfg)
+    assert (rep["steps"], rep["batch_size"], rep["budget_floor"], rep["epochs"]) == (7, 4, True, 3)
+    with pytest.warns(BudgetWarning, match="only 1 optimiser steps"):  # explicit epochs: as given, warned
+        rep = train_task(_tiny_model(), images, images[:0], pre, TrainConfig(epochs=1, progress=False,
+                                                                             select_every=0))
+    assert (rep["steps"], rep["budget_floor"]) == (1, False)
+
+
+def test_runs_saved_before_the_floor_resume_with_their_explicit_epochs():
+    from edgead.cl.run_folder import config_differences
+
+    old = {k: v for k, v in TrainConfig(epochs=20).to_dict().items()
+           if k not in ("min_steps", "floor_steps", "floor_batch")}
+    assert config_differences({"train": old}, {"train": TrainConfig(epochs=20).to_dict()}) == []
+    assert config_differences({"train": old}, {"train": TrainConfig().to_dict()}) == ["train"]  # the floor differs
+
+
+def test_bench_budget_chooses_on_dev_and_checks_the_bars(tmp_path):
+    import bench_budget
+
+    src = ROOT / "benchmarks" / "results" / "recipe_six_3seeds.json"
+    counts = "battery_weld=37,mpdd_metal_plate=53,bsdata=568,elpv_mono=470,elpv_poly=736,magnetic_tile=762"
+    assert bench_budget.main(["--from", str(src), "--train-images", counts, "--out", str(tmp_path / "b.json")]) == 0
+    saved = json.loads((tmp_path / "b.json").read_text())
+    by_t = {r["min_steps"]: r for r in saved["table"]}
+    assert by_t[0]["floored"] == [] and by_t[0]["time_ratio"] == pytest.approx(1.0)
+    assert set(by_t[1000]["floored"]) == set(saved["train_images"])  # every category under 1000 default steps
+    # Flooring every category costs Magnetic-Tile more than 0.005 DEV image AUROC: such a T is never chosen.
+    assert by_t[1000]["worst_gain_dev"] < -0.005 and saved["chosen"] < 1000
+    chosen = by_t[saved["chosen"]]
+    assert {"battery_weld", "mpdd_metal_plate"} <= set(chosen["floored"])
+    assert chosen["auroc_dev"] == max(r["auroc_dev"] for r in saved["table"] if r["worst_gain_dev"] >= -0.005)
+    assert saved["chosen"] == TrainConfig().min_steps  # the default is the DEV choice
+    assert [c["pass"] for c in saved["checks"]] == [True, True, True]
+    with pytest.raises(SystemExit, match="not a saved bench_recipe results file"):
+        bench_budget.main(["--from", str(tmp_path / "missing.json")])
