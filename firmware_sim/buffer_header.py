@@ -20,6 +20,7 @@ import zlib
 
 from firmware_sim.codecs import get_codec
 from firmware_sim.errors import UserError
+from firmware_sim.sizes import MAX_SIZE
 
 MAGIC = b"EDGEADRB"
 FORMAT_VERSION = 1
@@ -29,8 +30,10 @@ _CHECK, _BACKUP = b"HCRC", b"HBAK"
 _ROOM = FILE_HEADER_SIZE - HEAD.size - 4
 POLICY_NAMES = ("random", "reservoir", "coverage")
 MAX_DIM = 65535  # one latent dimension (C, H or W)
-MAX_BUDGET = 2**48  # 281 TB: beyond any device's flash, far below where int arithmetic could misbehave
-_KEYS = ("shape", "codec", "budget_bytes", "seed", "policy")
+MAX_BUDGET = MAX_SIZE  # 2^48 B: every size is bounded the same way when parsed, written and read
+# log_start: where the append log begins (the compacted file's length); log_reserve: budget bytes kept free for
+# it (firmware_sim.buffer_log). Both optional: files from before the log have neither.
+_KEYS = ("shape", "codec", "budget_bytes", "seed", "policy", "log_start", "log_reserve")
 
 
 class HeaderLost(UserError):
@@ -42,8 +45,13 @@ def _crc(b: bytes) -> bytes:
 
 
 def pack_header(meta: dict) -> bytes:
-    """The 512-byte header for ``meta`` (shape, codec, quantisation, budget_bytes, seed, policy)."""
-    full = json.dumps(meta, separators=(",", ":"), allow_nan=False).encode()
+    """The 512-byte header for ``meta`` (shape, codec, quantisation, budget_bytes, seed, policy, log_start,
+    log_reserve), validated as a reader will validate it: a header every reader refuses is never written."""
+    try:
+        full = json.dumps(meta, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as e:
+        raise UserError(f"replay buffer header description cannot be written: {e}") from None
+    validate_meta(full, "replay buffer header to write")
     if len(full) > _ROOM - 8:
         raise UserError(f"replay buffer header description is {len(full)} B, over the {_ROOM - 8} B available")
     first = HEAD.pack(MAGIC, FORMAT_VERSION, FILE_HEADER_SIZE, len(full)) + full
@@ -150,5 +158,8 @@ def validate_meta(raw: bytes, where: str) -> dict:
     policy = meta.get("policy")
     if policy not in POLICY_NAMES:
         raise UserError(f"{where}: header field 'policy' is {policy!r}: expected one of {', '.join(POLICY_NAMES)}")
-    return {"shape": shape, "codec": codec, "budget_bytes": _int(meta, "budget_bytes", 0, MAX_BUDGET, where),
-            "seed": _int(meta, "seed", 0, 2**64 - 1, where), "policy": policy}
+    budget = _int(meta, "budget_bytes", 0, MAX_BUDGET, where)
+    log = {k: None if meta.get(k) is None else _int(meta, k, lo, budget, where)
+           for k, lo in (("log_start", FILE_HEADER_SIZE), ("log_reserve", 0))}
+    return {"shape": shape, "codec": codec, "budget_bytes": budget, "seed": _int(meta, "seed", 0, 2**64 - 1, where),
+            "policy": policy, **log}

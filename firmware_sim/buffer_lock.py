@@ -4,7 +4,8 @@ Every writer loads the whole file, changes it in memory and saves the whole file
 would each overwrite the other's records (the last save wins). The lock is ``fcntl.flock`` on a lock file
 beside the buffer (``NAME.lock``, left in place: deleting it would let a third writer lock a fresh file while
 the second still holds the old one). The kernel drops the lock when its holder exits or is killed, so a
-crashed run never leaves the buffer locked. Without ``fcntl`` (not POSIX) there is no lock.
+crashed run never leaves the buffer locked. Without ``fcntl`` (not POSIX) there is no lock. Paths are
+resolved first: a writer through a symlink and one through the real path take the same lock.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ except ImportError:  # pragma: no cover - not POSIX
 
 
 def lock_path(path: str | os.PathLike) -> Path:
-    """The lock file of the buffer at ``path``."""
-    path = Path(path)
+    """The lock file of the buffer at ``path``: beside the file it resolves to, so a symlink to a buffer and
+    the buffer itself share one lock."""
+    path = Path(os.path.realpath(path))
     return path.with_name(path.name + ".lock")
 
 
@@ -37,7 +39,7 @@ class BufferLock:
     """
 
     def __init__(self, path: str | os.PathLike, wait: bool = False, notify: Callable[[str], None] | None = None):
-        self.path, self.wait, self.notify = Path(path), wait, notify
+        self.path, self.wait, self.notify = Path(os.path.realpath(path)), wait, notify
         self._fd: int | None = None
 
     @property

@@ -328,9 +328,6 @@ def profile(artifact: str | os.PathLike, profile_names: list[str] | None = None,
     for p in device.graph_files.values():  # an OpenVINO IR keeps its weights in the .bin beside the .xml
         if p.suffix == ".xml" and p.with_suffix(".bin").is_file():
             model_files[p.with_suffix(".bin").name] = p.with_suffix(".bin").stat().st_size
-    for p in device.graph_files.values():  # an OpenVINO IR keeps its weights in the .bin beside the .xml
-        if p.suffix == ".xml" and p.with_suffix(".bin").is_file():
-            model_files[p.with_suffix(".bin").name] = p.with_suffix(".bin").stat().st_size
     manifest_bytes = (m.root / MANIFEST_NAME).stat().st_size
     flash = sum(model_files.values()) + manifest_bytes + budget_bytes
     mcu_ram = (arena if arena is not None else (peak_act or 0)) + (record if budget_bytes else 0)

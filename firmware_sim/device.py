@@ -20,8 +20,10 @@ from PIL import Image
 
 from firmware_sim.atomic import remove_stale_temps
 from firmware_sim.buffer_lock import BufferLock
+from firmware_sim.buffer_log import resolved
 from firmware_sim.edgetpu import edgetpu_graph_files
 from firmware_sim.errors import UserError
+from firmware_sim.keep_policy import KeepPolicy
 from firmware_sim.manifest import Manifest, load_manifest
 from firmware_sim.manifest_check import check_against_graphs
 from firmware_sim.preprocess import load_rgb, load_rgb_from
@@ -43,11 +45,13 @@ class Result:
     stages_ms: dict[str, float]
     stored: bool | None = None  # kept in the replay buffer (None: no buffer)
     pixels: np.ndarray | None = None  # (S, S, 3) uint8: what the model saw
+    not_kept: str | None = None  # why the keep policy left the frame out of the buffer (None: offered to it)
 
     def to_json(self, path: str | None = None) -> dict:
         return {"path": path, "score": self.score, "normalized_score": self.normalized,
                 "decision": "anomalous" if self.anomalous else "normal", "latency_ms": round(self.latency_ms, 3),
-                **({"buffered": self.stored} if self.stored is not None else {})}
+                **({"buffered": self.stored} if self.stored is not None else {}),
+                **({"not_kept": self.not_kept} if self.not_kept is not None else {})}
 
 
 def image_rgb(image: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:
@@ -136,7 +140,9 @@ class Device:
         runners = {name: open_runner(format, self.graph_files[name], threads, delegates, xnnpack) for name in names}
         # Shapes and quantisation come from the interpreter: a manifest that says otherwise is refused.
         check_against_graphs(self.manifest, format, runners)
-        self.detector = DeployedDetector(runners, self.manifest.levels, self.manifest.image_size)
+        # The score post-processing the host calibrated the threshold with (the manifest's; older ones: max).
+        self.detector = DeployedDetector(runners, self.manifest.levels, self.manifest.image_size,
+                                         self.manifest.score_post)
         self.preprocess = self.manifest.preprocess
         self.task_name: str | None = None
         self.use_task(None)
@@ -145,6 +151,7 @@ class Device:
         self.buffer_report: LoadReport | None = None
         self._lock: BufferLock | None = None
         self.task_id = 0
+        self.keep = KeepPolicy()  # which frames enter the buffer (firmware_sim.keep_policy)
         self._sample_id = 0
         self._lat_q: tuple | None = None  # (scale, zero point, dtype) of the latent, read on first use
 
@@ -174,18 +181,20 @@ class Device:
         img = image_rgb(image)
         x = self.preprocess.views(img)
         clock: dict[str, float] = {"preprocess": time.perf_counter() - t0}
-        maps, stored = [], None
+        maps, raws, stored, not_kept = [], [], None, None
         for k in range(len(x)):  # one view, or the tiles of a long image
             amap, raw = self.detector.run_one(x[k:k + 1], self.path, clock)
             maps.append(amap[0])
-            if self.buffer is not None:
-                t1 = time.perf_counter()
-                stored = self._keep(raw) or bool(stored)
-                clock["buffer"] = clock.get("buffer", 0.0) + time.perf_counter() - t1
-        frame, score = self.preprocess.merge(np.stack(maps), img.size)
+            raws.append(raw)
+        frame, score = self.preprocess.merge(np.stack(maps), img.size, self.detector.post)
+        if self.buffer is not None:  # after the decision: the keep policy looks at it
+            t1 = time.perf_counter()
+            not_kept = self.keep.refuses(score, self.threshold)
+            stored = False if not_kept else any([self._keep(raw) for raw in raws])
+            clock["buffer"] = time.perf_counter() - t1
         return Result(score, self.normalize(score), bool(score > self.threshold), frame,
                       1000.0 * (time.perf_counter() - t0), {k: 1000.0 * v for k, v in clock.items()}, stored,
-                      x[0] if len(x) == 1 else self.preprocess.frame_uint8(img))
+                      x[0] if len(x) == 1 else self.preprocess.frame_uint8(img), not_kept)
 
     # -- replay buffer ---------------------------------------------------------------------------------------
     def latent_quantization(self) -> tuple[np.ndarray, np.ndarray, str]:
@@ -240,19 +249,22 @@ class Device:
         q, zp = self._as_stored(raw)
         stored = self.buffer.add_quantized(self.task_id, q, self._lat_q[0], zp, self._sample_id)
         self._sample_id += 1
-        if stored:
-            self.buffer.save(self.buffer_path)
+        if stored:  # one record appended (firmware_sim.buffer_log), durable before the frame is reported
+            self.buffer.commit(self.buffer_path)
         return stored
 
     def attach_buffer(self, path: str | os.PathLike, budget: int | str | None = None, task: int | None = None,
                       seed: int = 0, shrink: bool = False, wait: bool = False,
-                      warn: Callable[[str], None] | None = None, task_name: str | None = None) -> ReplayBuffer:
+                      warn: Callable[[str], None] | None = None, task_name: str | None = None,
+                      keep: str | KeepPolicy = "normal") -> ReplayBuffer:
         """Open (or create) the buffer file at ``path`` and hold its lock until ``detach_buffer``.
 
         Args:
             task: the task id of what this device sees next (default: the newest task in the file, else 0).
             task_name: the product's name: its records go to the buffer task of that name; a name the buffer
                 does not know yet names ``task`` if that id is unnamed there, else a new id.
+            keep: which frames are offered to the buffer: normal (decided normal), all, margin:X (scoring
+                below X times the threshold); see firmware_sim.keep_policy.
             shrink: allow a ``budget`` below the file's (records that no longer fit are evicted and counted in
                 ``buffer_report.evicted``); without it a smaller budget is refused with the numbers.
             wait: if another process holds the buffer, wait for it instead of failing.
@@ -266,7 +278,9 @@ class Device:
         if task is not None and not 0 <= int(task) <= MAX_TASK_ID:
             raise UserError(f"--task {task}: expected a task id in 0..{MAX_TASK_ID}")
         self._lat_q = self.latent_quantization()
-        path = Path(path)
+        self.keep = KeepPolicy.parse(keep)
+        # One buffer, one lock, whatever the path it is reached by: a symlink and its target share both.
+        path = resolved(path)
         self.detach_buffer()
         lock = BufferLock(path, wait=wait, notify=warn).acquire()
         try:
@@ -307,17 +321,21 @@ class Device:
         else:
             if budget is None:
                 raise UserError(f"{path}: no buffer file yet; give --budget (e.g. 256KB) to create one")
-            buf, report = ReplayBuffer(budget, "int8-device", seed=seed, latent_shape=shape), None
+            buf, report = ReplayBuffer(budget, "int8-device", seed=seed, latent_shape=shape, append=True), None
         self.task_id = int(task) if task is not None else max(buf.tasks, default=0)
         if task_name is not None:
-            self.task_id = _named_task_id(buf, task_name, task, len(self.manifest.tasks))
+            self.task_id = named_task_id(buf, task_name, task, len(self.manifest.tasks))
             buf.name_task(self.task_id, task_name)
         self._sample_id = buf.stats()["offered_per_task"].get(self.task_id, 0)
+        if not buf.set_append(True) and warn:
+            warn(f"{path}: no room for an append log without evicting records, so every buffered frame rewrites "
+                 "the whole file; give it a larger budget (buffer import --budget) to append instead")
+        buf.ensure_task(self.task_id)
         self.buffer, self.buffer_path, self.buffer_report = buf, path, report
-        buf.save(path)  # the file exists (and fits its budget) from the start
+        buf.commit(path)  # the file exists (and fits its budget) from the start; a clean one is not rewritten
 
 
-def _named_task_id(buf: ReplayBuffer, name: str, preferred: int | None, model_tasks: int) -> int:
+def named_task_id(buf: ReplayBuffer, name: str, preferred: int | None, model_tasks: int) -> int:
     """The buffer task id for product ``name``: the one that carries it, else ``preferred`` (the model's
     index for it) if that id has no name yet, else the first id after the model's tasks and the buffer's."""
     have = buf.task_id_of(name)

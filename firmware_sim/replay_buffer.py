@@ -18,6 +18,8 @@ File layout, little-endian:
   kind 1 (sample): body = EncodedLatent.to_bytes(), sample id = the caller's sample index
   kind 2 (task):   body = the task's (product's) name in UTF-8, empty if unnamed; "sample id" = samples offered
                    so far for this task (restores the reservoir). Readers that predate names skip the body.
+  kind 3, 4:       a sample and a task state of a buffer in append mode (firmware_sim.buffer_log): a device
+                   appends one record per buffered frame instead of rewriting the file.
 The record marker lets ``load`` resynchronise after a damaged record and keep every intact one; the records
 lost in a damaged stretch are counted from its length (task records and samples of the known record size).
 Task ids are bounded (0..MAX_TASK_ID): a record with another id is refused, since each task takes a share.
@@ -44,6 +46,16 @@ from firmware_sim.buffer_header import (  # FORMAT_VERSION and MAGIC are re-expo
     pack_header,
     read_header,
 )
+from firmware_sim.buffer_log import (
+    KIND_LOG_SAMPLE,
+    KIND_LOG_TASK,
+    LOG,
+    LOG_FIELDS,
+    TASK_STATES,
+    FileState,
+    resolved,
+    write_at,
+)
 from firmware_sim.codecs import Codec, EncodedLatent, get_codec
 from firmware_sim.errors import UserError
 from firmware_sim.sizes import format_size, parse_size
@@ -55,6 +67,8 @@ _SYNC = b"RREC"
 RECORD_OVERHEAD = _REC.size + 4  # record header + CRC32: 37 bytes
 TASK_RECORD_SIZE = RECORD_OVERHEAD
 KIND_SAMPLE, KIND_TASK = 1, 2
+KINDS = (KIND_SAMPLE, KIND_TASK, KIND_LOG_SAMPLE, KIND_LOG_TASK)
+_TASK_KINDS = (KIND_TASK, KIND_LOG_TASK)  # records that hold no sample
 POLICIES = ("random", "coverage")
 
 
@@ -89,6 +103,7 @@ class LoadReport:
     errors: list[str] = field(default_factory=list)
     header_budget: int | None = None  # the budget the file's header states (None: header lost)
     file_bytes: int = 0  # bytes of samples and task records the file held, header included
+    interrupted: int = 0  # interrupted writes found and ignored (never committed, so nothing was lost)
 
 
 def _check_task_id(task_id: int) -> int:
@@ -135,12 +150,15 @@ def _lost_samples(data: bytes, start: int, end: int, sample: int | None) -> int:
     lost, pos = 0, start
     while pos < end:
         head = data[pos:min(pos + _REC.size, end)]
-        if head[:4] != _SYNC[:len(head[:4])]:  # no record starts here: a damaged marker, or not records at all
-            return lost + ((_whole_records(end - pos, sample, 1) or 0) if sample else 0)
         length = struct.unpack_from("<I", head, 4)[0] if len(head) >= 8 else 0
-        named = TASK_RECORD_SIZE <= length <= TASK_RECORD_SIZE + MAX_NAME_BYTES
-        if len(head) > 8 and (head[8] == KIND_TASK or head[8] != KIND_SAMPLE and named):  # kind or length: task
-            pos += length if named else TASK_RECORD_SIZE
+        task_like = TASK_RECORD_SIZE <= length <= TASK_RECORD_SIZE + MAX_NAME_BYTES + LOG_FIELDS
+        kind = head[8] if len(head) > 8 else None
+        # A marker whose kind and length fit no record (a stray b"RREC" followed by zeros) starts no record.
+        fake = kind is not None and not (kind in KINDS or task_like or sample and length == sample)
+        if head[:4] != _SYNC[:len(head[:4])] or fake:  # a damaged marker, or not records at all
+            return lost + ((_whole_records(end - pos, sample, 1) or 0) if sample else 0)
+        if kind is not None and (kind in _TASK_KINDS or kind not in KINDS and task_like):  # kind or length: task
+            pos += length if task_like else TASK_RECORD_SIZE
             continue
         lost += 1
         pos = pos + sample if sample else end
@@ -166,7 +184,7 @@ def _parse_record(data: bytes, pos: int) -> tuple[tuple | None, str]:
     (crc,) = struct.unpack_from("<I", data, pos + length - 4)
     if zlib.crc32(data[pos:pos + length - 4]) != crc:
         return None, "CRC mismatch"
-    if kind not in (KIND_SAMPLE, KIND_TASK):
+    if kind not in KINDS:
         return None, f"unknown record kind {kind}"
     return (kind, task_id, timestamp, sample_id, data[pos + _REC.size:pos + length - 4]), ""
 
@@ -196,7 +214,10 @@ class ReplayBuffer:
     """Encoded latents of past tasks within ``budget_bytes`` (an int or a size string such as "2.46MB")."""
 
     def __init__(self, budget_bytes: int | str, codec: str | Codec = "int8-channel", seed: int = 0,
-                 policy: str = "random", latent_shape: tuple[int, ...] | None = None) -> None:
+                 policy: str = "random", latent_shape: tuple[int, ...] | None = None, append: bool = False,
+                 log_reserve: int | None = None) -> None:
+        """``append``: append mode (firmware_sim.buffer_log; needs a fixed-size codec and ``latent_shape``):
+        ``commit`` then writes one record per change; ``log_reserve`` (bytes) is the reserve a file states."""
         self.budget_bytes = parse_size(budget_bytes)
         self.codec = codec if isinstance(codec, Codec) else get_codec(codec)
         policy = "random" if policy == "reservoir" else policy
@@ -209,6 +230,17 @@ class ReplayBuffer:
         self._offered: dict[int, int] = {}
         self._updated: dict[int, float] = {}
         self._names: dict[int, str] = {}
+        # Append mode: what the file holds, the changes not yet written, and what writing cost.
+        self._log_reserve: int | None = None if log_reserve is None else int(log_reserve)
+        self._file: FileState | None = None
+        self._pending: list[tuple[Record, Record | None]] = []
+        self._dirty = True  # a change that only a compaction can write
+        self.bytes_written, self.compactions, self.appends = 0, 0, 0
+        if append and self._log_reserve is None:
+            if latent_shape is None or not self.codec.fixed_size:
+                raise UserError("append mode needs a fixed-size codec and the latent shape")
+            slot = RECORD_OVERHEAD + LOG_FIELDS + self.codec.bytes_per_sample(tuple(latent_shape))
+            self._log_reserve = slot + TASK_STATES * (TASK_RECORD_SIZE + LOG_FIELDS)
         if self.budget_bytes < FILE_HEADER_SIZE + TASK_RECORD_SIZE + RECORD_OVERHEAD:
             raise UserError(f"replay budget {format_size(self.budget_bytes)} is below the file header "
                             f"({FILE_HEADER_SIZE} B) plus one task record and one record header")
@@ -221,19 +253,31 @@ class ReplayBuffer:
         """Bytes of the file ``save`` writes; never above ``budget_bytes``."""
         return FILE_HEADER_SIZE + sum(self._task_bytes(t) for t in self._tasks)
 
+    @property
+    def append_mode(self) -> bool:
+        """True if ``commit`` appends records (the file states a log reserve), else it rewrites the file."""
+        return self._log_reserve is not None
+
+    def _rec_bytes(self, record: Record) -> int:
+        """What ``record`` takes in this buffer's file (a log record carries LOG_FIELDS more)."""
+        return record.nbytes + (LOG_FIELDS if self._log_reserve is not None else 0)
+
     def _task_bytes(self, task_id: int) -> int:
-        return task_record_size(self._names.get(task_id)) + sum(r.nbytes for r in self._tasks[task_id])
+        return task_record_size(self._names.get(task_id)) + sum(self._rec_bytes(r) for r in self._tasks[task_id])
 
     def quota(self) -> int:
-        """Bytes each task may use (its task record included): the budget less the header, shared equally."""
-        return (self.budget_bytes - FILE_HEADER_SIZE) // max(len(self._tasks), 1)
+        """Bytes each task may use (its task record included): the budget less the header and the append log's
+        reserve, shared equally."""
+        return (self.budget_bytes - FILE_HEADER_SIZE - (self._log_reserve or 0)) // max(len(self._tasks), 1)
 
     def _check_fits(self, record_nbytes: int) -> None:
-        need = FILE_HEADER_SIZE + TASK_RECORD_SIZE + record_nbytes
+        record_nbytes += LOG_FIELDS if self._log_reserve is not None else 0
+        need = FILE_HEADER_SIZE + (self._log_reserve or 0) + TASK_RECORD_SIZE + record_nbytes
         if need > self.budget_bytes:
             raise UserError(f"replay budget {format_size(self.budget_bytes)} is too small for one record of codec "
                             f"{self.codec.spec} at shape {self.shape}: a record needs {record_nbytes:,} B, so the "
-                            f"budget must be at least {need:,} B with the file header and task record")
+                            f"budget must be at least {need:,} B with the file header, task record and append "
+                            "log reserve")
 
     def _set_shape(self, shape: tuple[int, ...]) -> None:
         if self.shape is None:
@@ -274,23 +318,59 @@ class ReplayBuffer:
         self._offered[record.task_id] = seen + 1
         self._updated[record.task_id] = record.timestamp
         room = self.quota() - self._task_bytes(record.task_id)
-        if record.nbytes <= room:  # algorithm R, filling phase
+        if self._rec_bytes(record) <= room:  # algorithm R, filling phase
             records.append(record)
+            self._note(record, None)
             return True
         j = int(self._rng.integers(0, seen + 1))  # keep the (seen+1)-th sample with probability len/(seen+1)
         if j >= len(records):
             return False
-        records[j] = record
+        victim, records[j] = records[j], record
+        self._note(record, victim)
         # Only variable-size codecs (pca) can overflow here: evict other random records until it fits.
         while self._task_bytes(record.task_id) > self.quota():
+            self._dirty = True
             others = [i for i, r in enumerate(records) if r is not record] or [records.index(record)]
             records.pop(others[int(self._rng.integers(0, len(others)))])
         return record in records
+
+    def _note(self, record: Record, victim: Record | None) -> None:
+        """Append mode: remember a change ``commit`` can write as one record (``record`` replacing ``victim``)."""
+        if self._log_reserve is not None:
+            self._pending.append((record, victim))
+
+    def set_append(self, on: bool) -> bool:
+        """Switch append mode (firmware_sim.buffer_log) on or off; True if the buffer is now in that mode.
+
+        Off frees the log's reserve and 24 bytes per record (a host copy). On is refused (False) when the
+        records would no longer fit their shares: turning it on never evicts a record.
+        """
+        if on == self.append_mode:
+            return True
+        if not on:
+            self._log_reserve = None
+        else:
+            if self.shape is None or not self.codec.fixed_size:
+                return False
+            slot = RECORD_OVERHEAD + LOG_FIELDS + self.codec.bytes_per_sample(self.shape)
+            self._log_reserve = slot + TASK_STATES * (TASK_RECORD_SIZE + LOG_FIELDS)
+            if self.budget_bytes < FILE_HEADER_SIZE + self._log_reserve + TASK_RECORD_SIZE + slot or any(
+                    self._task_bytes(t) > self.quota() for t in self._tasks):
+                self._log_reserve = None
+                return False
+        self._file, self._pending, self._dirty = None, [], True
+        return True
+
+    def ensure_task(self, task_id: int) -> None:
+        """Register ``task_id`` now if new (the shares change, as when its first sample arrives): a device does
+        this when it attaches, so that its first buffered frame is an append, not a compaction."""
+        self._register(_check_task_id(task_id))
 
     def _register(self, task_id: int) -> list[Record]:
         if task_id not in self._tasks:
             self._tasks[task_id], self._offered[task_id] = [], 0
             self._updated[task_id] = time.time()
+            self._dirty = True  # the shares change: the file is compacted
             self._rebalance()
         return self._tasks[task_id]
 
@@ -313,9 +393,9 @@ class ReplayBuffer:
             raise UserError(f"replay policy {policy!r}: expected one of random (alias reservoir), coverage")
         kept, used = [], 0
         for i in order:
-            if used + records[i].nbytes <= capacity:
+            if used + self._rec_bytes(records[i]) <= capacity:
                 kept.append(i)
-                used += records[i].nbytes
+                used += self._rec_bytes(records[i])
         return [records[i] for i in sorted(kept)]
 
     def cap_records(self, per_task: int) -> None:
@@ -323,6 +403,7 @@ class ReplayBuffer:
         `memory size`) on top of the byte budget, for codecs whose records are smaller than their upper bound."""
         for task_id, records in self._tasks.items():
             if len(records) > per_task:
+                self._dirty = True
                 keep = sorted(int(i) for i in self._rng.permutation(len(records))[:max(per_task, 0)])
                 self._tasks[task_id] = [records[i] for i in keep]
 
@@ -340,6 +421,7 @@ class ReplayBuffer:
             encoded = x if isinstance(x, EncodedLatent) else self.codec.encode(x)
             new.append(self._make_record(task_id, encoded, next(ids) if ids is not None else i, None))
         records = self._register(int(task_id))
+        self._dirty = True
         self._offered[int(task_id)] += len(new)
         self._updated[int(task_id)] = time.time()
         self._tasks[int(task_id)] = self.select(records + new, self.quota() - self._task_overhead(int(task_id)),
@@ -377,6 +459,7 @@ class ReplayBuffer:
             raise UserError(f"task name {name!r} already belongs to task {other} in this buffer")
         self._register(task_id)
         self._names[task_id] = name
+        self._dirty = True
         self._rebalance()
 
     def __len__(self) -> int:
@@ -407,7 +490,15 @@ class ReplayBuffer:
             "bytes_per_task": {t: self._task_bytes(t) for t in self._tasks},
             "offered_per_task": dict(self._offered),
             "task_names": dict(self._names),
+            "write_mode": "append" if self.append_mode else "rewrite",
+            "log_reserve_bytes": self._log_reserve or 0,
         }
+
+    def write_stats(self) -> dict:
+        """What this process wrote to the file so far: bytes, whole-file compactions, appended log records, and
+        the file's size now (live records plus the spare slot and task-state records of the append log)."""
+        return {"file_bytes": self._file.size if self._file is not None else self.nbytes,
+                "bytes_written": self.bytes_written, "compactions": self.compactions, "appends": self.appends}
 
     # -- file ------------------------------------------------------------------------------------------
     def _read_name(self, task_id: int, body: bytes, report: LoadReport) -> None:
@@ -424,25 +515,117 @@ class ReplayBuffer:
             return
         self._names[task_id] = name
 
-    def _header(self) -> bytes:
-        return pack_header({"shape": list(self.shape) if self.shape else None, "codec": self.codec.spec,
-                            "quantisation": self.codec.description, "budget_bytes": self.budget_bytes,
-                            "seed": self.seed, "policy": self.policy})
+    def _header(self, log_start: int) -> bytes:
+        meta = {"shape": list(self.shape) if self.shape else None, "codec": self.codec.spec,
+                "quantisation": self.codec.description, "budget_bytes": self.budget_bytes,
+                "seed": self.seed, "policy": self.policy}
+        if self._log_reserve is not None:
+            meta.update(log_start=log_start, log_reserve=self._log_reserve)
+        return pack_header(meta)
 
-    def to_bytes(self) -> bytes:
-        parts = [self._header()]
+    def _pack_sample(self, r: Record, seq: int = 0, offered: int = 0, freed: tuple[int, int] | None = None) -> bytes:
+        if self._log_reserve is None:
+            return _pack_record(KIND_SAMPLE, r.task_id, r.timestamp, r.sample_id, r.data)
+        off, fseq = freed or (0, 0)
+        return _pack_record(KIND_LOG_SAMPLE, r.task_id, r.timestamp, r.sample_id,
+                            LOG.pack(seq, offered, off, fseq) + r.data)
+
+    def _layout(self) -> tuple[bytes, dict[int, tuple[int, int]]]:
+        """The compacted file, and where each record is in it ({id(record): (offset, seq 0)})."""
+        parts, where, pos = [], {}, FILE_HEADER_SIZE
         for task_id, records in self._tasks.items():
             name = self._names.get(task_id, "").encode("utf-8")
             parts.append(_pack_record(KIND_TASK, task_id, self._updated[task_id], self._offered[task_id], name))
-            parts += [_pack_record(KIND_SAMPLE, r.task_id, r.timestamp, r.sample_id, r.data) for r in records]
-        data = b"".join(parts)
+            pos += len(parts[-1])
+            for r in records:
+                parts.append(self._pack_sample(r))
+                where[id(r)] = (pos, 0)
+                pos += len(parts[-1])
+        data = self._header(pos) + b"".join(parts)
         assert len(data) == self.nbytes <= self.budget_bytes, "file size and byte accounting disagree"
-        return data
+        return data, where
+
+    def to_bytes(self) -> bytes:
+        """The compacted file: what ``save`` writes."""
+        return self._layout()[0]
 
     def save(self, path: str | Path) -> Path:
-        """Write the whole file atomically: a reader or a reboot sees the previous file or this one."""
-        data = self.to_bytes()
-        return atomic_write(path, lambda f: f.write(data))
+        """Write the whole file atomically (a compaction): a reader or a reboot sees the previous file or this
+        one. A symlinked path is written at its target, and the link stays."""
+        path = resolved(path)
+        data, where = self._layout()
+        atomic_write(path, lambda f: f.write(data))
+        self.bytes_written += len(data)
+        self.compactions += 1
+        self._pending, self._dirty = [], False
+        self._file = (FileState(path, len(data), len(data), 1, None, where, dict(self._offered))
+                      if self._log_reserve is not None else None)
+        return path
+
+    def commit(self, path: str | Path) -> Path:
+        """Make the file at ``path`` hold this buffer, writing as little as it can (firmware_sim.buffer_log).
+
+        In append mode each change since the last read or write (a frame filling a task, or replacing one
+        record) is one log record at the spare slot or the end of the file, and each task whose count of
+        offered frames changed gets a small task-state record; anything else, a file this buffer did not last
+        read or write, or a write past the budget compacts it (``save``). A buffer not in append mode is saved.
+        """
+        path, fs = resolved(path), self._file
+        if (self._log_reserve is None or fs is None or self._dirty or fs.path != path or not path.is_file()
+                or path.stat().st_size != fs.size):
+            return self.save(path)
+        slot = RECORD_OVERHEAD + LOG_FIELDS + self.codec.bytes_per_sample(self.shape)
+        writes, size, spare, seq, where, offered = [], fs.size, fs.spare, fs.next_seq, dict(fs.where), dict(fs.offered)
+        for record, victim in self._pending:
+            freed = None if victim is None else where.pop(id(victim), None)
+            if victim is not None and freed is None:
+                return self.save(path)
+            offered[record.task_id] = self._offered[record.task_id]
+            data = self._pack_sample(record, seq, offered[record.task_id], freed)
+            pos = size if spare is None else spare
+            size = max(size, pos + len(data))
+            if len(data) != slot or size > self.budget_bytes:
+                return self.save(path)
+            writes.append((pos, data))
+            where[id(record)], seq, spare = (pos, seq), seq + 1, None if freed is None else freed[0]
+        for task_id, n in self._offered.items():
+            if offered.get(task_id) != n:  # frames offered but not kept since the last write
+                writes.append((size, _pack_record(KIND_LOG_TASK, task_id, self._updated[task_id], 0,
+                                                  LOG.pack(seq, n, 0, 0))))
+                size, seq, offered[task_id] = size + len(writes[-1][1]), seq + 1, n
+                if size > self.budget_bytes:
+                    return self.save(path)
+        if writes:
+            try:
+                self.bytes_written += write_at(path, writes)
+            except BaseException:
+                self._dirty = True  # the file is in an unknown state: the next commit compacts it
+                raise
+            self.appends += len(writes)
+        fs.size = size
+        fs.next_seq, fs.spare, fs.where, fs.offered = seq, spare, where, offered
+        self._pending = []
+        return path
+
+    def _entry(self, kind: int, body: bytes) -> tuple[tuple[int, int, int, int], bytes] | str:
+        """A parsed record's (seq, offered, freed offset, freed seq) and latent bytes, or why it is unusable."""
+        if kind in (KIND_LOG_SAMPLE, KIND_LOG_TASK):
+            if len(body) < LOG_FIELDS or kind == KIND_LOG_TASK and len(body) != LOG_FIELDS:
+                return f"log record of {len(body)} body bytes"
+            fields, body = LOG.unpack_from(body), body[LOG_FIELDS:]
+        else:
+            fields = (0, 0, 0, 0)
+        if kind in (KIND_SAMPLE, KIND_LOG_SAMPLE):
+            try:
+                encoded = EncodedLatent.from_bytes(body)
+                if encoded.codec != self.codec.name:
+                    raise UserError(f"codec {encoded.codec!r}, the file header says {self.codec.name!r}")
+                if self.shape is not None and encoded.shape != self.shape:
+                    raise UserError(f"shape {encoded.shape}, the file header says {self.shape}")
+            except (UserError, ValueError) as exc:
+                return f"bad sample: {exc}"
+            self._set_shape(encoded.shape)
+        return fields, bytes(body)
 
     @classmethod
     def load(cls, path: str | Path, budget_bytes: int | str | None = None,
@@ -475,53 +658,58 @@ class ReplayBuffer:
         if note:
             report.errors.append(note)
         buf = cls(meta["budget_bytes"] if budget_bytes is None else budget_bytes, meta["codec"],
-                  meta["seed"], meta["policy"], latent_shape=meta["shape"])
-        sample = (RECORD_OVERHEAD + buf.codec.bytes_per_sample(buf.shape)
+                  meta["seed"], meta["policy"], latent_shape=meta["shape"], log_reserve=meta.get("log_reserve"))
+        log_start = meta.get("log_start") or len(data)  # a file without a log: all of it is compacted
+        sample = (RECORD_OVERHEAD + (LOG_FIELDS if buf.append_mode else 0) + buf.codec.bytes_per_sample(buf.shape)
                   if buf.codec.fixed_size and buf.shape is not None else None)
-        pos, ordinal, damaged = FILE_HEADER_SIZE, 0, []
+        pos, ordinal, damaged, entries = FILE_HEADER_SIZE, 0, [], []
         while pos < len(data):
             parsed, why = _parse_record(data, pos)
             if parsed is not None and not 0 <= parsed[1] <= MAX_TASK_ID:
-                parsed, why = None, f"task id {parsed[1]} outside 0..{MAX_TASK_ID}"
+                why = f"task id {parsed[1]} outside 0..{MAX_TASK_ID}"
             elif parsed is not None and parsed[0] == KIND_TASK and parsed[3] < 0:
-                parsed, why = None, f"task record says {parsed[3]} samples offered"
-            elif parsed is not None and parsed[0] == KIND_SAMPLE:
-                try:
-                    encoded = EncodedLatent.from_bytes(parsed[4])
-                    if encoded.codec != buf.codec.name:
-                        raise UserError(f"codec {encoded.codec!r}, the file header says {buf.codec.name!r}")
-                    if buf.shape is not None and encoded.shape != buf.shape:
-                        raise UserError(f"shape {encoded.shape}, the file header says {buf.shape}")
-                except (UserError, ValueError) as exc:
-                    parsed, why = None, f"bad sample: {exc}"
-                else:
-                    buf._set_shape(encoded.shape)
-            if parsed is None:
+                why = f"task record says {parsed[3]} samples offered"
+            elif parsed is not None:
+                checked = buf._entry(parsed[0], parsed[4])
+                why = checked if isinstance(checked, str) else ""
+            if parsed is not None and why:  # an intact record (its CRC holds) refused for what it says: one
+                end = pos + RECORD_OVERHEAD + len(parsed[4])
+                damaged.append((ordinal, pos, end, why, int(parsed[0] in (KIND_SAMPLE, KIND_LOG_SAMPLE))))
+                pos = end
+            elif parsed is None:
                 start, pos = pos, data.find(_SYNC, pos + 1)
                 while pos != -1 and _parse_record(data, pos)[0] is None:  # a marker inside damaged bytes
                     pos = data.find(_SYNC, pos + 1)
                 pos = len(data) if pos == -1 else pos
-                damaged.append((ordinal, start, pos, why))
+                damaged.append((ordinal, start, pos, why, None))
             else:
-                kind, task_id, timestamp, sample_id, body = parsed
-                buf._tasks.setdefault(task_id, [])
-                if kind == KIND_TASK:
-                    buf._offered[task_id], buf._updated[task_id] = sample_id, timestamp
-                    buf._read_name(task_id, body, report)
-                else:
-                    buf._tasks[task_id].append(Record(task_id, timestamp, sample_id, bytes(body)))
-                pos += RECORD_OVERHEAD + len(body)
+                entries.append((pos, parsed[0], parsed[1], parsed[2], parsed[3], *checked))
+                pos += RECORD_OVERHEAD + len(parsed[4])
             ordinal += 1
-        kept = [r.nbytes for r in buf.records()]
-        sample = sample or (round(sum(kept) / len(kept)) if kept else None)  # variable-size codecs: the mean
-        for ordinal, start, end, why in damaged:
-            lost = _lost_samples(data, start, end, sample)
+        spare, where = buf._apply_entries(entries, report)
+        sample = sample or (round(sum(buf._rec_bytes(r) for r in buf.records()) / len(buf)) if len(buf) else None)
+        clean = not note and budget_bytes is None
+        for ordinal, start, end, why, known in damaged:
+            clean = False  # damage of any kind: the next commit compacts the file (rare: after a crash)
+            if buf.append_mode and known is None and sample and (
+                    start == spare and end - start == sample or start >= log_start and end == len(data)
+                    and end - start < sample):
+                # The newest write, interrupted before its record was whole: never committed, nothing lost.
+                report.interrupted += 1
+                report.errors.append(f"{path}: bytes {start}-{end}: an interrupted write (never committed, so "
+                                     "nothing that was buffered is lost), ignored")
+                continue
+            clean = False
+            lost = known if known is not None else _lost_samples(data, start, end, sample)
             report.dropped += lost
             what = (f"{lost} sample record(s) dropped" if lost or end < len(data) or data[start:start + 4] == _SYNC
                     else "ignored: bytes after the last record that are not a record")
             report.errors.append(f"{path}: record #{ordinal} (bytes {start}-{end}) {what}: {why}")
+        stated = {}
         for task_id, records in buf._tasks.items():  # a damaged task record: rebuild what can be known
+            stated[task_id] = buf._offered.get(task_id)
             buf._offered[task_id] = max(buf._offered.get(task_id, 0), len(records))
+            clean = clean and stated[task_id] == buf._offered[task_id]
             buf._updated.setdefault(task_id, max((r.timestamp for r in records), default=time.time()))
         report.file_bytes, before = buf.nbytes, len(buf)
         buf._rebalance()
@@ -530,7 +718,36 @@ class ReplayBuffer:
             report.errors.append(f"{path}: {report.evicted} of {before} intact record(s) evicted: the budget "
                                  f"{format_size(buf.budget_bytes)} cannot hold the {format_size(report.file_bytes)} "
                                  "they fill")
+        if buf.append_mode:
+            next_seq = max((e[5][0] for e in entries), default=0) + 1
+            buf._file = FileState(resolved(path), len(data), log_start, next_seq, spare, where,
+                                  dict(buf._offered))
+        buf._dirty = not clean or bool(report.evicted)  # a damaged or shrunk file is compacted at the next commit
         # Continue with fresh but reproducible randomness: replaying the seed's draws after a reboot
         # would correlate the decisions before and after it.
         buf.reseed(sum(buf._offered.values()))
         return buf, report
+
+    def _apply_entries(self, entries: list[tuple], report: LoadReport) -> tuple[int | None, dict]:
+        """Fill the buffer from the intact records (offset, kind, task, time, sample id, (seq, offered,
+        freed offset, freed seq), latent): live samples in file order, each task's newest state. Returns the
+        spare slot (freed by the newest log sample) and where each record is."""
+        dead = {(e[5][2], e[5][3]) for e in entries if e[1] == KIND_LOG_SAMPLE and e[5][2]}
+        newest: dict[int, tuple[int, int, float]] = {}  # task -> (seq, offered, time) of its newest log record
+        where, spare, top = {}, None, 0
+        for offset, kind, task_id, timestamp, sample_id, (seq, offered, freed, _), body in entries:
+            self._tasks.setdefault(task_id, [])
+            if kind == KIND_TASK:
+                self._offered[task_id], self._updated[task_id] = sample_id, timestamp
+                self._read_name(task_id, body, report)
+            elif seq > 0 and seq > newest.get(task_id, (0,))[0]:
+                newest[task_id] = (seq, offered, timestamp)
+            if kind == KIND_LOG_SAMPLE and seq > top:
+                top, spare = seq, freed or None
+            if kind in (KIND_SAMPLE, KIND_LOG_SAMPLE) and (offset, seq) not in dead:
+                record = Record(task_id, timestamp, sample_id, body)
+                self._tasks[task_id].append(record)
+                where[id(record)] = (offset, seq)
+        for task_id, (_, offered, timestamp) in newest.items():
+            self._offered[task_id], self._updated[task_id] = offered, timestamp
+        return spare, where

@@ -24,13 +24,35 @@ _UNITS: dict[str, int] = {
     "gib": 2**30,
     "tib": 2**40,
 }
+# The largest size accepted anywhere (2^48 B = 281 TB): beyond any device's flash, and what a replay buffer
+# header may state, so a size that parses is one every reader accepts (and int arithmetic never overflows).
+MAX_SIZE = 2**48
 ACCEPTED_UNITS = "B, kB, MB, GB, TB (powers of 10), KiB, MiB, GiB, TiB (powers of 2); a bare number is bytes"
 
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([+-]?[0-9]+))?\s*([A-Za-z]*)\s*$")
 
 
 def parse_size(text: str | int) -> int:
-    """Bytes in ``text`` ("2.46MB" -> 2_460_000, "1.5MiB" -> 1_572_864), rounded down to whole bytes."""
+    """Bytes in ``text`` ("2.46MB" -> 2_460_000, "1.5MiB" -> 1_572_864), rounded down to whole bytes; at most
+    MAX_SIZE."""
+    n = _parse(text)
+    if n > MAX_SIZE:
+        raise UserError(f"size {_brief(text)} is {_magnitude(n)}: expected at most {format_size(MAX_SIZE)} (2^48 B)")
+    return n
+
+
+def _brief(text: str | int) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= 40 else shown[:36] + "...'"
+
+
+def _magnitude(n: int) -> str:
+    """A possibly astronomical byte count, briefly ("about 1e+400 B")."""
+    digits = len(str(n))
+    return f"{n:,} B" if digits <= 20 else f"about 1e+{digits - 1} B"
+
+
+def _parse(text: str | int) -> int:
     if isinstance(text, bool):
         raise UserError(f"size {text!r}: expected a number of bytes or a string such as '2.46MB'")
     if isinstance(text, int):
@@ -51,6 +73,9 @@ def parse_size(text: str | int) -> int:
     multiplier = _UNITS.get(unit.lower())
     if multiplier is None:
         raise UserError(f"size {text!r}: unknown unit {unit!r}; accepted units: {ACCEPTED_UNITS}")
+    if exponent is not None and int(exponent) > 30:  # 10^30 B is far past MAX_SIZE: no need to build the number
+        raise UserError(f"size {_brief(text)} is about 1e+{int(exponent)} B: expected at most {format_size(MAX_SIZE)} "
+                        "(2^48 B)")
     try:
         # Decimal keeps "2.46MB" exact (2.46 * 1e6 in binary floating point is 2460000.0000000005).
         value = Decimal(number) * (Decimal(10) ** int(exponent or 0)) * multiplier

@@ -141,7 +141,7 @@ def test_tampered_artifact_refused(host, tmp_path):
 def test_buffer_within_budget_and_file_valid(host, tmp_path, capsys):
     device = Device(host["art"])
     path, budget = tmp_path / "flash" / "buffer.bin", 6000
-    device.attach_buffer(path, budget, task=0)
+    device.attach_buffer(path, budget, task=0, keep="all")  # every frame: this checks the buffer, not --keep
     files = sorted((host["data"] / "nut" / "train").rglob("*.png"))
     stored = [device.infer(f).stored for f in files]
     assert any(stored) and not all(stored)  # reservoir: the budget holds only some
@@ -156,7 +156,7 @@ def test_buffer_within_budget_and_file_valid(host, tmp_path, capsys):
     assert np.allclose(rec.encoded.arrays["scale"], lat["scale"])  # the trunk's own quantisation, unchanged
     # The same latent from the trunk again, byte for byte.
     one = Device(host["art"])
-    one.attach_buffer(tmp_path / "one.bin", 6000, task=0)
+    one.attach_buffer(tmp_path / "one.bin", 6000, task=0, keep="all")
     img = files[rec.sample_id]
     one.infer(img)
     assert next(ReplayBuffer.load(tmp_path / "one.bin")[0].records()).data == rec.data
@@ -315,7 +315,7 @@ def test_edgead_device_group_forwards(host, tmp_path):
     assert no_xnn == pytest.approx(Device(host["art"], xnnpack=False).infer(one).score, rel=1e-6)
     assert no_xnn == pytest.approx(line["score"], rel=0.2)  # XNNPACK's int8 kernels round differently
     res = CliRunner().invoke(device, ["run", "--artifact", str(host["art"]), "--images", str(one), "--buffer",
-                                      str(tmp_path / "b.bin"), "--budget", "8KB"])
+                                      str(tmp_path / "b.bin"), "--budget", "8KB", "--keep", "all"])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(device, ["buffer", "stats", str(tmp_path / "b.bin")])
     assert res.exit_code == 0 and json.loads(res.output)["offered_per_task"]["0"] == 1

@@ -44,7 +44,7 @@ def test_two_cli_runs_on_one_buffer_keep_every_buffered_record(host, tmp_path):
     n = len(commands.list_images(images, warn=lambda m: None))
     path = tmp_path / "shared.bin"
     procs = [_popen_run("--artifact", host["art"], "--images", images, "--buffer", path, "--budget", "200KB",
-                        "--task", 0, "--wait") for _ in range(2)]
+                        "--task", 0, "--wait", "--keep", "all") for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
     buffered = sum(line["buffered"] for out, _ in outs for line in fw._lines(out))
@@ -64,7 +64,7 @@ def test_second_writer_refused_or_waits(host, tmp_path):
         assert r.returncode == 2 and "in use by another process" in r.stderr and "--wait" in r.stderr
         assert "Traceback" not in r.stderr and not path.exists()
         waiting = _popen_run("--artifact", host["art"], "--images", one, "--buffer", path, "--budget", "20KB",
-                             "--wait")
+                             "--wait", "--keep", "all")
         with pytest.raises(subprocess.TimeoutExpired):
             waiting.wait(timeout=8)  # still queued behind this lock
     out, err = waiting.communicate(timeout=120)
@@ -75,11 +75,12 @@ def test_second_writer_refused_or_waits(host, tmp_path):
 def test_no_implicit_shrink(host, tmp_path, capsys):
     images = host["data"] / "nut" / "train"
     path = tmp_path / "b.bin"
-    commands.run(host["art"], images, buffer=path, budget="40KB", task=0, warn=lambda m: None)
+    commands.run(host["art"], images, buffer=path, budget="40KB", task=0, warn=lambda m: None, keep="all")
     before = path.read_bytes()
     held = len(ReplayBuffer.load(path)[0])
     one = next((host["data"] / "nut" / "test").rglob("*.png"))
-    argv = ["run", "--artifact", str(host["art"]), "--images", str(one), "--buffer", str(path), "--budget", "4kB"]
+    argv = ["run", "--artifact", str(host["art"]), "--images", str(one), "--buffer", str(path), "--budget", "7kB",
+            "--keep", "all"]
     assert fw_main(argv) == 2
     err = capsys.readouterr().err
     assert "--shrink" in err and f"{held} record(s)" in err and "Traceback" not in err
@@ -87,8 +88,8 @@ def test_no_implicit_shrink(host, tmp_path, capsys):
     assert fw_main(argv + ["--shrink"]) == 0
     summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])["summary"]["buffer"]
     kept = len(ReplayBuffer.load(path)[0])
-    assert summary["load"]["evicted"] == held - summary["load"]["kept"] > 0 and summary["budget_bytes"] == 4000
-    assert kept == summary["records"] and path.stat().st_size <= 4000
+    assert summary["load"]["evicted"] == held - summary["load"]["kept"] > 0 and summary["budget_bytes"] == 7000
+    assert kept == summary["records"] and path.stat().st_size <= 7000
 
 
 def _tampered(host, tmp_path, edit) -> Path:
@@ -168,7 +169,8 @@ def test_bad_frames_skipped_and_the_stream_goes_on(host, tmp_path):
     (d / "d_truncated.png").write_bytes(blob[:len(blob) // 2])
     (d / "e_not_an_image.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     shutil.copy(good[1], d / "f_good.png")
-    r = fw._fw("run", "--artifact", host["art"], "--images", d, "--buffer", tmp_path / "b.bin", "--budget", "20KB")
+    r = fw._fw("run", "--artifact", host["art"], "--images", d, "--buffer", tmp_path / "b.bin", "--budget", "20KB",
+               "--keep", "all")
     lines = fw._lines(r.stdout)
     assert [Path(line["path"]).name for line in lines] == ["b_good.png", "f_good.png"]
     summary = json.loads(r.stderr.strip().splitlines()[-1])["summary"]
