@@ -99,13 +99,15 @@ def checked_value(ctx: click.Context, p: click.Parameter, key: str, value: objec
         whole = isinstance(p.type, click.types.IntParamType)
         if (whole or isinstance(p.type, click.types.FloatParamType)) and isinstance(x, bool):
             raise EdgeadError(f"{shown}: key {key!r} = {_short(x)}; expected {_expected(p)}")
+        if isinstance(p.type, click.types.BoolParamType) and not isinstance(x, (bool, str)):
+            raise EdgeadError(f"{shown}: key {key!r} = {_short(x)}; expected {_expected(p)}")
         if whole and isinstance(x, float) and not (x == x and abs(x) != float("inf") and x == int(x)):
             raise EdgeadError(f"{shown}: key {key!r} = {_short(x)}; expected {_expected(p)}")
         try:
             p.type.convert(x, p, ctx)
         except click.BadParameter as e:
             raise EdgeadError(f"{shown}: key {key!r} = {_short(x)}: {_short(e.format_message(), 200)}") from None
-        except (TypeError, ValueError, OverflowError) as e:
+        except (TypeError, ValueError, OverflowError, AttributeError) as e:  # click's bool type: 1 .strip()
             raise EdgeadError(f"{shown}: key {key!r} = {_short(x)}: {_short(str(e), 200)}; expected "
                               f"{_expected(p)}") from None
     return value

@@ -155,6 +155,8 @@ def scan_folder(
         raise EdgeadError(f"{normal_dir}: no normal images")
     test: list[Entry] = []
     if normal_test_dir is not None:
+        if not Path(normal_test_dir).is_dir():
+            raise EdgeadError(f"{normal_test_dir}: normal test image folder not found")
         test += [Entry(p, 0, GOOD) for p in _images_in(Path(normal_test_dir), skip_bad, skipped)]
     if abnormal_dir is not None:
         abnormal_dir = Path(abnormal_dir)
@@ -163,6 +165,8 @@ def scan_folder(
         for p in _images_in(abnormal_dir, skip_bad, skipped):
             mask = None
             if mask_dir is not None:
+                if not Path(mask_dir).is_dir():
+                    raise EdgeadError(f"{mask_dir}: mask folder not found")
                 mask = _find_mask(Path(mask_dir), p.stem)
                 if mask is None:
                     raise EdgeadError(f"{p}: no mask named {p.stem}.png or {p.stem}_mask.png in {mask_dir}")

@@ -112,7 +112,8 @@ def load_entries(entries: list[Entry], pre: Preprocess, *, skip_bad: bool = Fals
     if skipped:
         warnings.warn(f"skipped {len(skipped)} unreadable file(s); first: {skipped[0]}", stacklevel=2)
     if not keep:
-        raise EdgeadError("no readable images left after skipping bad files")
+        raise EdgeadError(f"{desc}: no readable images left after skipping {len(skipped)} bad file(s)" if skipped
+                          else f"{desc}: no images to load")
     idx = np.asarray(keep)
     labels = np.asarray([entries[i].label for i in keep], np.int64)
     types, paths = [entries[i].defect_type for i in keep], [str(Path(entries[i].path)) for i in keep]
