@@ -35,8 +35,10 @@ def _image_types(src: Path) -> dict[str, int]:
         return {e["filename"]: int(e["type"]) for e in doc["images"]}
     except FileNotFoundError:
         raise EdgeadError(f"{path}: missing (expected BSData's image_data.json beside data/ and label/)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise EdgeadError(f"{path}: not BSData's image list (expected images[].filename and .type; {e})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError,
+            RecursionError) as e:
+        raise EdgeadError(f"{path}: not BSData's image list (expected images[].filename and .type; "
+                          f"{type(e).__name__}: {str(e)[:200]})") from None
 
 
 def convert_bsdata(src: str | Path, out: str | Path, *, seed: int = 0, test_fraction: float = 0.2,

@@ -119,6 +119,8 @@ def _image_level_only(cat_dir: Path) -> bool:
         return False
     try:
         doc = json.loads(path.read_text())
+    except RecursionError:
+        raise EdgeadError(f"{path}: not readable JSON (nested too deeply)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise EdgeadError(f"{path}: not readable JSON ({e})") from None
     return isinstance(doc, dict) and doc.get("pixel_labels") is False

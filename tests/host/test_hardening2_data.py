@@ -387,3 +387,18 @@ def test_dataset_file_alias_bomb_and_oversized_file(tmp_path):
     f.write_text("normal: good\n" + "# padding\n" * 200_000)
     with pytest.raises(EdgeadError, match=r"ds\.yaml: .*larger than"):
         read_dataset_file(f)
+
+
+def test_deep_json_beside_the_images_is_a_clear_error(synth_root, tmp_path):
+    root = tmp_path / "mv"
+    shutil.copytree(synth_root / "nut", root / "nut")
+    (root / "nut" / "dataset.json").write_text("[" * 50_000 + "]" * 50_000)
+    with pytest.raises(EdgeadError, match=r"nut/dataset\.json: not readable JSON \(nested too deeply\)"):
+        scan_mvtec(root, "nut")
+    src = _bsd(tmp_path / "src")
+    (src / "image_data.json").write_text('{"images": ' + "[" * 50_000 + "]" * 50_000 + "}")
+    with pytest.raises(EdgeadError, match=r"image_data\.json: not BSData's image list .*RecursionError"):
+        convert_bsdata(src, tmp_path / "out")
+    (src / "image_data.json").write_text('{"images": [{"filename": "x.jpg", "type": 1e400}]}')
+    with pytest.raises(EdgeadError, match=r"image_data\.json: not BSData's image list .*OverflowError"):
+        convert_bsdata(src, tmp_path / "out")
