@@ -187,11 +187,11 @@ def record_config(out: str | Path, values: dict, command: str = "train") -> Path
     Returns:
         The path written.
     """
-    import yaml
+    from edgead.yaml_file import dump_yaml
 
     doc = {k: _plain(v) for k, v in values.items() if k not in NOT_RECORDED}
     text = (f"# The options of this run: `edgead {command} --config {RUN_CONFIG_NAME} --out NEW` repeats it.\n"
-            + yaml.safe_dump(doc, sort_keys=False))
+            + dump_yaml(doc))
     return atomic_write_bytes(Path(out) / RUN_CONFIG_NAME, text.encode())
 
 

@@ -43,6 +43,19 @@ class StrictLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """SafeDumper that writes a repeated object out again instead of as an alias, which the reader refuses."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+def dump_yaml(doc: object) -> str:
+    """YAML text for a file edgead writes (run config, dataset file): keys in order, no aliases, so
+    `load_yaml` always reads it back."""
+    return yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False)
+
+
 def _short(text: str, n: int = MAX_MESSAGE) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 

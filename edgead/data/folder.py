@@ -226,12 +226,11 @@ def read_dataset_file(path: str | Path) -> list[FolderSpec]:
 
 def write_dataset_file(path: str | Path, specs: list[FolderSpec]) -> Path:
     """Write a dataset file (absolute paths) that `read_dataset_file` reads back to the same specs."""
-    import yaml
-
+    from edgead.yaml_file import dump_yaml
     from firmware_sim.atomic import atomic_write_bytes
 
     doc = specs[0].to_dict() if len(specs) == 1 else {"tasks": [s.to_dict() for s in specs]}
-    return atomic_write_bytes(path, yaml.safe_dump(doc, sort_keys=False).encode())
+    return atomic_write_bytes(path, dump_yaml(doc).encode())
 
 
 def open_stream(data: str | Path, tasks: list[str] | tuple[str, ...] | None = None,

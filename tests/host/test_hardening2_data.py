@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgead.config_file import read_config
 from edgead.data import scan_mvtec
 from edgead.data.battery_weld import MAX_MEMBER_BYTES, convert_battery_weld
 from edgead.data.bsdata import convert_bsdata
@@ -29,7 +30,7 @@ from edgead.data.magnetic_tile import convert_magnetic_tile
 from edgead.data.mpdd import convert_mpdd_metal_plate
 from edgead.errors import EdgeadError
 from firmware_sim.preprocess import load_mask
-from tests.host.test_converters import _bsd, _labelme, _mask_png, _mpdd, _png, _shape, _weld_zip
+from tests.host.test_converters import DATA, _bsd, _labelme, _mask_png, _mpdd, _png, _shape, _weld_zip
 
 # ---------------------------------------------------------------- converters: decode before copying
 
@@ -356,7 +357,6 @@ def test_config_list_of_task_names_is_joined(tmp_path):
     import click
 
     from edgead.cli.train import train
-    from edgead.config_file import read_config
 
     ok = tmp_path / "ok.yaml"
     ok.write_text("tasks: [nut, brick]\nepochs: 2\n")
@@ -402,3 +402,25 @@ def test_deep_json_beside_the_images_is_a_clear_error(synth_root, tmp_path):
     (src / "image_data.json").write_text('{"images": [{"filename": "x.jpg", "type": 1e400}]}')
     with pytest.raises(EdgeadError, match=r"image_data\.json: not BSData's image list .*OverflowError"):
         convert_bsdata(src, tmp_path / "out")
+
+
+def test_mpdd_real_masks_are_strictly_binary():
+    # Why MPDD's > 127 equals > 0 on the published copy (mpdd.py's docstring): its masks hold only 0 and 255.
+    masks = sorted((DATA / "mpdd-metal-plate").glob("*/masks/*.png"))
+    values = set()
+    for m in masks:
+        values |= set(np.unique(np.asarray(Image.open(m))).tolist())
+    assert len(masks) == 161 and values == {0, 255}
+
+
+def test_files_edgead_writes_have_no_aliases_and_read_back(tmp_path):
+    from edgead.config_file import record_config
+    from edgead.data.folder import FolderSpec, write_dataset_file
+
+    shared = ["nut", "brick"]  # one object under two keys: yaml.safe_dump would write an alias the reader refuses
+    path = record_config(tmp_path, {"tasks": shared, "levels": shared, "epochs": 1})
+    assert "*" not in path.read_text() and read_config(path) == {"tasks": shared, "levels": shared, "epochs": 1}
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    specs = [FolderSpec("x", tmp_path / "a", tmp_path / "b"), FolderSpec("y", tmp_path / "a", tmp_path / "b")]
+    assert read_dataset_file(write_dataset_file(tmp_path / "ds.yaml", specs)) == specs
