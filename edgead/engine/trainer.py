@@ -23,6 +23,7 @@ from edgead.engine.selection import make_pseudo_defects, selection_score
 from edgead.engine.tensors import compute_latents, compute_teacher_features, predict_latents
 from edgead.engine.thresholds import DEFAULT_THRESHOLD_RULE, ThresholdRule
 from edgead.errors import EdgeadError
+from edgead.field_types import check_seed, check_types
 from edgead.options import option
 from firmware_sim.preprocess import RESIZE_MODES, Preprocess
 
@@ -91,6 +92,8 @@ class TrainConfig:
                                       "K std) or pseudo-f1 (best F1 against pseudo-defects). See docs/thresholds.md.")
 
     def __post_init__(self) -> None:
+        check_types(self)  # fit(epochs="1") and config files: a clear error before any comparison below
+        check_seed(self.seed)
         checks = [
             (self.epochs is None or self.epochs >= 1, f"epochs {self.epochs}: expected >= 1"),
             (self.steps is None or self.steps >= 1, f"steps {self.steps}: expected >= 1"),

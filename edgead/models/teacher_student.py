@@ -17,10 +17,12 @@ import torch
 from torch import nn
 
 from edgead.errors import EdgeadError
+from edgead.field_types import check_types
 from edgead.models.anomaly_map import anomaly_map, image_score, st_loss
 from edgead.models.backbones.registry import get_backbone_spec
 from edgead.options import option, parse_levels
 from firmware_sim.anomaly_map import LEGACY_SCORE, ScorePost
+from firmware_sim.manifest_check import MAX_SIZE, MIN_SIZE
 
 MODELS = ("stfpm", "paste")
 # The score post-processing of new models (docs/model-selection.md): chosen on DEV halves of six real
@@ -46,6 +48,9 @@ class DetectorConfig:
                         "pixels), blur:S,max or blur:S,topk:F (Gaussian blur of sigma S pixels first).")
 
     def __post_init__(self) -> None:
+        check_types(self)  # Detector(image_size="64"): refused at construction, before anything is written
+        if not MIN_SIZE <= self.image_size <= MAX_SIZE:  # the sizes the device's preprocessing takes
+            raise EdgeadError(f"image_size {self.image_size}: expected an integer in {MIN_SIZE}..{MAX_SIZE}")
         object.__setattr__(self, "levels", tuple(int(v) for v in self.levels))
         object.__setattr__(self, "score", str(ScorePost.parse(self.score)))  # one spelling, or a clear error
         if self.model not in MODELS:
