@@ -54,7 +54,8 @@ def export_cmd(run_dir, out, bundle, quiet, **options):
     if bundle is not None:
         from firmware_sim.bundle import check_out
 
-        check_out(bundle, bundle.with_name(bundle.name + ".tar.gz"), opts.force)  # before a minute of export work
+        # before a minute of export work; the bundle may not be (or hold) the run, the artifact or the data
+        check_out(bundle, True, opts.force, inputs=[run_dir, out, opts.data_root])
     try:
         quiet = quiet or console.level() <= console.QUIET
         result = export_run(run_dir, out, opts, log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)),
