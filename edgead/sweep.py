@@ -40,7 +40,7 @@ from pathlib import Path
 
 from edgead.errors import EdgeadError
 from firmware_sim.atomic import atomic_write_json
-from firmware_sim.outputs import read_marker, write_marker
+from firmware_sim.outputs import read_marker, resolve, write_marker
 
 SWEEP_FILE = "sweep.json"
 INPUTS = "inputs"  # OUT/inputs/: what the runs share (generated data, an exported model); not a result
@@ -303,7 +303,7 @@ def run_sweep(name: str, runs: list[Run], out: str | os.PathLike, *, jobs: int =
         raise EdgeadError(f"threads per run {threads}: expected 1 or more")
     if ray is not None:
         require_ray()  # before touching the output folder
-    out = Path(out)
+    out = resolve(out)  # x/nosub/.. is x from the first check on (firmware_sim.outputs); a sweep never replaces it
     digests = {p: content_digest(p) for p in dict.fromkeys(p for r in runs for p in r.inputs)}  # once per path
     all_specs = {r.key: r.spec(digests) for r in runs}
     results = _prepare_folder(out, name, runs, all_specs, resume)

@@ -11,8 +11,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from edgead.errors import EdgeadError
 from edgead.sweep import Run, content_digest, run_sweep
 from firmware_sim.outputs import read_marker
 
@@ -56,3 +58,12 @@ def test_digest_sees_names_sizes_and_times(tmp_path):
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     assert content_digest(data) != d0
     assert content_digest(p) != content_digest(data / "good" / "001.png")
+
+
+def test_dotdot_sweep_folder_is_checked_as_the_folder_it_names(tmp_path):
+    x = tmp_path / "x"
+    (x / "runs").mkdir(parents=True)
+    (x / "runs" / "mean.json").write_text("my notes\n")
+    with pytest.raises(EdgeadError, match="not empty and holds no sweep.json"):
+        _sweep(_data(tmp_path / "data", 10), x / "nosub" / "..", [])
+    assert (x / "runs" / "mean.json").read_text() == "my notes\n" and not (x / "nosub").exists()
