@@ -51,7 +51,7 @@ def configure(verbosity: int = NORMAL) -> None:
     # Third-party deprecation and user warnings are noise to someone running a command; ours (EdgeadWarning-style
     # messages from edgead/export/firmware_sim, e.g. "skipped 3 unreadable files") stay visible.
     warnings.filterwarnings("ignore")
-    for module in ("edgead", "export", "firmware_sim", "benchmarks", "__main__"):
+    for module in ("edgead", "firmware_sim", "benchmarks", "__main__"):  # the exporter is edgead.export
         warnings.filterwarnings("default", module=module + r"(\..*)?$")
 
 

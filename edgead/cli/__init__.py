@@ -10,6 +10,12 @@ import click
 
 from firmware_sim.errors import UserError
 
+# Top-level modules that only the `host` extra installs (pyproject.toml): a command that needs one of them
+# tells the user to install the extra instead of printing a traceback.
+HOST_MODULES = frozenset({"torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "tensorflow", "keras",
+                          "ai_edge_litert", "tqdm", "yaml", "matplotlib", "sklearn", "scipy", "skimage",
+                          "threadpoolctl", "openvino", "nncf"})
+
 # name -> (module, attribute): each module defines one click command or group.
 _COMMANDS = {
     "data": ("edgead.cli.data", "data"),
@@ -85,6 +91,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except ModuleNotFoundError as e:  # `pip install .` gives the device part only: say what the host needs
+        top = (e.name or "").split(".")[0]
+        if top not in HOST_MODULES:
+            raise
+        click.echo(f"error: this command needs the host packages (missing: {top}). Install them with "
+                   "pip install 'edgead[host]' (or run ./setup.sh in a checkout, which installs everything).",
+                   err=True)
         sys.exit(2)
     except OSError as e:  # a full disk, a read-only or missing folder: the path and the reason, no traceback
         from edgead.outputs import os_error_text

@@ -119,12 +119,16 @@ def test_untrained_detector_and_bad_input_errors(example):
 
 
 def test_export_through_the_api(example, tmp_path):
-    det = example[1]["det"]
+    where, scope = example
+    det = scope["det"]
+    from firmware_sim.device import Device
+    from firmware_sim.manifest import load_manifest
+
+    # the README example's own export: int8 TFLite, what a Pi runs
+    assert set(load_manifest(where / "demo-art").data["formats"]) == {"tflite-int8"}
     result = det.export(tmp_path / "art", formats=["onnx"], calibration=8, allow_drift=True)
     assert result["manifest"]["formats"].keys() == {"onnx"} and (tmp_path / "art" / "manifest.json").is_file()
-    from firmware_sim.device import Device
-
-    dev = Device(tmp_path / "art")
+    dev = Device(tmp_path / "art")  # fp32: the same scores as the host
     img = det.predict(example[0] / "demo-data" / "nut" / "test" / "good" / "000.png")
     assert dev.infer(img.paths[0]).score == pytest.approx(float(img.scores[0]), rel=1e-3)
 
