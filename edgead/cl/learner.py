@@ -30,6 +30,7 @@ from edgead.cl.calibration import CalibrationAnchors, rescale, task_agnostic
 from edgead.cl.config import ReplayConfig
 from edgead.cl.deployed import deployed_row
 from edgead.cl.memory import ImageMemory, LatentMemory, ReplayMemory
+from edgead.cl.run_log import RunLog, record_epochs
 from edgead.cl.sources import open_task
 from edgead.data.loading import LoadedSplit
 from edgead.data.stream import TaskData
@@ -70,7 +71,8 @@ class Learner:
                  weights: str | Path | None = None, restoring: bool = False, skip_bad: bool = False,
                  log: Callable[[str], None] = print, plugins: Sequence[EvaluationPlugin] = ()):
         self.out, self.replay, self.train_cfg = Path(out), replay, train
-        self.skip_bad, self.log, self.plugins = skip_bad, log, list(plugins)
+        # every progress line also goes to RUN/train.log (edgead.cl.run_log)
+        self.skip_bad, self.log, self.plugins = skip_bad, RunLog(self.out, log), list(plugins)
         torch.manual_seed(train.seed)
         # A restored run takes every weight from its checkpoint: the ImageNet teacher is not read again.
         self.model = TeacherStudent(det, weights=weights, load_teacher=not restoring)
@@ -141,8 +143,9 @@ class Learner:
         if self.memory is not None:
             path = self.out / memory_file if memory_file else memory_path(self.out, done - 1, self.memory.file_suffix)
             self.memory.load(path, skip_bad=self.skip_bad, log=self.log)
-            if isinstance(self.memory, LatentMemory):
-                self.memory.crop_side = meta.get("crop_side", self.memory.crop_side)
+            shape = getattr(getattr(self.memory, "buffer", None), "shape", None)
+            if shape is not None and tuple(shape[-2:]) != self.latent_shape[-2:]:  # the records' crop, as saved
+                self.memory.crop_side = int(shape[-1])
         if self.replay.calibration_anchors:
             saved = anchors_path(self.out, done - 1)
             if not saved.is_file():
@@ -168,6 +171,7 @@ class Learner:
         self._tasks[i] = task
         d = self.data(i)
         report = self.train_part(i, d)
+        record_epochs(self.out, i, task.name, report.get("history", []), self.log)  # RUN/epochs.csv
         self.calibrate_part(i, d)
         self.memory_part(i, d)
         t_eval = time.perf_counter()
@@ -187,8 +191,12 @@ class Learner:
         self.log(f"task {i + 1}: {self.names[i]} ({len(train_split)} train, {len(val_split)} val, "
                  f"strategy {self.replay.strategy})")
         source = self.memory.source() if self.memory is not None and i > 0 else None
-        return train_task(self.model, train_split.images, val_split.images, self.pre, self.train_cfg,
-                          replay=source, seed=self.train_cfg.seed * 1000 + i, desc=self.names[i])
+        report = train_task(self.model, train_split.images, val_split.images, self.pre, self.train_cfg,
+                            replay=source, seed=self.train_cfg.seed * 1000 + i, desc=self.names[i])
+        if report.get("budget_floor"):  # said, not silent: the user asked for no budget, the floor chose one
+            self.log(f"  budget floor: {report['steps']} optimiser steps at batch {report['batch_size']} (the default "
+                     f"epochs give fewer than --min-steps {self.train_cfg.min_steps} on {len(train_split)} images)")
+        return report
 
     def calibrate_part(self, i: int, d: TaskData) -> None:
         """Task i fitted on its held-out normals; earlier tasks scaled by their anchors' drift."""

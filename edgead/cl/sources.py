@@ -55,15 +55,19 @@ def run_sources(res: dict) -> list[dict]:
 
 def learning_stream(run: Path, data, tasks, *, normal=None, abnormal=None, mask=None, normal_test=None,
                     name: str | None = None, max_train: int | None = None):
-    """The new tasks of a `learn` call, from `--data ROOT --tasks` or one `--normal/--abnormal` folder task, and
-    the step that keeps a folder task's dataset file in the run (RUN/datasets/vN.yaml; None for --data): it is
-    written only once every check has passed, so a refused call leaves RUN as it was."""
+    """The new tasks of a `learn` call, from `--data ROOT --tasks` or one `--normal/--abnormal` folder task (at
+    most ``max_train`` normal training images each, default the run's own --max-train), and the step that
+    keeps a folder task's dataset file in the run (RUN/datasets/vN.yaml; None for --data): it is written only
+    once every check has passed, so a refused call leaves RUN as it was."""
     import shutil
     import tempfile
 
+    from edgead.cl.run_folder import read_state
     from edgead.data.folder import stream_from_options
     from firmware_sim.atomic import atomic_write_bytes
 
+    if max_train is None and (Path(run) / "state.json").is_file():  # the run's own --max-train, as `train` had it
+        max_train = read_state(Path(run))["config"].get("max_train")
     if normal is None:
         return stream_from_options(data, tasks, max_train=max_train), None
     tmp = Path(tempfile.mkdtemp(prefix="edgead-learn-"))
