@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{after['bytes_per_1000_frames']:,} B ({after['bytes_per_buffered_frame']:,.0f} B, record "
               f"{after['record_bytes']:,} B, {after['compactions']} compactions): {rows[-1]['reduction']}x less",
               flush=True)
-    result = {"command": "python benchmarks/bench_buffer_writes.py " + " ".join(argv or sys.argv[1:]),
+    result = {"command": " ".join(["python benchmarks/bench_buffer_writes.py", *(argv or sys.argv[1:])]),
               "frames": a.frames, "seed": a.seed, "rows": rows,
               "note": "bytes written after the file's creation; per buffered frame = all those bytes (compactions "
                       "and task-state records included) / frames stored"}

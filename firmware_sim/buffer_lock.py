@@ -1,7 +1,7 @@
 """One writer per replay buffer file: an exclusive lock held for as long as a device has the buffer attached.
 
-Every writer loads the whole file, changes it in memory and saves the whole file, so two writers at once
-would each overwrite the other's records (the last save wins). The lock is ``fcntl.flock`` on a lock file
+Every writer loads the file, changes it in memory and then appends to it or rewrites it from what it loaded,
+so two writers at once would overwrite each other's records (the last write wins). The lock is ``fcntl.flock`` on a lock file
 beside the buffer (``NAME.lock``, left in place: deleting it would let a third writer lock a fresh file while
 the second still holds the old one). The kernel drops the lock when its holder exits or is killed, so a
 crashed run never leaves the buffer locked. Without ``fcntl`` (not POSIX) there is no lock. Paths are

@@ -1,7 +1,8 @@
 """The latent replay buffer and its file: the one implementation shared by the host trainer and the device.
 
 Budget. ``nbytes`` is the size of the file ``save`` writes: file header + every record (per-record header and
-CRC included). The budget minus the file header is shared equally among the tasks seen; a task's share holds
+CRC included). The budget minus the file header (and, in append mode, the log's reserve: see
+firmware_sim.buffer_log) is shared equally among the tasks seen; a task's share holds
 its small task record (reservoir counter) and its samples. Within a task, samples are kept by reservoir
 sampling (Vitter's algorithm R, seeded) over the stream offered for that task; when a new task arrives the
 older tasks are shrunk to their new share by the selection policy: ``random`` (seeded; ``reservoir`` is an

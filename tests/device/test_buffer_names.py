@@ -104,3 +104,20 @@ def test_a_task_named_7_is_chosen_by_name():
         _parse_task("nut", ["nut"], 1, True)
     with pytest.raises(UserError, match="apply to a replay buffer"):
         _parse_task("1", ["nut"], None, False)
+
+
+def test_import_merge_maps_tasks_by_name(tmp_path):
+    from firmware_sim.commands import buffer_import
+
+    src = filled(budget=40_000, tasks=(0, 1), n=3)
+    src.name_task(0, "nut")
+    src.name_task(1, "brick")
+    dest = filled(budget=40_000, tasks=(0,), n=2)
+    dest.name_task(0, "brick")
+    src.save(tmp_path / "src.bin")
+    dest.save(tmp_path / "dest.bin")
+    out = buffer_import(tmp_path / "src.bin", tmp_path / "dest.bin", mode="merge")
+    merged, report = ReplayBuffer.load(tmp_path / "dest.bin")
+    assert report.errors == [] and merged.task_names() == {0: "brick", 1: "nut"} == out["task_names"]
+    per_task = merged.stats()["records_per_task"]
+    assert per_task == {0: 2 + 3, 1: 3}  # src's brick (its task 1) joined dest's brick (task 0)
