@@ -17,21 +17,36 @@ def print_table(res: dict) -> None:
 
     m = res["metrics"]
     n_tasks = res.get("completed_tasks", len(res.get("tasks", [])))
-    click.echo(f"{'metric':<14} {'final avg':>10} {'forget(rel)':>12} {'forget(abs)':>12}")
+    multi = n_tasks > 1  # forgetting needs a later task: no columns of n/a for a single task
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    click.echo(f"{'metric':<14} {'final avg' if multi else 'test':>10}"
+               + (f" {'forget(rel)':>12} {'forget(abs)':>12}" if multi else ""))
     for name in METRICS:
         e = m[name]
-        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
         # An average over fewer tasks (image-level tasks have no pixel metrics) says so.
         k = e.get("final_average_tasks", n_tasks)
         over = f"  (over {k} of {n_tasks} tasks)" if e["final_average"] is not None and k < n_tasks else ""
-        click.echo(f"{LABELS.get(name, name):<14} {fmt(e['final_average']):>10} {fmt(e['forgetting_relative']):>12} "
-                   f"{fmt(e['forgetting_absolute']):>12}{over}")
+        forget = f" {fmt(e['forgetting_relative']):>12} {fmt(e['forgetting_absolute']):>12}" if multi else ""
+        click.echo(f"{LABELS.get(name, name):<14} {fmt(e['final_average']):>10}{forget}{over}")
     decisions = (res.get("deployed") or {}).get("decisions")
     if decisions:
         click.echo(decision_table(decisions["per_task"], decisions.get("final_average")))
     mem = res["memory"]
-    click.echo(f"architecture {mem['architecture_bytes']['fp32']:,} B fp32; additional memory "
-               f"{mem['additional_bytes']:,} B")
+    click.echo(f"architecture {mem['architecture_bytes']['fp32']:,} B fp32; replay memory "
+               f"{mem['additional_bytes']:,} B" + (f" of a {mem['budget_bytes']:,} B budget" if mem.get("budget_bytes")
+                                                  else ""))
+    if mem.get("per_task"):
+        click.echo(memory_table(mem["per_task"]))
+
+
+def memory_table(per_task: dict) -> str:
+    """What the replay memory holds per product: samples, bytes, the latent crop kept and the budget's share."""
+    width = max([len("task"), *(len(t) for t in per_task)]) + 2
+    lines = [f"{'task':<{width}}{'samples':>10}{'bytes':>12}{'crop (C,H,W)':>16}{'of budget':>12}"]
+    for task, h in per_task.items():
+        crop = "whole" if not h.get("crop") else "x".join(map(str, h["crop"]))
+        lines.append(f"{task:<{width}}{h['samples']:>10,}{h['bytes']:>12,}{crop:>16}{h['share_of_budget']:>12.1%}")
+    return "\n".join(lines)
 
 
 def decision_table(per_task: dict, average: dict | None = None) -> str:

@@ -183,7 +183,8 @@ def train_task(model, train_images: np.ndarray, val_images: np.ndarray, pre: Pre
     every = cfg.select_every if cfg.steps is None else max(cfg.select_every, n_epochs // MAX_SELECTION_CHECKS)
     steps_done = 0
     # disable=None: tqdm shows the bar only when stderr is a terminal (not in logs or CI output)
-    bar = tqdm(range(n_epochs), desc=desc, disable=True if not cfg.progress else None, leave=False)
+    # leave=True: the finished bar stays as one line per task (epochs, time, last loss and selection score)
+    bar = tqdm(range(n_epochs), desc=desc, disable=True if not cfg.progress else None, leave=True)
     for epoch in bar:
         te = time.perf_counter()
         model.train()

@@ -46,7 +46,11 @@ def test_data_synth_show_train_eval(tmp_path):
     r = _edgead("train", "--data", str(data), "--tasks", "nut", "--image-size", "64", "--epochs", "1",
                 "--batch-size", "4", "--out", str(run), "--quiet")
     assert r.returncode == 0, r.stderr
-    assert "image_auroc" in r.stdout
+    assert "image_auroc" in r.stdout and "forget(" not in r.stdout  # one task: nothing to forget yet
+    log = (run / "train.log").read_text()
+    assert "task 1: nut" in log and "nut epoch 1: loss" in log  # the run folder keeps what was printed
+    epochs = (run / "epochs.csv").read_text().splitlines()
+    assert epochs[0] == "task_index,task,epoch,loss,selection,seconds" and epochs[1].startswith("0,nut,1,")
     saved = json.loads((run / "results.json").read_text())["metrics"]["image_auroc"]["matrix"][0][0]
     r = _edgead("eval", "--run", str(run), "--per-defect", "--json")
     assert r.returncode == 0, r.stderr
