@@ -663,49 +663,12 @@ class ReplayBuffer:
         log_start = meta.get("log_start") or len(data)  # a file without a log: all of it is compacted
         sample = (RECORD_OVERHEAD + (LOG_FIELDS if buf.append_mode else 0) + buf.codec.bytes_per_sample(buf.shape)
                   if buf.codec.fixed_size and buf.shape is not None else None)
-        pos, ordinal, damaged, entries = FILE_HEADER_SIZE, 0, [], []
-        while pos < len(data):
-            parsed, why = _parse_record(data, pos)
-            if parsed is not None and not 0 <= parsed[1] <= MAX_TASK_ID:
-                why = f"task id {parsed[1]} outside 0..{MAX_TASK_ID}"
-            elif parsed is not None and parsed[0] == KIND_TASK and parsed[3] < 0:
-                why = f"task record says {parsed[3]} samples offered"
-            elif parsed is not None:
-                checked = buf._entry(parsed[0], parsed[4])
-                why = checked if isinstance(checked, str) else ""
-            if parsed is not None and why:  # an intact record (its CRC holds) refused for what it says: one
-                end = pos + RECORD_OVERHEAD + len(parsed[4])
-                damaged.append((ordinal, pos, end, why, int(parsed[0] in (KIND_SAMPLE, KIND_LOG_SAMPLE))))
-                pos = end
-            elif parsed is None:
-                start, pos = pos, data.find(_SYNC, pos + 1)
-                while pos != -1 and _parse_record(data, pos)[0] is None:  # a marker inside damaged bytes
-                    pos = data.find(_SYNC, pos + 1)
-                pos = len(data) if pos == -1 else pos
-                damaged.append((ordinal, start, pos, why, None))
-            else:
-                entries.append((pos, parsed[0], parsed[1], parsed[2], parsed[3], *checked))
-                pos += RECORD_OVERHEAD + len(parsed[4])
-            ordinal += 1
+        entries, damaged = buf._scan(data)
         spare, where = buf._apply_entries(entries, report)
         sample = sample or (round(sum(buf._rec_bytes(r) for r in buf.records()) / len(buf)) if len(buf) else None)
-        clean = not note and budget_bytes is None
-        for ordinal, start, end, why, known in damaged:
-            clean = False  # damage of any kind: the next commit compacts the file (rare: after a crash)
-            if buf.append_mode and known is None and sample and (
-                    start == spare and end - start == sample or start >= log_start and end == len(data)
-                    and end - start < sample):
-                # The newest write, interrupted before its record was whole: never committed, nothing lost.
-                report.interrupted += 1
-                report.errors.append(f"{path}: bytes {start}-{end}: an interrupted write (never committed, so "
-                                     "nothing that was buffered is lost), ignored")
-                continue
-            clean = False
-            lost = known if known is not None else _lost_samples(data, start, end, sample)
-            report.dropped += lost
-            what = (f"{lost} sample record(s) dropped" if lost or end < len(data) or data[start:start + 4] == _SYNC
-                    else "ignored: bytes after the last record that are not a record")
-            report.errors.append(f"{path}: record #{ordinal} (bytes {start}-{end}) {what}: {why}")
+        buf._count_damage(data, damaged, sample, spare if buf.append_mode else -1, log_start, report)
+        # Damage of any kind, an override or a lost header: the next commit compacts the file (rare).
+        clean = not note and budget_bytes is None and not damaged
         stated = {}
         for task_id, records in buf._tasks.items():  # a damaged task record: rebuild what can be known
             stated[task_id] = buf._offered.get(task_id)
@@ -728,6 +691,54 @@ class ReplayBuffer:
         # would correlate the decisions before and after it.
         buf.reseed(sum(buf._offered.values()))
         return buf, report
+
+    def _scan(self, data: bytes) -> tuple[list[tuple], list[tuple]]:
+        """Every record after the header: (intact entries for ``_apply_entries``, damaged stretches (ordinal,
+        start, end, why, samples known lost or None to count from the bytes))."""
+        pos, ordinal, damaged, entries = FILE_HEADER_SIZE, 0, [], []
+        while pos < len(data):
+            parsed, why = _parse_record(data, pos)
+            if parsed is not None and not 0 <= parsed[1] <= MAX_TASK_ID:
+                why = f"task id {parsed[1]} outside 0..{MAX_TASK_ID}"
+            elif parsed is not None and parsed[0] == KIND_TASK and parsed[3] < 0:
+                why = f"task record says {parsed[3]} samples offered"
+            elif parsed is not None:
+                checked = self._entry(parsed[0], parsed[4])
+                why = checked if isinstance(checked, str) else ""
+            if parsed is not None and why:  # an intact record (its CRC holds) refused for what it says: one
+                end = pos + RECORD_OVERHEAD + len(parsed[4])
+                damaged.append((ordinal, pos, end, why, int(parsed[0] in (KIND_SAMPLE, KIND_LOG_SAMPLE))))
+                pos = end
+            elif parsed is None:
+                start, pos = pos, data.find(_SYNC, pos + 1)
+                while pos != -1 and _parse_record(data, pos)[0] is None:  # a marker inside damaged bytes
+                    pos = data.find(_SYNC, pos + 1)
+                pos = len(data) if pos == -1 else pos
+                damaged.append((ordinal, start, pos, why, None))
+            else:
+                entries.append((pos, parsed[0], parsed[1], parsed[2], parsed[3], *checked))
+                pos += RECORD_OVERHEAD + len(parsed[4])
+            ordinal += 1
+        return entries, damaged
+
+    @staticmethod
+    def _count_damage(data: bytes, damaged: list[tuple], sample: int | None, spare: int | None, log_start: int,
+                      report: LoadReport) -> None:
+        """Report each damaged stretch: an interrupted write of the append log (at the spare slot, or a partial
+        record at the end past ``log_start``) loses nothing; any other counts the sample records it held."""
+        for ordinal, start, end, why, known in damaged:
+            if known is None and sample and (start == spare and end - start == sample or
+                                             start >= log_start and end == len(data) and end - start < sample):
+                # The newest write, interrupted before its record was whole: never committed, nothing lost.
+                report.interrupted += 1
+                report.errors.append(f"{report.path}: bytes {start}-{end}: an interrupted write (never committed, "
+                                     "so nothing that was buffered is lost), ignored")
+                continue
+            lost = known if known is not None else _lost_samples(data, start, end, sample)
+            report.dropped += lost
+            what = (f"{lost} sample record(s) dropped" if lost or end < len(data) or data[start:start + 4] == _SYNC
+                    else "ignored: bytes after the last record that are not a record")
+            report.errors.append(f"{report.path}: record #{ordinal} (bytes {start}-{end}) {what}: {why}")
 
     def _apply_entries(self, entries: list[tuple], report: LoadReport) -> tuple[int | None, dict]:
         """Fill the buffer from the intact records (offset, kind, task, time, sample id, (seq, offered,

@@ -342,7 +342,7 @@ def test_sample_count_mode_caps_variable_size_codecs():
     pre = Preprocess(image_size=64)
     rng = np.random.default_rng(0)
     for codec in ("pca:0.9", "int8-channel"):
-        mem = LatentMemory.new(codec, model.latent_shape(), budget_bytes=None, memory_size=10, seed=0, max_tasks=3)
+        mem = LatentMemory.new(codec, model.latent_shape(), budget_bytes=None, memory_size=10, seed=0)
         for t in range(3):
             mem.update(t, model, rng.integers(0, 256, (12, 64, 64, 3), dtype=np.uint8), pre)
             assert sorted(mem.samples_per_task().values()) == [10 // (t + 1)] * (t + 1), (codec, t)
