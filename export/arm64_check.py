@@ -146,7 +146,35 @@ def check(bundle: Path, rootfs: Path, venv: str, inside: str, suite: str, out: P
     return result
 
 
+def target_requirements(text: str, python: str, machine: str = "aarch64") -> list[str]:
+    """The requirement lines of ``text`` that apply on (python X.Y, machine), markers removed: `pip download
+    --platform` evaluates markers against the host's own Python, not the target's."""
+    from packaging.requirements import Requirement
+
+    env = {"python_version": python, "python_full_version": f"{python}.0", "platform_machine": machine,
+           "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix"}
+    out = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate(env):
+            req.marker = None
+            out.append(str(req))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["requirements"]:  # used by the script to download the target's wheels on the host
+        p = argparse.ArgumentParser(prog="python -m edgead.export.arm64_check requirements")
+        p.add_argument("file", type=Path)
+        p.add_argument("--python", required=True, help="Target X.Y, e.g. 3.13")
+        p.add_argument("--machine", default="aarch64")
+        a = p.parse_args(argv[1:])
+        print("\n".join(target_requirements(a.file.read_text(), a.python, a.machine)))
+        return 0
     p = argparse.ArgumentParser(prog="python -m edgead.export.arm64_check",
                                 description="Host half of scripts/arm64_check.sh (run that script instead).")
     p.add_argument("bundle", type=Path)

@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-xnnpack", action="store_true", help="TFLite: built-in kernels without XNNPACK.")
     p.add_argument("--threads", type=int, default=1, help="Interpreter threads (default 1).")
     a = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # LiteRT's INFO lines stay off stderr (runtimes.litert)
     try:
         views = load_views(a.pixels)
         fmts = [f.strip() for f in a.formats.split(",") if f.strip()] if a.formats else None
