@@ -71,6 +71,8 @@ class RunWriter:
 
     def __call__(self, learner: Learner) -> None:
         i = len(learner.names) - 1
+        if learner.memory is not None:  # what each product holds once this version is done (so far)
+            self.versions[-1]["memory_after"] = learner.memory_holdings()
         with writing(self.out, f"the results of task {i + 1} ({learner.names[i]})"):
             mem_path = learner.save_files(i)
             atomic_write_json(self.out / "results.json", build_results(

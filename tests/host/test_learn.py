@@ -48,6 +48,9 @@ def test_learning_one_task_at_a_time_equals_one_stream(synth_root, tmp_path, str
     assert _numbers(grown) == _numbers(whole)
     assert grown["tasks"] == ["nut", "brick", "pill"] and len(grown["versions"]) == 3
     assert [v["tasks"] for v in grown["versions"]] == [["nut"], ["brick"], ["pill"]]
+    if strategy != "finetune":  # what each product held when each version was done
+        assert [list(v["memory_after"]) for v in grown["versions"]] == [["nut"], ["nut", "brick"],
+                                                                         ["nut", "brick", "pill"]]
     # every version's checkpoint stays readable
     assert sorted(p.name for p in (tmp_path / "grown" / "checkpoints").iterdir()) == [
         "task_00.pt", "task_01.pt", "task_02.pt"]
