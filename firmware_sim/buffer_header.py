@@ -101,11 +101,12 @@ def _copies(data: bytes) -> tuple[bytes | None, bytes | None, bytes | None]:
     return whole, first, second
 
 
-def read_header(data: bytes, where: str) -> tuple[dict, str | None]:
+def read_header(data: bytes, where: str, budget: int | None = None) -> tuple[dict, str | None]:
     """The checked description from a buffer file's bytes, and a note when it came from the second copy.
 
     Raises UserError for a file that is no buffer, another version or a description that is invalid, and
-    HeaderLost when no copy is intact.
+    HeaderLost when no copy is intact. ``budget`` (an explicit --budget) stands in for a budget field out of
+    range (written before sizes were bounded): the result then says "budget_overridden".
     """
     whole, first, second = _copies(data)
     note = None
@@ -121,7 +122,7 @@ def read_header(data: bytes, where: str) -> tuple[dict, str | None]:
             raise UserError(f"{where}: replay buffer header is truncated ({len(data)} of {FILE_HEADER_SIZE} B)")
         raise HeaderLost(f"{where}: replay buffer header is corrupt (CRC mismatch) and has no intact second copy")
     n = _fixed(block, where)
-    return validate_meta(block[HEAD.size:HEAD.size + n], where), note
+    return validate_meta(block[HEAD.size:HEAD.size + n], where, budget), note
 
 
 def _int(meta: dict, key: str, lo: int, hi: int, where: str) -> int:
@@ -131,7 +132,7 @@ def _int(meta: dict, key: str, lo: int, hi: int, where: str) -> int:
     return v
 
 
-def validate_meta(raw: bytes, where: str) -> dict:
+def validate_meta(raw: bytes, where: str, budget_override: int | None = None) -> dict:
     """The header's JSON -> {"shape": tuple | None, "codec", "budget_bytes", "seed", "policy"}, every field
     type- and range-checked (a UserError names the field)."""
     try:
@@ -158,8 +159,13 @@ def validate_meta(raw: bytes, where: str) -> dict:
     policy = meta.get("policy")
     if policy not in POLICY_NAMES:
         raise UserError(f"{where}: header field 'policy' is {policy!r}: expected one of {', '.join(POLICY_NAMES)}")
-    budget = _int(meta, "budget_bytes", 0, MAX_BUDGET, where)
+    try:
+        budget, overridden = _int(meta, "budget_bytes", 0, MAX_BUDGET, where), False
+    except UserError:
+        if budget_override is None:
+            raise
+        budget, overridden = budget_override, True
     log = {k: None if meta.get(k) is None else _int(meta, k, lo, budget, where)
            for k, lo in (("log_start", FILE_HEADER_SIZE), ("log_reserve", 0))}
     return {"shape": shape, "codec": codec, "budget_bytes": budget, "seed": _int(meta, "seed", 0, 2**64 - 1, where),
-            "policy": policy, **log}
+            "policy": policy, **log, **({"budget_overridden": True} if overridden else {})}

@@ -645,8 +645,11 @@ class ReplayBuffer:
             raise UserError(f"cannot read replay buffer {path}: {exc.strerror or exc}") from exc
         report = LoadReport(str(path))
         try:
-            meta, note = read_header(data, str(path))
-            report.header_budget = meta["budget_bytes"]
+            meta, note = read_header(data, str(path), None if budget_bytes is None else parse_size(budget_bytes))
+            report.header_budget = None if meta.get("budget_overridden") else meta["budget_bytes"]
+            if meta.get("budget_overridden"):
+                note = "; ".join(filter(None, [note, f"{path}: the header's budget is out of range; using the "
+                                               f"budget given, {format_size(meta['budget_bytes'])}"]))
         except HeaderLost as exc:
             if expect is None:
                 raise

@@ -42,6 +42,21 @@ def test_a_header_is_validated_before_it_is_written():
         pack_header({**OVER, "shape": [4, 8, 0]})
 
 
+def test_an_explicit_budget_reads_a_header_whose_budget_is_out_of_range(tmp_path):
+    # Case 59's files (written before sizes were bounded): every reader refused them, --budget and --shrink too.
+    from firmware_sim.device import open_buffer
+
+    path = tmp_path / "b.bin"
+    path.write_bytes(with_header_meta(device_buffer(16).to_bytes(), {**OVER, "budget_bytes": 10**30}))
+    with pytest.raises(UserError, match="budget_bytes"):
+        ReplayBuffer.load(path)
+    buf, report = open_buffer(path, "100kB", shrink=False)
+    assert len(buf) == 16 and report.dropped == report.evicted == 0 and buf.budget_bytes == 100_000
+    assert any("out of range" in e for e in report.errors)
+    with pytest.raises(UserError, match="--shrink"):
+        open_buffer(path, "4kB", shrink=False)
+
+
 def test_profile_with_an_absurd_budget_is_a_clear_error(tmp_path, capsys):
     # Case 58 for profile: OverflowError traceback.
     assert fw_main(["profile", "--artifact", str(tmp_path), "--budget", "1e400B"]) == 2
