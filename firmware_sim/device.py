@@ -292,7 +292,13 @@ class Device:
         return self.buffer
 
     def detach_buffer(self) -> None:
-        """Stop keeping latents and release the buffer's lock (the file is already saved)."""
+        """Stop keeping latents, write the count of frames offered but not stored, release the buffer's lock."""
+        if self.buffer is not None and self._lock is not None:
+            try:
+                self.buffer.commit(self.buffer_path)
+            except (OSError, UserError):
+                pass  # every stored record is durable already; only that count is lost (the reservoir then
+                # weighs the next frames as if fewer had come before)
         if self._lock is not None:
             self._lock.release()
         self._lock, self.buffer = None, None
