@@ -146,8 +146,7 @@ def convert_battery_weld(src: str | Path, out: str | Path, *, variant: str = "or
             mask_shown = f"{zip_path}:{masks[mask_name]}"
             mask_file = _extract(w, zf, masks[mask_name], folders["masks"], mask_shown)
             mask = None if mask_file is None else w.read_mask_file(mask_file, size, mask_shown)
-            if mask is not None:
-                w.add_image(img, "test", "defective", shown=shown)
+            if mask is not None and w.add_image(img, "test", "defective", shown=shown) is not None:
                 w.add_mask(mask, "defective", stem)
         orphans = sorted(set(masks) - used)
         return [w.finish({

@@ -84,8 +84,8 @@ def convert_bsdata(src: str | Path, out: str | Path, *, seed: int = 0, test_frac
             mask = rasterise(label, read_labelme(label), size)
             if not mask.any():
                 raise EdgeadError(f"{label}: its shapes cover no pixel of {p.name}")
-            w.add_image(p, "test", DEFECT)
-            w.add_mask(mask, DEFECT, p.stem)
+            if w.add_image(p, "test", DEFECT) is not None:  # None: the same bytes as a training image
+                w.add_mask(mask, DEFECT, p.stem)
         return [w.finish({
             "dataset": "bsdata", "source": SOURCE, "license": LICENSE, "seed": seed,
             "test_fraction": test_fraction,

@@ -9,11 +9,15 @@ Nothing is copied on trust: every image is decoded in full first (`verify_image`
 checked from the header before any pixel is decoded, then `verify()` and a full decode, which catches
 truncated files that `verify()` alone lets through). A bad image stops the conversion with its name, or with
 `skip_bad` is left out and counted in dataset.json (`ignored.bad_images`), never counted as a normal. A
-defect image whose mask marks no pixel is counted there too (`ignored.empty_masks`) and warned about.
+defect image whose mask marks no pixel is counted there too (`ignored.empty_masks`) and warned about. A test
+image with the same bytes as a training image is left out of test (`ignored.test_images_also_in_train`):
+scored on a picture it trained on, a detector looks better than it is (the published battery-weld split
+has 7 such good images; converters add training images first).
 """
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 import shutil
 import warnings
@@ -121,6 +125,8 @@ class CategoryWriter:
         self.bad: list[str] = []  # what was left out, with the reason
         self.empty_masks: list[str] = []  # "<defect>/<stem>" of defect images whose mask marks nothing
         self._checked: dict[Path, tuple[int, int] | None] = {}
+        self._train_digests: dict[str, str] = {}  # sha256 -> the training image's name
+        self.in_train: list[str] = []  # test images left out: the same bytes as a training image
         # The output-folder rule (edgead.outputs): resolved first; --overwrite replaces only a category this tool
         # converted (its marker or dataset.json), never a source folder or a user's folder of the same name.
         self.final = check_out(self.out / category, kind="dataset", force=overwrite, what="category folder",
@@ -163,8 +169,15 @@ class CategoryWriter:
     def add_image(self, src: Path, split: str, defect_type: str, name: str | None = None,
                   shown: str | None = None) -> Path | None:
         """Copy `src` byte for byte to `<split>/<defect_type>/<name or src.name>` once it decodes in full;
-        returns the new path, or None when the image is bad and skip_bad is set. Errors name `shown`."""
+        returns the new path, or None when the image is bad and skip_bad is set, or when it is a test image
+        with the bytes of a training image (counted, see the module docstring). Errors name `shown`."""
         if self.check_image(src, shown) is None:
+            return None
+        digest = hashlib.sha256(Path(src).read_bytes()).hexdigest()
+        if split == "train":
+            self._train_digests.setdefault(digest, name or src.name)
+        elif digest in self._train_digests:
+            self.in_train.append(f"{defect_type}/{name or src.name} = train/{self._train_digests[digest]}")
             return None
         dst = self.root / split / defect_type / (name or src.name)
         if dst.exists():
@@ -238,7 +251,12 @@ class CategoryWriter:
             raise EdgeadError(f"{self.category}: no defective test images found in the source")
         ignored = {**info.pop("ignored", {}), "bad_images": len(self.bad),
                    "bad_image_examples": self.bad[:EXAMPLES], "empty_masks": len(self.empty_masks),
-                   "empty_mask_examples": self.empty_masks[:EXAMPLES]}
+                   "empty_mask_examples": self.empty_masks[:EXAMPLES],
+                   "test_images_also_in_train": len(self.in_train),
+                   "test_images_also_in_train_examples": self.in_train[:EXAMPLES]}
+        if self.in_train:
+            warnings.warn(f"{self.category}: {len(self.in_train)} test image(s) left out, byte for byte the same "
+                          f"as a training image; first: {self.in_train[0]}", stacklevel=2)
         if self.bad:
             warnings.warn(f"{self.category}: {len(self.bad)} unreadable image(s) skipped (--skip-bad), not "
                           f"counted; first: {self.bad[0]}", stacklevel=2)

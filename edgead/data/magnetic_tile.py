@@ -63,8 +63,8 @@ def convert_magnetic_tile(src: str | Path, out: str | Path, *, category: str = "
             for jpg, mask_src in _pairs(src / cls):
                 size = w.check_image(jpg)
                 mask = None if size is None else w.read_mask_file(mask_src, size, threshold=SOURCE_MASK_THRESHOLD)
-                if mask is not None:  # None: image or mask bad and skipped (skip_bad)
-                    w.add_image(jpg, "test", name)
+                # None: image or mask bad and skipped (skip_bad), or the image is also a training image
+                if mask is not None and w.add_image(jpg, "test", name) is not None:
                     w.add_mask(mask, name, jpg.stem)
         return w.finish({
             "dataset": "magnetic-tile", "source": SOURCE, "license": LICENSE, "seed": seed,

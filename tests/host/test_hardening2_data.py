@@ -116,7 +116,8 @@ def _magnetic(folder: Path, defect_mask: np.ndarray) -> Path:
     for cls, n in (("MT_Free", 6), ("MT_Crack", 2)):
         (folder / cls / "Imgs").mkdir(parents=True)
         for i in range(n):
-            Image.fromarray(np.full((20, 30), 60 + i, np.uint8)).save(folder / cls / "Imgs" / f"{cls}_{i}.jpg")
+            value = 60 + i if cls == "MT_Free" else 150 + i
+            Image.fromarray(np.full((20, 30), value, np.uint8)).save(folder / cls / "Imgs" / f"{cls}_{i}.jpg")
             m = defect_mask if (cls != "MT_Free" and i == 0) else np.zeros((20, 30), np.uint8)
             if cls != "MT_Free" and i == 1:
                 m = np.zeros((20, 30), np.uint8)
@@ -424,3 +425,13 @@ def test_files_edgead_writes_have_no_aliases_and_read_back(tmp_path):
         (tmp_path / d).mkdir()
     specs = [FolderSpec("x", tmp_path / "a", tmp_path / "b"), FolderSpec("y", tmp_path / "a", tmp_path / "b")]
     assert read_dataset_file(write_dataset_file(tmp_path / "ds.yaml", specs)) == specs
+
+
+def test_a_test_image_that_is_a_training_image_is_left_out_and_counted(tmp_path):
+    _weld_zip(tmp_path)
+    _add_members(tmp_path / ZIP_NAME, {"welding/test/good/again.png": _png(seed=2)})  # = train/good/t2.png
+    with pytest.warns(UserWarning, match=r"1 test image\(s\) left out, byte for byte .*good/again\.png = train/t2"):
+        [cat] = convert_battery_weld(tmp_path, tmp_path / "out")
+    doc = json.loads((cat / "dataset.json").read_text())
+    assert doc["counts"]["test"]["good"] == 2 and doc["ignored"]["test_images_also_in_train"] == 1
+    assert not (cat / "test" / "good" / "again.png").exists()
