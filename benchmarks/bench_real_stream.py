@@ -397,6 +397,8 @@ def merge(a, argv) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edgead.cl.config import ReplayConfig
+    from edgead.options import add_arguments
     from edgead.sweep import INPUTS, Run, run_sweep
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -411,10 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="at most N normal training images per task (seeded draw; default: all)")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--weights", default=os.environ.get("EDGEAD_WEIGHTS_DIR"))
-    p.add_argument("--calibration-anchors", type=int, default=1,
-                   help="held-out normals per task kept to recalibrate thresholds (0: thresholds as fitted)")
-    p.add_argument("--latent-crop", default="auto",
-                   help="compressed replay: auto (crops only below one whole latent per task), none, or a side")
+    add_arguments(p, ReplayConfig, "calibration_anchors", "latent_crop")  # edgead's own definitions
     p.add_argument("--threshold-rule", default=None,
                    help="the runs' deployment threshold rule (default: edgead's default, docs/thresholds.md)")
     p.add_argument("--jobs", type=int, default=1, help="local processes (with --ray local: its CPUs)")

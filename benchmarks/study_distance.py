@@ -102,10 +102,14 @@ def run_study(run_dir: str, task: int | None, n_calib: int, max_images: int) -> 
 
 
 def main() -> None:
+    from edgead.export.pipeline import ExportOptions
+
+    from edgead.options import add_arguments
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
     ap.add_argument("--task", type=int, default=None)
-    ap.add_argument("--calibration", type=int, default=32)
+    add_arguments(ap, ExportOptions, "calibration")  # edgead export's own definition
     ap.add_argument("--max-images", type=int, default=200)
     a = ap.parse_args()
     print(json.dumps(run_study(a.run_dir, a.task, a.calibration, a.max_images), indent=2))

@@ -83,10 +83,14 @@ def _table(study: dict) -> str:
 
 
 def main() -> None:
+    from edgead.export.pipeline import ExportOptions
+
+    from edgead.options import add_arguments
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
     ap.add_argument("--task", type=int, default=None)
-    ap.add_argument("--calibration", type=int, default=32)
+    add_arguments(ap, ExportOptions, "calibration")  # edgead export's own definition
     ap.add_argument("--out", type=Path, default=None, help="write the full results here (JSON)")
     a = ap.parse_args()
     study = run_study(a.run_dir, a.task, a.calibration)

@@ -178,3 +178,21 @@ def doc_table(*classes: type) -> str:
             d = s.default_text or repr(s.default)
             lines.append(f"    {s.name} ({d}): {s.help}")
     return "\n".join(lines)
+
+
+def add_arguments(parser: Any, cls: type, *option_names: str) -> None:
+    """argparse options for the named fields of `cls`, for the benchmark scripts: the field's default, help and
+    choices, so a script shares edgead's definition instead of repeating it (text values of fields with a
+    parser stay text; build the dataclass with `take`)."""
+    by_name = {s.name: s for s in specs(cls)}
+    for n in option_names:
+        s = by_name[n]
+        kind = str if s.parse is not None or isinstance(s.default, str) else type(s.default)
+        kw: dict[str, Any] = {"default": s.default, "help": s.help}
+        if isinstance(s.default, bool):
+            kw = {"action": "store_false" if s.flag else "store_true", "dest": s.name, "help": s.help}
+        elif s.choices is not None:
+            kw["choices"] = s.choices
+        elif s.default is not None:
+            kw["type"] = kind
+        parser.add_argument(s.cli_name, **kw)

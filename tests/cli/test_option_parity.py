@@ -156,3 +156,23 @@ def test_fit_rejects_an_unknown_option_by_name():
         Detector(image_size=64).fit("nowhere", epoch=3)
     with pytest.raises(EdgeadError, match="Detector.export: unknown option format "):
         Detector(image_size=64).export("x", format="onnx")
+
+
+def test_benchmark_arguments_take_the_dataclass_definition():
+    import argparse
+
+    from edgead.export.pipeline import ExportOptions
+
+    from edgead.cl.config import ReplayConfig
+    from edgead.options import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p, ReplayConfig, "latent_crop", "calibration_anchors", "budget")
+    add_arguments(p, ExportOptions, "calibration", "io")
+    a = p.parse_args([])
+    assert (a.latent_crop, a.calibration_anchors, a.budget) == ("auto", 1, None)
+    assert (a.calibration, a.io) == (ExportOptions().calibration, "int8")
+    a = p.parse_args(["--calibration", "8", "--budget", "500kB", "--calibration-anchors", "0"])
+    assert a.calibration == 8 and a.calibration_anchors == 0 and a.budget == "500kB"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--io", "float"])
