@@ -290,6 +290,8 @@ def test_manifest_task_calibration(manifest_dir, names, thresholds, mutate, data
     per = {n: {"threshold": t, "score_min": t - 1} for n, t in zip(names, thresholds[:len(names)], strict=True)}
     tc = {"tasks": names, "per_task": per}
     for _ in range(mutate):  # none to three values replaced by random JSON, or deleted
+        if not isinstance(tc, (dict, list)) or not tc:
+            break  # nothing left to mutate
         tc = _mutate(tc, data, drop=True)
     try:
         path.write_text(json.dumps({**json.loads(good), "task_calibration": tc}))
