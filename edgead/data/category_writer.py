@@ -91,8 +91,9 @@ def verify_image(path: Path, shown: str | None = None) -> tuple[int, int]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise EdgeadError(f"{shown}: image too large to decode safely ({e})") from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError) as e:
-        raise EdgeadError(f"{shown}: cannot read image ({e}); expected a readable PNG, JPEG, BMP or TIFF file") \
-            from None
+        reason = str(e).replace(str(path), "it")  # PIL quotes the path: a scratch copy's means nothing to a user
+        raise EdgeadError(f"{shown}: cannot read image ({reason}); expected a readable PNG, JPEG, BMP or TIFF "
+                          "file") from None
     return size
 
 

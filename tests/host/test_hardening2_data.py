@@ -69,6 +69,7 @@ def test_battery_weld_skip_bad_counts_bad_members_not_as_normals(tmp_path):
     assert doc["counts"]["ground_truth"] == {"defective": 3}  # the bad defect image's mask left out with it
     assert doc["ignored"]["bad_images"] == 3
     assert any("cut.png" in e for e in doc["ignored"]["bad_image_examples"])
+    assert not any(".scratch" in e for e in doc["ignored"]["bad_image_examples"])  # the zip member, not a temp copy
 
 
 def test_battery_weld_caps_a_member_declared_size_before_extracting(tmp_path):
