@@ -18,6 +18,7 @@ import os
 import re
 from pathlib import Path
 
+from edgead.cl.run_log import EPOCHS_NAME, LOG_NAME
 from edgead.engine.thresholds import LEGACY_THRESHOLD_RULE
 from edgead.errors import EdgeadError
 from edgead.outputs import check_writable
@@ -28,8 +29,8 @@ STATE_NAME = "state.json"
 PATH_KEYS = ("data_root", "device_buffer", "device_trunk")  # config values that name files or folders
 _TMP = re.compile(r"\..+\.tmp|\.edgead-write-test-.+")  # atomic writes' and edgead.outputs' probe files
 # What a run writes at the top of its folder: --force writes a run beside a user's files, never over these.
-RUN_NAMES = ("state.json", "results.json", "config.yaml", "dataset.yaml", "checkpoints", "memory", "calibration",
-             "train.log", "epochs.csv")
+RUN_NAMES = (STATE_NAME, "results.json", "config.yaml", "dataset.yaml", "checkpoints", "memory", "calibration",
+             LOG_NAME, EPOCHS_NAME)
 
 
 def config_path(value: str | os.PathLike | None) -> str | None:
