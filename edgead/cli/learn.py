@@ -21,7 +21,7 @@ from edgead.cli.tables import print_table
 @click.option("--abnormal", default=None, type=click.Path(path_type=Path), help="Folder of abnormal images.")
 @click.option("--mask", default=None, type=click.Path(path_type=Path), help="Folder of masks for --abnormal.")
 @click.option("--normal-test", default=None, type=click.Path(path_type=Path),
-              help="Folder of good test images (default: a seeded 20%% of --normal).")
+              help="Folder of good test images (default: a seeded 20% of --normal).")
 @click.option("--name", default=None, help="Name of the --normal/--abnormal product (default: its folder's).")
 @click.option("--max-train", type=int, default=None, help="At most N normal training images per new task (default: the run's --max-train).")
 @click.option("--epochs", type=int, default=None, help="Epochs per new task (default: the run's).")
