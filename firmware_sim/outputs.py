@@ -34,6 +34,8 @@ MARKER = ".edgead-folder.json"  # {"kind": ..., "tool": "edgead"}: written by th
 MARKER_TOOL = "edgead"
 # A killed command leaves its temporary sibling `.OUT.partial-<pid>-XXXX`; older versions had no pid in it.
 _PARTIAL = re.compile(r"\.(?P<name>.+)\.partial-(?:(?P<pid>\d+)-)?[A-Za-z0-9_]+")
+# publish() moves the previous OUT aside as `.OUT.old-<pid>-<ns>` for the moment of the swap.
+_OLD = re.compile(r"\.(?P<name>.+)\.old-(?P<pid>\d+)-\d+")
 _LEGACY_PARTIAL_AGE_S = 24 * 3600  # a pid-less partial folder this old belongs to no live command
 
 Recogniser = Callable[[Path], bool]
@@ -175,12 +177,22 @@ def clean_partials(out: Path) -> list[Path]:
     """Remove the temporary siblings ``.OUT.partial-*`` that killed commands writing ``out`` left behind.
 
     A folder named with a pid is removed when that process is gone; one without a pid (older versions) when it
-    has not changed for a day. Returns what was removed.
+    has not changed for a day. A previous OUT that a killed :func:`publish` had moved aside is put back if OUT
+    is missing, else removed. Returns what was removed.
     """
     removed = []
     if not out.parent.is_dir():
         return removed
-    for p in out.parent.iterdir():
+    for p in list(out.parent.iterdir()):  # entries may be renamed below
+        old = _OLD.fullmatch(p.name)
+        if old is not None and old["name"] == out.name and p.is_dir() and not _alive(int(old["pid"])):
+            if not out.exists():
+                os.replace(p, out)  # killed between the two renames: the previous folder is still the valid one
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            if not p.exists():
+                removed.append(p)
+            continue
         m = _PARTIAL.fullmatch(p.name)
         if m is None or m["name"] != out.name or p.is_symlink() or not p.is_dir():
             continue

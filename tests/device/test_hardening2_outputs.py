@@ -123,6 +123,19 @@ def test_killed_bundles_partial_folder_is_removed_next_time(parent, tmp_path):
     assert live.is_dir() and other.is_dir()
 
 
+def test_a_previous_bundle_moved_aside_by_a_killed_swap_is_restored_or_removed(parent, tmp_path):
+    out = tmp_path / "b"
+    make_bundle(parent / "art", out, "tflite-int8", archive=False)
+    before = _snapshot(out)
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    aside = tmp_path / f".b.old-{dead}-123"
+    os.replace(out, aside)  # killed after moving the old bundle aside, before the new one was renamed in
+    assert clean_partials(out) == [] and _snapshot(out) == before and not aside.exists()
+    aside.mkdir()  # killed after the swap, before the old one was removed
+    assert clean_partials(out) == [aside] and _snapshot(out) == before
+
+
 def test_cli_refusal_is_a_clear_error(parent):
     art = parent / "art"
     before = _snapshot(art)
