@@ -37,8 +37,9 @@ def _read_buffer(path: Path, latent_shape: tuple[int, ...], log) -> dict[str, li
         buf, report = ReplayBuffer.load(path)
     except UserError as e:
         raise EdgeadError(f"--device-buffer {path}: {e}") from None
-    if report.dropped:
-        log(f"warning: {path}: {report.dropped} damaged record(s) dropped, {report.kept} intact merged")
+    if report.dropped or report.evicted:  # evicted: a header whose budget is below its own content
+        log(f"warning: {path}: {report.dropped} damaged record(s) dropped, {report.evicted} evicted (over the "
+            f"file's budget), {report.kept} intact merged")
     if buf.shape is None or len(buf) == 0:
         raise EdgeadError(f"--device-buffer {path}: holds no records; nothing to merge")
     if tuple(buf.shape) != tuple(latent_shape):
