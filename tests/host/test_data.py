@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -127,6 +128,8 @@ def test_convert_magnetic_tile(tmp_path):
     assert kinds == {"blowhole", "break", "crack", "fray", "uneven"}
     m = np.asarray(Image.open(next((tmp_path / "magnetic_tile" / "ground_truth" / "crack").iterdir())))
     assert set(np.unique(m)) <= {0, 255}
+    ignored = json.loads((out / "dataset.json").read_text())["ignored"]
+    assert ignored["empty_masks"] == 4 and ignored["bad_images"] == 0  # 4 all-zero MT_Uneven masks, kept
     with pytest.raises(EdgeadError, match="already exists"):
         convert_magnetic_tile(MAGNETIC_TILE, tmp_path)
     first = sorted(p.name for p in (tmp_path / "magnetic_tile" / "test" / "good").iterdir())
