@@ -128,11 +128,15 @@ def load_run(run_dir: str | os.PathLike, task: int | None) -> Run:
 
 def load_data(run: Run, data_root: Path | None) -> tuple[np.ndarray, LoadedSplit, list[str]]:
     """(normal training images of the run's tasks so far, their held-out test split, task names)."""
+    from edgead.cl.sources import SourcedStream, run_sources
+
     cfg = run.results["config"]
     tasks = run.results["tasks"][: run.task_index + 1]
-    root = Path(data_root or cfg["data_root"])
     try:
-        stream = open_stream(root, tasks, cfg.get("max_train"))
+        if data_root is None:  # each task from where it was read (a run grown by `edgead learn`; device tasks
+            stream = SourcedStream(tasks, run_sources(run.results)[: run.task_index + 1])  # have no images)
+        else:
+            stream = open_stream(Path(data_root), tasks, cfg.get("max_train"))
     except EdgeadError as e:
         raise EdgeadError(f"{e} (the run's data is needed for calibration and the fidelity check; pass --data "
                           f"if it has moved)") from None

@@ -46,21 +46,23 @@ def test_device_kept_products_come_back_with_their_thresholds(tmp_path, monkeypa
                ReplayConfig("compressed-replay", "int8-channel", 30_000), run, log=lambda m: None)
     export_run(run, tmp_path / "art", ExportOptions(formats=["tflite-int8"], calibration=8, allow_drift=True))
     buf = tmp_path / "flash" / "kept.edgeadrb"
-    for product in ("nut", "brick"):  # --keep all: a one-epoch model calls most frames anomalous
-        r = _fw("run", "--artifact", tmp_path / "art", "--images", data / product / "train" / "good", "--buffer", buf,
-                "--budget", "200kB", "--task", product, "--keep", "all")
+    # A product the run knows, and one it has never seen (gadget: in no dataset the run read). --keep all: a
+    # one-epoch model calls most frames anomalous, and the default keeps none of those.
+    for product, images in (("nut", "nut"), ("gadget", "brick")):
+        r = _fw("run", "--artifact", tmp_path / "art", "--images", data / images / "train" / "good",
+                "--buffer", buf, "--budget", "200kB", "--task", product, "--keep", "all")
         assert r.returncode == 0, r.stderr[-2000:]
     kept = ReplayBuffer.load(buf)[0]
-    assert sorted(kept.task_names().values()) == ["brick", "nut"]
+    assert sorted(kept.task_names().values()) == ["gadget", "nut"]
 
     assert main(["learn", "--run", str(run), "--device-buffer", str(buf), "--quiet"]) is None
     res = json.loads((run / "results.json").read_text())
-    assert res["tasks"] == ["nut", "brick"] and res["task_data"][1]["data"] is None
+    assert res["tasks"] == ["nut", "gadget"] and res["task_data"][1]["data"] is None
     assert res["versions"][-1]["merged"] == {"nut": len(list(kept.records(kept.task_id_of("nut")))),
-                                             "brick": len(list(kept.records(kept.task_id_of("brick"))))}
-    assert res["memory"]["per_task"]["brick"]["samples"] >= 1 and res["memory"]["total_bytes"] <= 30_000
+                                             "gadget": len(list(kept.records(kept.task_id_of("gadget"))))}
+    assert res["memory"]["per_task"]["gadget"]["samples"] >= 1 and res["memory"]["total_bytes"] <= 30_000
     export_run(run, tmp_path / "art2", ExportOptions(formats=["onnx"], calibration=8, allow_drift=True))
     m = load_manifest(tmp_path / "art2")
-    assert m.tasks == ["nut", "brick"]
+    assert m.tasks == ["nut", "gadget"]
     for name in m.tasks:
         assert m.calibration(name)["threshold"] == pytest.approx(res["calibration"]["per_task"][name]["threshold"])
