@@ -24,12 +24,13 @@ warned about when the folders are scanned (`edgead.data.layout`).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgead.data.layout import CategoryIndex, scan_folder
 from edgead.data.loading import load_entries
-from edgead.data.stream import TaskData, TaskSequence, TaskStream, split_validation, subsample
+from edgead.data.stream import TaskData, TaskSequence, TaskStream, few, split_validation, subsample
 from edgead.errors import EdgeadError
 from firmware_sim.preprocess import Preprocess
 
@@ -191,11 +192,12 @@ class FolderStream(TaskSequence):
         self.max_train = max_train
         by_name = {s.name: s for s in specs}
         if len(by_name) != len(specs):
-            raise EdgeadError(f"{self.root}: two tasks share a name ({[s.name for s in specs]}); name them apart")
+            twice = sorted(n for n, k in Counter(s.name for s in specs).items() if k > 1)
+            raise EdgeadError(f"{self.root}: two tasks share a name ({few(twice)}); name them apart")
         if names is not None:
             missing = [n for n in names if n not in by_name]
             if missing:
-                raise EdgeadError(f"unknown task(s) {missing} in {self.root}; available: {list(by_name)}")
+                raise EdgeadError(f"unknown task(s) {few(missing)} in {self.root}; available: {few(list(by_name))}")
             specs = [by_name[n] for n in names]
         self.tasks = [FolderTask(i, s, max_train) for i, s in enumerate(specs)]
 

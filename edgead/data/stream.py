@@ -7,6 +7,7 @@ thresholds and model selection; the test set is never used for either (anomalib 
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,12 @@ class TaskSequence:
         return [t.name for t in self.tasks]
 
 
+def few(items: list, n: int = 8) -> str:
+    """A list for an error message: the first `n` items and how many more (a task list can be huge)."""
+    shown = ", ".join(repr(str(x)[:60]) for x in items[:n])
+    return f"[{shown}{f', ... and {len(items) - n} more' if len(items) > n else ''}]"
+
+
 class TaskStream(TaskSequence):
     """Categories of one dataset root, in order. Checks every category exists before anything trains."""
 
@@ -110,10 +117,11 @@ class TaskStream(TaskSequence):
         if not categories:
             raise EdgeadError(f"{self.root}: no categories found (expected <root>/<category>/train/good)")
         if len(set(categories)) != len(categories):
-            raise EdgeadError(f"task list {list(categories)} names a category twice")
+            twice = sorted(c for c, k in Counter(categories).items() if k > 1)
+            raise EdgeadError(f"task list of {len(categories)} names a category twice: {few(twice)}")
         missing = [c for c in categories if c not in present]
         if missing:
-            raise EdgeadError(f"unknown categor{'y' if len(missing) == 1 else 'ies'} {missing} in {self.root}; "
-                              f"available: {present or 'none'}")
+            raise EdgeadError(f"unknown categor{'y' if len(missing) == 1 else 'ies'} {few(missing)} in {self.root}; "
+                              f"available: {few(present) if present else 'none'}")
         self.tasks = [Task(i, c, self.root, max_train) for i, c in enumerate(categories)]
 

@@ -436,3 +436,11 @@ def test_a_test_image_that_is_a_training_image_is_left_out_and_counted(tmp_path)
     doc = json.loads((cat / "dataset.json").read_text())
     assert doc["counts"]["test"]["good"] == 2 and doc["ignored"]["test_images_also_in_train"] == 1
     assert not (cat / "test" / "good" / "again.png").exists()
+
+
+def test_a_huge_task_list_gives_a_short_error(synth_root):
+    for tasks, match in [("nut," * 100_000, r"task list of 100000 names a category twice: \['nut'\]"),
+                         (",".join(f"x{i}" for i in range(100_000)), r"unknown categories \['x0', .* and 99992 more\]")]:
+        with pytest.raises(EdgeadError, match=match) as e:
+            stream_from_options(synth_root, tasks)
+        assert len(str(e.value)) < 1000
