@@ -68,5 +68,7 @@ def write_at(path: Path, writes: list[tuple[int, bytes]]) -> int:
                 view, offset, done = view[n:], offset + n, done + n
             os.fsync(fd)  # this record is durable before the next write may free the slot it replaced
         return done
+    except OSError as e:  # a full disk or a file size limit: name the buffer (pwrite's error has no file name)
+        raise OSError(e.errno, e.strerror, str(path)) from e
     finally:
         os.close(fd)

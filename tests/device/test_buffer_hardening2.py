@@ -141,3 +141,28 @@ def test_a_symlink_and_its_target_are_one_buffer(tmp_path):
     with BufferLock(link):  # the lock of the link is the lock of the target
         with pytest.raises(UserError, match="in use"):
             buffer_import(src, real)
+
+
+FULL_DISK = textwrap.dedent("""
+    import resource, signal, sys
+    from firmware_sim.atomic import atomic_write_bytes
+    from firmware_sim.buffer_log import write_at
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a size limit then fails the write (EFBIG), as a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    for call in (lambda: atomic_write_bytes(sys.argv[1], bytes(10_000)),
+                 lambda: write_at(__import__("pathlib").Path(sys.argv[2]), [(4000, bytes(1000))])):
+        try:
+            call()
+        except OSError as e:
+            print(e.filename)
+""")
+
+
+def test_write_errors_name_the_buffer_file(tmp_path):
+    # "a file: No space left on device": errors of a write or fsync carry no file name of their own.
+    target, existing = tmp_path / "new.bin", tmp_path / "old.bin"
+    existing.write_bytes(bytes(100))
+    r = subprocess.run([sys.executable, "-c", FULL_DISK, str(target), str(existing)], capture_output=True,
+                       text=True, env=ENV, timeout=60)
+    assert r.stdout.split() == [str(target), str(existing)], r.stderr[-2000:]
+    assert not target.exists() and existing.stat().st_size <= 4096
