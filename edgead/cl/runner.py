@@ -165,6 +165,25 @@ def open_run(run: Path | str) -> dict:
     return state
 
 
+# Options fixed by a run's first version: where each is recorded in its configuration.
+FIXED = {"model": ("detector", "model"), "backbone": ("detector", "backbone"), "image_size": ("detector", "image_size"),
+         "strategy": ("strategy",), "codec": ("codec",), "seed": ("train", "seed"),
+         "threshold_rule": ("train", "threshold_rule"), "resize": ("train", "resize")}
+
+
+def check_fixed(run: Path, config: dict, given: dict) -> None:
+    """Refuse a value for an option a later version cannot change (model, backbone, image size, codec, ...)."""
+    for key, value in given.items():
+        if value is None:
+            continue
+        path = FIXED[key]
+        saved = config.get(path[0]) if len(path) == 1 else (config.get(path[0]) or {}).get(path[1])
+        if str(saved) != str(value):
+            raise EdgeadError(f"--{key.replace('_', '-')} {value}: --run {run} was trained with {saved}; a later "
+                              f"version keeps the run's {key.replace('_', ' ')} (its products share one model and "
+                              "memory): start a new run with `edgead train` to change it")
+
+
 def changed_train(saved: dict, epochs: int | None, steps: int | None, device: str | None) -> TrainConfig:
     """The saved training settings with what this version may change."""
     train = TrainConfig(**{**saved, "progress": False})
@@ -191,7 +210,8 @@ def changed_replay(config: dict, budget_bytes: int | None) -> ReplayConfig:
 def learn_run(run: Path | str, stream=None, *, epochs: int | None = None, steps: int | None = None,
               budget_bytes: int | None = None, device: str | None = None, resume: bool = False,
               skip_bad: bool = False, command: str | None = None, log: Callable[[str], None] = print,
-              plugins: Sequence[EvaluationPlugin] = (), prepare: Callable[[int], None] | None = None) -> dict:
+              plugins: Sequence[EvaluationPlugin] = (), prepare: Callable[[int], None] | None = None,
+              fixed: dict | None = None) -> dict:
     """Continue the finished run ``run`` with the tasks of ``stream`` (a new version of the run).
 
     Args:
@@ -203,6 +223,8 @@ def learn_run(run: Path | str, stream=None, *, epochs: int | None = None, steps:
         skip_bad, command, log, plugins: as `run_stream`.
         prepare: called with the new version's number once every check has passed, before anything is
             written (the CLI writes a folder task's dataset file there).
+        fixed: values given for options a version cannot change (keys of FIXED): refused unless they are the
+            run's own.
 
     Returns:
         results.json's content, with a row and a column more per new task.
@@ -214,6 +236,7 @@ def learn_run(run: Path | str, stream=None, *, epochs: int | None = None, steps:
         raise EdgeadError("learn: no new tasks (give --data ROOT --tasks NEW or --normal/--abnormal folders)")
     state = open_run(run)
     config, done = json.loads(json.dumps(state["config"])), state["completed_tasks"]
+    check_fixed(run, config, fixed or {})
     taken = [n for n in stream.names if n in config["tasks"]]
     if taken:
         raise EdgeadError(f"--run {run} already has task(s) {taken} (its tasks: {', '.join(config['tasks'])}); "

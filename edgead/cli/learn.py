@@ -31,11 +31,16 @@ from edgead.cli.tables import print_table
 @click.option("--device-buffer", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Merge what a device kept (a replay buffer file) into the run's memory: a product the run "
                    "knows joins its task, a new one becomes a new task.")
+@click.option("--model", default=None, help="Fixed by the run: refused unless it is the run's own.")
+@click.option("--backbone", default=None, help="Fixed by the run: refused unless it is the run's own.")
+@click.option("--image-size", type=int, default=None, help="Fixed by the run: refused unless it is the run's own.")
+@click.option("--codec", default=None, help="Fixed by the run: refused unless it is the run's own.")
+@click.option("--strategy", default=None, help="Fixed by the run: refused unless it is the run's own.")
 @click.option("--resume", is_flag=True, help="Finish the tasks of a `learn` that was killed.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images with a warning instead of stopping.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def learn(run, data, tasks, normal, abnormal, mask, normal_test, name, max_train, epochs, steps, budget, device,
-          device_buffer, resume, skip_bad, quiet):
+          device_buffer, model, backbone, image_size, codec, strategy, resume, skip_bad, quiet):
     """Continue RUN with new products: from its last checkpoint, replay memory and per-task thresholds, the new
     tasks appended (results.json grows by a row and a column each; every earlier checkpoint stays)."""
     from edgead import console
@@ -60,6 +65,7 @@ def learn(run, data, tasks, normal, abnormal, mask, normal_test, name, max_train
             raise click.UsageError("--name names a --normal/--abnormal product; --data products keep their folder names")
         stream, prepare = learning_stream(run, data, tasks, normal=normal, abnormal=abnormal, mask=mask,
                                           normal_test=normal_test, name=name, max_train=max_train)
+    fixed = {"model": model, "backbone": backbone, "image_size": image_size, "codec": codec, "strategy": strategy}
     res = learn_run(run, stream, epochs=epochs, steps=steps, budget_bytes=budget_bytes, device=device,
-                    resume=resume, skip_bad=skip_bad, command=command, log=log, prepare=prepare)
+                    resume=resume, skip_bad=skip_bad, command=command, log=log, prepare=prepare, fixed=fixed)
     print_table(res)

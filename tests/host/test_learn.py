@@ -86,6 +86,10 @@ def test_bad_input_leaves_the_run_unchanged(synth_root, tmp_path):
         learn_run(tmp_path, TaskStream(synth_root, ["brick"]), **QUIET)
     with pytest.raises(EdgeadError, match=r"already has task\(s\) \['nut'\]"):
         learn_run(out, TaskStream(synth_root, ["brick", "nut"]), **QUIET)
+    with pytest.raises(EdgeadError, match="--codec int4-channel: .* trained with int8-channel.*new run"):
+        learn_run(out, TaskStream(synth_root, ["brick"]), fixed={"codec": "int4-channel", "model": "paste"}, **QUIET)
+    with pytest.raises(EdgeadError, match="--image-size 128: .* trained with 64"):
+        learn_run(out, TaskStream(synth_root, ["brick"]), fixed={"image_size": 128}, **QUIET)
     with pytest.raises(EdgeadError, match="never lower"):
         learn_run(out, TaskStream(synth_root, ["brick"]), budget_bytes=7_000, **QUIET)
     with pytest.raises(EdgeadError, match="nothing to resume"):
