@@ -119,3 +119,14 @@ def test_a_device_through_a_symlink_takes_the_real_buffers_lock(art, tmp_path):
         assert device.infer(art["images"][0]).stored
         device.detach_buffer()
     assert link.is_symlink() and len(ReplayBuffer.load(real)[0]) == 1
+
+
+@pytest.mark.slow
+def test_profile_reports_bytes_written_per_1000_frames(art):
+    from firmware_sim import commands
+
+    res = commands.profile(art["art"], budget="40kB", runs=1, warmup=0, compare=False)
+    w = res["buffer_writes"]
+    assert w["frames"] == 1000 and w["bytes_per_1000_frames"] == w["bytes_written"] > 0
+    assert w["bytes_per_buffered_frame"] <= w["record_bytes"] + 64 and w["compactions"] == 0
+    assert commands.profile(art["art"], runs=1, warmup=0, compare=False)["buffer_writes"] is None  # no budget
