@@ -13,7 +13,9 @@ import click
 @click.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo"), show_default=True)
 @click.option("--category", default="nut", show_default=True, help="Synthetic category to learn.")
-@click.option("--epochs", default=15, show_default=True)
+# 8 epochs of 5 steps (batch 8) train as well as 15 epochs of 2 steps (batch 32) on the 32 training images, in
+# half the time; 8 held-out normals (val 0.2) set a steadier threshold than 4.
+@click.option("--epochs", default=8, show_default=True)
 @click.option("--image-size", default=256, show_default=True)
 @click.option("--weights", default=None, type=click.Path(path_type=Path),
               help="MCUNet-in3 ImageNet weights file or folder (else $EDGEAD_WEIGHTS_DIR, cache, download).")
@@ -37,7 +39,7 @@ def demo(out: Path, category: str, epochs: int, image_size: int, weights: Path |
 
         shutil.rmtree(run_dir)  # the demo always trains afresh
     det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=image_size)
-    cfg = TrainConfig(epochs=epochs, seed=seed)
+    cfg = TrainConfig(epochs=epochs, seed=seed, batch_size=8, val_fraction=0.2)
     with warnings.catch_warnings():
         # The demo trains a few explicit epochs on purpose (minutes, not the budget floor's 1000 steps).
         warnings.simplefilter("ignore", BudgetWarning)
