@@ -54,7 +54,8 @@ def check_types(obj: Any) -> None:
         v = getattr(obj, f.name)
         if not any(_TESTS[p][0](v) for p in parts):
             expected = " or ".join(_TESTS[p][1] for p in parts)
-            raise EdgeadError(f"{f.name} {v!r}: expected {expected} (got {type(v).__name__})")
+            name = f.metadata.get("name") or f.name  # the option's name as the user gives it (budget)
+            raise EdgeadError(f"{name} {v!r}: expected {expected} (got {type(v).__name__})")
 
 
 def check_seed(seed: int) -> None:

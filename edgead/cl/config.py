@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edgead.cl.crops import MIN_CROP_SIDE, auto_crop_side
 from edgead.errors import EdgeadError
+from edgead.field_types import check_types
 from edgead.options import option
 from firmware_sim.codecs import Codec, get_codec
 from firmware_sim.replay_buffer import POLICIES
@@ -61,12 +62,13 @@ class ReplayConfig:
                                        "export's int8 TFLite trunk output (--codec int8-device).")
     calibration_anchors: int = option(1, help="Held-out normals kept per task (inside the budget) to recalibrate "
                                       "earlier tasks' thresholds after each update; 0: keep them as fitted.")
-    latent_crop: str = option("auto", help="compressed-replay with --budget: auto keeps whole latents "
+    latent_crop: str | int = option("auto", help="compressed-replay with --budget: auto keeps whole latents "
                               "when one fits in every task's share, else the largest square crop that does; "
                               "none: whole only; N: crops of N latent cells.")
     codec_obj: Codec | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        check_types(self)  # fit(memory_size="5"): a clear error naming the keyword, not a TypeError below
         if self.strategy not in STRATEGIES:
             raise EdgeadError(f"unknown strategy {self.strategy!r}: expected one of {', '.join(STRATEGIES)}")
         if self.codec is not None and self.strategy != "compressed-replay":

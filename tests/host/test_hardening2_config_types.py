@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgead.api import Detector
+from edgead.cl.config import ReplayConfig
 from edgead.cli import main
 from edgead.engine.trainer import TrainConfig
 from edgead.errors import EdgeadError
@@ -29,6 +30,17 @@ from edgead.models.teacher_student import DetectorConfig
 def test_train_config_refuses_wrong_types_and_seeds(kw, message):
     with pytest.raises(EdgeadError, match=message.replace("(", r"\(").replace(".", r"\.")):
         TrainConfig(**kw)
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"memory_size": "5"}, "memory_size '5': expected an integer"),
+    ({"budget_bytes": 1.5}, "budget 1.5: expected an integer or None"),
+    ({"codec": 3}, "codec 3: expected a string or None"),
+])
+def test_replay_config_refuses_wrong_types(kw, message):
+    with pytest.raises(EdgeadError, match=message.replace(".", r"\.")):
+        ReplayConfig(**kw)
+    assert ReplayConfig(latent_crop=8).latent_crop == "8"  # a crop side as a number still reads
 
 
 def test_valid_values_still_pass():
