@@ -85,7 +85,7 @@ class ResearchThresholds:
         last = learner.fit_cals[i]
         row.update(deployed_row(data.test.labels, scores, agnostic=learner.model.calibration.threshold,
                                 last_task=last.threshold, fit=learner.fit_cals[j].threshold, oracle=oracle,
-                                before=last.extra.get("legacy_threshold", float("nan"))))
+                                before=float("nan") if last.legacy_threshold is None else last.legacy_threshold))
 
 
 def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int, epochs: int,

@@ -44,7 +44,7 @@ class HostDetector:
 
     def use_task(self, name: str) -> None:
         """Decide with task ``name``'s own threshold and score range (as `device run --task NAME` does)."""
-        per = self.model.calibration.extra.get("per_task") or {}
+        per = self.model.calibration.per_task
         if not per:
             raise EdgeadError(f"--task {name}: this checkpoint has no per-task thresholds (a run trained before "
                               "per-task calibration); leave --task out to use its one threshold")

@@ -34,7 +34,7 @@ from edgead.engine.checkpoint import load_checkpoint
 from edgead.engine.tensors import compute_latents, predict_images
 from edgead.errors import EdgeadError
 from edgead.models.cost import detector_cost
-from edgead.models.teacher_student import DetectorConfig, TeacherStudent
+from edgead.models.teacher_student import CALIBRATION_STATS, DetectorConfig, TeacherStudent
 from edgead.options import option
 from edgead.outputs import check_out, check_writable, public_mkdtemp, recheck, writing
 from firmware_sim.atomic import atomic_write_json
@@ -231,8 +231,8 @@ def build_manifest(run: Run, opts: ExportOptions, exports: dict[str, FormatExpor
                           "(firmware_sim.anomaly_map.ScorePost): optional Gaussian blur, score = max or top-k mean",
             "score": cfg.score,
         },
-        "calibration": {k: _finite(v) for k, v in asdict(model.calibration).items() if k != "extra"}
-        | {"extra": {k: v for k, v in model.calibration.extra.items() if k != "per_task"}},
+        "calibration": {k: _finite(getattr(model.calibration, k)) for k in CALIBRATION_STATS}
+        | {"extra": model.calibration.described()},
         "task_calibration": task_calibration(model.calibration),
         "quantization_calibration": {"images": calib_n, "available": pool_n, "seed": seed,
                                      "source": f"normal training images (validation split held out) of {tasks}"},
@@ -250,12 +250,12 @@ def build_manifest(run: Run, opts: ExportOptions, exports: dict[str, FormatExpor
 def task_calibration(cal) -> dict | None:
     """The manifest's per-task thresholds (firmware_sim ``run --task NAME``), in task order; None for a run
     trained before per-task calibration."""
-    per = cal.extra.get("per_task")
+    per = cal.per_task
     if not per:
         return None
-    return {"tasks": list(per), "per_task": {t: {k: _finite(v) for k, v in c.items() if k != "extra"}
+    return {"tasks": list(per), "per_task": {t: {k: _finite(c[k]) for k in CALIBRATION_STATS if k in c}
                                              for t, c in per.items()},
-            "task_agnostic": "the top-level 'calibration': " + str(cal.extra.get("rule", "as fitted"))}
+            "task_agnostic": "the top-level 'calibration': " + str(cal.rule or "as fitted")}
 
 
 def _space_needed(run: Run, formats: list[str]) -> tuple[int, int]:

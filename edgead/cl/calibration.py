@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -144,12 +144,10 @@ class CalibrationAnchors:
 def rescale(fit: Calibration, ratio: float) -> Calibration:
     """A task's calibration with its scores scaled by the drift ``ratio`` (unchanged when it is unknown)."""
     if not math.isfinite(ratio) or ratio <= 0:
-        return Calibration(**{**asdict(fit), "extra": {**fit.extra, "drift_ratio": None,
-                                                       "fit_threshold": fit.threshold}})
-    return Calibration(threshold=fit.threshold * ratio, score_mean=fit.score_mean * ratio,
-                       score_std=fit.score_std * ratio, score_min=fit.score_min * ratio,
-                       score_max=fit.score_max * ratio, quantile=fit.quantile, n_images=fit.n_images,
-                       extra={**fit.extra, "drift_ratio": ratio, "fit_threshold": fit.threshold})
+        return replace(fit, drift_ratio=None, fit_threshold=fit.threshold)
+    return replace(fit, threshold=fit.threshold * ratio, score_mean=fit.score_mean * ratio,
+                   score_std=fit.score_std * ratio, score_min=fit.score_min * ratio, score_max=fit.score_max * ratio,
+                   drift_ratio=ratio, fit_threshold=fit.threshold)
 
 
 def task_agnostic(cals: list[Calibration]) -> Calibration:
@@ -163,6 +161,5 @@ def task_agnostic(cals: list[Calibration]) -> Calibration:
     return Calibration(threshold=max(c.threshold for c in ok), score_mean=mean,
                        score_std=float(np.sqrt(np.average(stds ** 2 + (means - mean) ** 2, weights=n))),
                        score_min=min(c.score_min for c in ok), score_max=max(c.score_max for c in ok),
-                       quantile=ok[0].quantile, n_images=int(sum(c.n_images for c in ok)),
-                       extra={"rule": AGNOSTIC_RULE})
+                       quantile=ok[0].quantile, n_images=int(sum(c.n_images for c in ok)), rule=AGNOSTIC_RULE)
 

@@ -65,8 +65,8 @@ def _latent_calibration(learner: Learner, latents: np.ndarray) -> Calibration:
     return Calibration(threshold=threshold, score_mean=float(s.mean()), score_std=float(s.std()),
                        score_min=float(m.min()), score_max=float(s.max()),
                        quantile=rule.value if rule.kind == "quantile" else float((s <= threshold).mean()),
-                       n_images=len(s), extra={"threshold_rule": f"{rule} (on {len(s)} device latents)",
-                                               "pixel_threshold": float(np.quantile(m, 0.999))})
+                       n_images=len(s), threshold_rule=f"{rule} (on {len(s)} device latents)",
+                       pixel_threshold=float(np.quantile(m, 0.999)))
 
 
 def _add_product(learner: Learner, name: str, encoded: list, source: dict) -> None:

@@ -93,7 +93,7 @@ def task_decisions(model, name: str, labels: np.ndarray, scores: np.ndarray) -> 
     from edgead.cl.deployed import decision_table, deployed_row
 
     cal = model.calibration
-    own = (cal.extra.get("per_task") or {}).get(name)
+    own = cal.per_task.get(name)
     thr, n = (own["threshold"], own.get("n_images")) if own else (cal.threshold, cal.n_images)
     return decision_table([deployed_row(labels, scores, task=thr, n_normals=n)], [name])[name]
 

@@ -135,8 +135,8 @@ class Learner:
             return
         self.model, self.pre, meta = load_checkpoint(checkpoint_path(self.out, done - 1))
         self.rows, self.timings = meta["rows"], meta["timings"]
-        self.fit_cals = [Calibration(**c) for c in meta.get("fit_calibrations", [])]
-        self.cals = [Calibration(**c) for c in meta.get("calibrations", [])] or list(self.fit_cals)
+        self.fit_cals = [Calibration.from_dict(c) for c in meta.get("fit_calibrations", [])]
+        self.cals = [Calibration.from_dict(c) for c in meta.get("calibrations", [])] or list(self.fit_cals)
         self.holdings = meta.get("holdings", [])
         self.names = list(meta.get("tasks", []))[:done]
         self.sources = list(meta.get("sources", []))[:done]
@@ -211,7 +211,7 @@ class Learner:
         self.cals = [c if j == last else rescale(c, self.anchors.ratio(self.model, j))
                      for j, c in enumerate(self.fit_cals)]
         self.model.calibration = task_agnostic(self.cals)
-        self.model.calibration.extra["per_task"] = {self.names[j]: asdict(c) for j, c in enumerate(self.cals)}
+        self.model.calibration.per_task = {self.names[j]: asdict(c) for j, c in enumerate(self.cals)}
 
     def memory_part(self, i: int, d: TaskData) -> None:
         """Re-share the budget among the i + 1 tasks seen (crops re-chosen), then keep task i's share."""

@@ -95,8 +95,7 @@ def read_results(run_dir: str | Path) -> dict:
 
 
 def _json_cal(c, per_task: bool = True) -> dict:
-    d = asdict(c)
-    d["extra"] = {k: v for k, v in d["extra"].items() if per_task or k != "per_task"}
+    d = {k: v for k, v in asdict(c).items() if k != "per_task"}
     return json.loads(json.dumps(d).replace("NaN", "null"))
 
 

@@ -50,7 +50,7 @@ def calibrate_run(run_dir: str | Path, task: str | None, normal: str | Path, def
     ckpt, _, names = checkpoint_of(run_dir)
     model, pre, meta = load_checkpoint(ckpt)
     cal = model.calibration
-    per = dict(cal.extra.get("per_task") or {})
+    per = dict(cal.per_task)
     if per and task is None:
         raise EdgeadError(f"{run_dir}: has one threshold per product; say which with --task (its tasks: "
                           f"{', '.join(per)})")
@@ -58,7 +58,7 @@ def calibrate_run(run_dir: str | Path, task: str | None, normal: str | Path, def
         raise EdgeadError(f"--task {task!r}: not a task of {run_dir}; its tasks: {', '.join(per)}")
     if not per and task is not None and [task] != names[:1]:
         raise EdgeadError(f"--task {task!r}: {run_dir} has one threshold (task {', '.join(names)}); leave --task out")
-    old = Calibration(**per[task]) if per else cal
+    old = Calibration.from_dict(per[task]) if per else cal
     detector = HostDetector(model, pre, device)
     if per:
         detector.use_task(task)
@@ -71,7 +71,7 @@ def calibrate_run(run_dir: str | Path, task: str | None, normal: str | Path, def
         agnostic = max(c["threshold"] for c in per.values())
         top = cal if agnostic == cal.threshold else relabelled(
             cal, {**result, "threshold": agnostic, "method": "max over the tasks' thresholds"}, when)
-        model.calibration = replace(top, extra={**top.extra, "per_task": per})
+        model.calibration = replace(top, per_task=per)
         if "calibrations" in meta:  # the learner's per-task list, in task order
             meta["calibrations"] = [per[n] if n in per else c for n, c in zip(names, meta["calibrations"],
                                                                                 strict=False)]
@@ -81,7 +81,7 @@ def calibrate_run(run_dir: str | Path, task: str | None, normal: str | Path, def
     results = json.loads(results_path.read_text()) if results_path.is_file() else None
     save_checkpoint(ckpt, model, pre, **meta)
     check, _, _ = load_checkpoint(ckpt)  # re-read what was written
-    got = check.calibration.extra["per_task"][task]["threshold"] if per else check.calibration.threshold
+    got = check.calibration.per_task[task]["threshold"] if per else check.calibration.threshold
     if got != result["threshold"]:
         raise EdgeadError(f"{ckpt}: the rewritten checkpoint does not hold the new threshold")
     if isinstance(results, dict) and isinstance(results.get("calibration"), dict):

@@ -63,6 +63,6 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None,
     except RuntimeError as e:
         raise EdgeadError(f"{path}: weights do not match the {cfg.model}/{cfg.backbone} architecture: "
                           f"{str(e).splitlines()[0]}") from None
-    model.calibration = Calibration(**payload.get("calibration", {}))
+    model.calibration = Calibration.from_dict(payload.get("calibration", {}))
     model.eval()
     return model, Preprocess.from_dict(payload["preprocess"]), payload.get("meta", {})

@@ -68,7 +68,7 @@ def fit_calibration(model, val_images: np.ndarray | LoadedSplit, pre: Preprocess
 
     val_images: uint8 (N, S, S, 3) squashed images, or a LoadedSplit (any resize mode: per-image scores as
     the device computes them, padding left out). ``quantile`` in the result is the rule's quantile, or for
-    the other rules the share of these normals at or below the threshold; ``extra["threshold_rule"]`` names
+    the other rules the share of these normals at or below the threshold; ``threshold_rule`` names
     the rule.
     """
     if len(val_images) == 0:
@@ -96,8 +96,8 @@ def fit_calibration(model, val_images: np.ndarray | LoadedSplit, pre: Preprocess
         n_images=int(len(scores)),
         # The legacy rule's threshold from the same scores: the deployed F1 before the rule was chosen can then
         # be measured on the very same model (edgead.cl.deployed, kind "before").
-        extra={"pixel_threshold": float(np.quantile(maps, 0.999)), "threshold_rule": str(rule),
-               "legacy_threshold": ThresholdRule.parse(LEGACY_THRESHOLD_RULE).threshold(scores),
-               # far:A: the false-alarm rate these normals certify (A, or 1/(n+1) when they are too few)
-               **({"far_achievable": far_achievable(rule, len(scores))} if rule.kind == "far" else {})},
+        pixel_threshold=float(np.quantile(maps, 0.999)), threshold_rule=str(rule),
+        legacy_threshold=ThresholdRule.parse(LEGACY_THRESHOLD_RULE).threshold(scores),
+        # far:A: the false-alarm rate these normals certify (A, or 1/(n+1) when they are too few)
+        far_achievable=far_achievable(rule, len(scores)) if rule.kind == "far" else None,
     )

@@ -126,9 +126,17 @@ def _reinit(module: nn.Module) -> None:
             m.reset_running_stats()
 
 
+# The statistics every calibration has (what a device reads); the fields after them say how it was made.
+CALIBRATION_STATS = ("threshold", "score_mean", "score_std", "score_min", "score_max", "quantile", "n_images")
+
+
 @dataclass
 class Calibration:
-    """Deployment statistics fitted on held-out normal images (never on the test set)."""
+    """Deployment statistics fitted on held-out normal images (never on the test set), and how they were made.
+
+    Checkpoints and results written before the typed fields kept them in one ``extra`` dict: `from_dict` reads
+    both forms. ``extra`` holds what tools add beyond these fields (`edgead calibrate`'s labelled/history).
+    """
 
     threshold: float = float("nan")  # image score above which an image is called anomalous
     score_mean: float = float("nan")
@@ -137,7 +145,30 @@ class Calibration:
     score_max: float = float("nan")  # for min-max normalisation of maps and scores
     quantile: float = 0.99
     n_images: int = 0
+    threshold_rule: str | None = None  # the rule that set ``threshold`` (edgead.engine.thresholds)
+    pixel_threshold: float | None = None  # 99.9th percentile of the held-out normals' pixel scores
+    legacy_threshold: float | None = None  # the legacy rule's threshold from the same scores (research only)
+    far_achievable: float | None = None  # far:A rules: the false-alarm rate these normals certify
+    fit_threshold: float | None = None  # recalibrated: the threshold as fitted right after the task
+    drift_ratio: float | None = None  # recalibrated: anchor score now / at calibration (None: unknown)
+    rule: str | None = None  # a task-agnostic calibration: how it combines the tasks' ones
+    per_task: dict = field(default_factory=dict)  # a task-agnostic calibration: each task's, by name
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Calibration:
+        """From asdict() of either form: typed keys, or the older ``extra`` dict holding them."""
+        names = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        extra = dict(d.get("extra") or {})
+        moved = {k: extra.pop(k) for k in list(extra) if k in names}
+        return cls(**{**moved, **{k: v for k, v in d.items() if k in names}}, extra=extra)
+
+    def described(self) -> dict:
+        """How the calibration was made, in one dict (no statistics, no per-task table): the typed fields that
+        are set and the tools' ``extra``, as the manifest's ``calibration.extra`` has always carried them."""
+        typed = {k: v for k, v in asdict(self).items()
+                 if k not in (*CALIBRATION_STATS, "per_task", "extra") and v is not None}
+        return {**typed, **self.extra}
 
 
 class TeacherStudent(nn.Module):

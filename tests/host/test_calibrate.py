@@ -66,17 +66,17 @@ def test_calibrate_rewrites_the_task_threshold_with_history(run, tmp_path, capsy
     good, bad = _labelled(run["data"], "brick", tmp_path / "brick")
     ckpt = checkpoint_of(r)[0]
     before = load_checkpoint(ckpt)[0].calibration
-    old = before.extra["per_task"]["brick"]
+    old = before.per_task["brick"]
     assert _edgead(["calibrate", "--run", str(r), "--task", "brick", "--normal", str(good), "--defect",
                     str(bad)]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     after = load_checkpoint(ckpt)[0].calibration
-    brick = after.extra["per_task"]["brick"]
+    brick = after.per_task["brick"]
     assert brick["threshold"] == pytest.approx(out["threshold"]) and out["old_threshold"] == old["threshold"]
     assert brick["extra"]["history"][0]["threshold"] == old["threshold"]
     assert brick["extra"]["labelled"]["n_defect"] == len(list(bad.iterdir()))
-    assert after.extra["per_task"]["nut"]["threshold"] == before.extra["per_task"]["nut"]["threshold"]
-    assert after.threshold == pytest.approx(max(c["threshold"] for c in after.extra["per_task"].values()))
+    assert after.per_task["nut"]["threshold"] == before.per_task["nut"]["threshold"]
+    assert after.threshold == pytest.approx(max(c["threshold"] for c in after.per_task.values()))
     # the host's choice is the device's function on the host's scores
     det = load_host_detector(r)
     det.use_task("brick")

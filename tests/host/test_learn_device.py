@@ -65,13 +65,13 @@ def test_device_products_join_the_run(synth_root, tmp_path):
     assert res["tasks"] == ["nut", "gadget"] and res["task_data"][1]["data"] is None
     assert res["metrics"]["image_auroc"]["matrix"][1][1] is None  # no test images: never evaluated
     gadget = res["calibration"]["per_task"]["gadget"]
-    assert math.isfinite(gadget["threshold"]) and "device latents" in gadget["extra"]["threshold_rule"]
+    assert math.isfinite(gadget["threshold"]) and "device latents" in gadget["threshold_rule"]
     held = res["memory"]["per_task"]
     assert held["gadget"]["samples"] >= 1 and held["nut"]["samples"] >= 1
     assert res["memory"]["total_bytes"] <= 20_000
     assert res["versions"][-1]["merged"] == {"nut": 4, "gadget": 4}
     model, _, _ = load_checkpoint(run / "checkpoints" / "task_01.pt")  # what an export reads
-    per = model.calibration.extra["per_task"]
+    per = model.calibration.per_task
     assert set(per) == {"nut", "gadget"} and per["gadget"]["threshold"] == pytest.approx(gadget["threshold"])
     saved = ReplayBuffer.load(run / "memory" / "after_task_01.edgeadrb")[0]
     assert sorted(saved.task_names().values()) == ["gadget", "nut"]

@@ -87,7 +87,7 @@ def test_task_name_decides_with_that_products_threshold(run, synth_root):
     """`--task NAME`: the final checkpoint, that task's own threshold (as `device run --task NAME`)."""
     one = synth_root / "pill" / "test" / "good" / "000.png"
     model, _, _ = load_checkpoint(run / "checkpoints" / "task_01.pt")
-    per = model.calibration.extra["per_task"]
+    per = model.calibration.per_task
     assert set(per) == {"nut", "pill"} and per["nut"]["threshold"] != per["pill"]["threshold"]
     for name in ("nut", "pill"):
         lines = []

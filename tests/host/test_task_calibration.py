@@ -36,7 +36,7 @@ def test_rescale_and_task_agnostic():
     a = Calibration(threshold=2.0, score_mean=1.0, score_std=0.5, score_min=0.1, score_max=3.0, n_images=4)
     b = Calibration(threshold=5.0, score_mean=4.0, score_std=1.0, score_min=0.5, score_max=6.0, n_images=4)
     r = rescale(a, 1.5)
-    assert (r.threshold, r.score_max, r.extra["fit_threshold"], r.extra["drift_ratio"]) == (3.0, 4.5, 2.0, 1.5)
+    assert (r.threshold, r.score_max, r.fit_threshold, r.drift_ratio) == (3.0, 4.5, 2.0, 1.5)
     assert rescale(a, float("nan")).threshold == 2.0  # unknown drift: the fitted threshold stays
     g = task_agnostic([a, b])
     assert (g.threshold, g.score_min, g.score_max, g.n_images) == (5.0, 0.1, 6.0, 8)
@@ -56,8 +56,8 @@ def test_stream_keeps_one_calibration_per_task_inside_the_budget(synth_root, tmp
     assert all(math.isfinite(per[n]["threshold"]) for n in names)
     # earlier tasks were rescaled by their anchors' drift; the last is as fitted
     for n in names[:-1]:
-        ratio = per[n]["extra"]["drift_ratio"]
-        assert ratio > 0 and per[n]["threshold"] == pytest.approx(per[n]["extra"]["fit_threshold"] * ratio)
+        ratio = per[n]["drift_ratio"]
+        assert ratio > 0 and per[n]["threshold"] == pytest.approx(per[n]["fit_threshold"] * ratio)
     assert cal["task_agnostic"]["threshold"] == pytest.approx(max(per[n]["threshold"] for n in names))
     crop = get_codec("int8-channel").bytes_per_sample(tuple(cal["anchor_latent_crop"]))
     assert mem["calibration_bytes"] == cal["bytes"] == 3 * crop
@@ -76,7 +76,7 @@ def test_stream_keeps_one_calibration_per_task_inside_the_budget(synth_root, tmp
     # the checkpoint carries every task's calibration (what export writes into the manifest)
     model, _, meta = load_checkpoint(tmp_path / "r" / "checkpoints" / "task_02.pt")
     assert model.calibration.threshold == pytest.approx(cal["task_agnostic"]["threshold"])
-    assert set(model.calibration.extra["per_task"]) == set(names)
+    assert set(model.calibration.per_task) == set(names)
     assert len(meta["fit_calibrations"]) == 3
     saved = json.loads((tmp_path / "r" / "results.json").read_text())
     assert saved["deployed"]["per_task"] == dep["per_task"]
@@ -87,9 +87,9 @@ def test_without_anchors_thresholds_stay_as_fitted(synth_root, tmp_path):
                      tmp_path / "r", log=lambda m: None)
     cal = res["calibration"]
     assert cal["method"] == "fit-only" and res["memory"]["calibration_bytes"] == 0
-    assert cal["per_task"]["nut"]["extra"]["drift_ratio"] is None
+    assert cal["per_task"]["nut"]["drift_ratio"] is None
     nut = cal["per_task"]["nut"]
-    assert nut["threshold"] == nut["extra"]["fit_threshold"]
+    assert nut["threshold"] == nut["fit_threshold"]
 
 
 def test_budget_below_the_anchors_is_refused(synth_root, tmp_path):

@@ -61,10 +61,10 @@ def test_fit_calibration_follows_the_rule(synth_root, tmp_path):
     q = fit_calibration(model, images, pre, rule="quantile:0.5")
     s = fit_calibration(model, images, pre, rule="sigma:2")
     p = fit_calibration(model, images, pre, rule="pseudo-f1")
-    assert q.extra["threshold_rule"] == "quantile:0.5" and q.quantile == 0.5
+    assert q.threshold_rule == "quantile:0.5" and q.quantile == 0.5
     assert q.score_min <= q.threshold <= q.score_max
     assert s.threshold == pytest.approx(s.score_mean + 2 * s.score_std)
-    assert 0.0 <= s.quantile <= 1.0 and p.extra["threshold_rule"] == "pseudo-f1"
+    assert 0.0 <= s.quantile <= 1.0 and p.threshold_rule == "pseudo-f1"
     assert np.isfinite(p.threshold)
     with pytest.raises(EdgeadError, match="threshold rule"):
         fit_calibration(model, images, pre, rule="median")
@@ -167,4 +167,4 @@ def test_fit_calibration_records_what_far_certifies():
     images = np.random.default_rng(1).integers(0, 255, size=(4, 64, 64, 3), dtype=np.uint8)
     with pytest.warns(ThresholdWarning, match="4 held-out normals cannot certify"):
         cal = fit_calibration(model, images, Preprocess(image_size=64), rule="far:0.05")
-    assert cal.extra["far_achievable"] == pytest.approx(0.2) and cal.threshold == pytest.approx(cal.score_max)
+    assert cal.far_achievable == pytest.approx(0.2) and cal.threshold == pytest.approx(cal.score_max)
