@@ -145,7 +145,7 @@ def test_predict_per_task_overlays_and_maps_at_the_input_size(example, tmp_path)
     overlays = sorted((tmp_path / "ov").glob("*.png"))
     assert len(overlays) == 2 and Image.open(overlays[0]).size[1] > 40  # image height + the legend below it
     per_task = det.predict(img, task="nut")
-    per = det._scorer.model.calibration.extra["per_task"]["nut"]
+    per = det._scorer.model.calibration.per_task["nut"]
     assert per_task.threshold == pytest.approx(per["threshold"]) and pred.threshold == det._scorer.threshold
     with pytest.raises(EdgeadError, match="not a task of this checkpoint"):
         det.predict(img, task="bolt")
