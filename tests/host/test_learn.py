@@ -146,3 +146,22 @@ def test_a_killed_learn_resumes_to_the_same_numbers(synth_root, tmp_path, monkey
         learn_run(tmp_path / "r", TaskStream(synth_root, ["pill"]), **QUIET)
     resumed = Detector.load(tmp_path / "r").learn(resume=True)
     assert _numbers(resumed) == _numbers(whole)
+
+
+def test_calibrations_saved_with_an_extra_dict_still_read():
+    """Checkpoints and results written before the typed fields kept them in `extra`: both forms read the same."""
+    from dataclasses import asdict
+
+    from edgead.models.teacher_student import Calibration
+
+    stats = dict(threshold=2.0, score_mean=1.0, score_std=0.5, score_min=0.1, score_max=3.0, quantile=0.9,
+                 n_images=8)
+    old = {**stats, "extra": {"rule": "max", "history": [{"threshold": 1.5}],
+                              "per_task": {"nut": {**stats, "extra": {"drift_ratio": 1.25, "fit_threshold": 1.6,
+                                                                      "threshold_rule": "pseudo-f1"}}}}}
+    c = Calibration.from_dict(old)
+    assert c.rule == "max" and c.extra == {"history": [{"threshold": 1.5}]} and list(c.per_task) == ["nut"]
+    nut = Calibration.from_dict(c.per_task["nut"])
+    assert (nut.drift_ratio, nut.fit_threshold, nut.threshold_rule, nut.extra) == (1.25, 1.6, "pseudo-f1", {})
+    assert Calibration.from_dict(asdict(c)) == c  # the typed form round-trips
+    assert c.described() == {"rule": "max", "history": [{"threshold": 1.5}]}  # what the manifest carries
