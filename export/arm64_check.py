@@ -37,7 +37,8 @@ from firmware_sim.runtime import Prediction
 
 # The bar of issue 23: ARM int8 scores within 0.5 % of the threshold of the host's, or the gate includes ARM.
 MAX_DIFF_OF_THRESHOLD = 0.005
-VARIANTS = {"xnnpack": [], "builtin": ["--no-xnnpack"]}  # LiteRT's default delegate, and its built-in kernels
+# LiteRT's default delegate, and its built-in kernels (the switch concerns the TFLite format only)
+VARIANTS = {"xnnpack": [], "builtin": ["--no-xnnpack", "--formats", "tflite-int8"]}
 
 
 def _subset(test, limit: int | None, seed: int):
@@ -102,6 +103,8 @@ def check(bundle: Path, rootfs: Path, venv: str, inside: str, suite: str, out: P
               "/bin/sh", "-c", f'cd {inside}/bundle && exec "$0" "$@"', f"{venv}/bin/python"]
     runs = {}
     for variant, extra in VARIANTS.items():
+        if variant != "xnnpack" and "tflite-int8" not in manifest.formats:
+            continue
         log(f"arm64 check: host scores ({variant}) ...")
         _predict([sys.executable], str(bundle), str(work / "views.npy"), str(work / f"host-{variant}.npz"), extra,
                  bundle, f"host ({variant})")
@@ -114,12 +117,12 @@ def check(bundle: Path, rootfs: Path, venv: str, inside: str, suite: str, out: P
     formats: dict[str, dict] = {}
     for variant, (host, arm) in runs.items():
         for fmt in manifest.formats:
+            if variant != "xnnpack" and not fmt.startswith("tflite"):
+                continue  # the XNNPACK switch concerns LiteRT only
             if f"{fmt}/scores" not in arm or f"{fmt}/scores" not in host:
                 why = str(arm.get(f"{fmt}/skipped", host.get(f"{fmt}/skipped", "not scored")))
                 formats.setdefault(fmt, {})[variant] = {"skipped": why}
                 continue
-            if variant != "xnnpack" and not fmt.startswith("tflite"):
-                continue  # the XNNPACK switch concerns LiteRT only
             h = {"maps": host[f"{fmt}/maps"], "scores": host[f"{fmt}/scores"]}
             a = {"maps": arm[f"{fmt}/maps"], "scores": arm[f"{fmt}/scores"]}
             fid = compare(test, ref, Prediction(a["maps"], a["scores"], None), tol, run.pre)

@@ -109,6 +109,8 @@ if [ ! -f "$ROOTFS$VENV/.edgead-ok" ]; then
     # The aarch64 wheels are downloaded natively on the host (pip evaluates markers against the host's Python,
     # so they are resolved for the target first); the emulated pip then only unpacks them, without compiling
     # bytecode (minutes of emulated work saved), and goes to the index only for what the host's pass missed.
+    # The venv has no pip of its own (ensurepip compiles pip under emulation: 10+ min); the root's Debian pip,
+    # compiled once when the root was built, installs into it with --python.
     PYV=$(chroot "$ROOTFS" /usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
     WHEELS="$ROOTFS/opt/edgead/wheels-$HASH"
     "$PY" -m edgead.export.arm64_check requirements "$REQS" --python "$PYV" > "$ROOTFS/opt/edgead/target-$HASH.txt"
@@ -122,9 +124,11 @@ if [ ! -f "$ROOTFS$VENV/.edgead-ok" ]; then
     rm -rf "${ROOTFS:?}$VENV"
     nice -n "$NICE" chroot "$ROOTFS" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
         PIP_CERT=/etc/ssl/certs/edgead-host-ca.crt PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 \
-        /bin/sh -ec "python3 -m venv $VENV && $VENV/bin/pip install -q --no-compile \
-                       --find-links /opt/edgead/wheels-$HASH -r /opt/edgead/requirements-$HASH.txt \
-                     && $VENV/bin/pip freeze > $VENV/freeze.txt"
+        PIP_BREAK_SYSTEM_PACKAGES=1 \
+        /bin/sh -ec "python3 -m venv --without-pip $VENV \
+                     && python3 -m pip --python $VENV/bin/python install -q --no-compile \
+                          --find-links /opt/edgead/wheels-$HASH -r /opt/edgead/requirements-$HASH.txt \
+                     && python3 -m pip --python $VENV/bin/python freeze > $VENV/freeze.txt"
     touch "$ROOTFS$VENV/.edgead-ok"
 fi
 
