@@ -16,7 +16,8 @@ import click
 # 8 epochs of 5 steps (batch 8) train as well as 15 epochs of 2 steps (batch 32) on the 32 training images, in
 # half the time; 8 held-out normals (val 0.2) set a steadier threshold than 4.
 @click.option("--epochs", default=8, show_default=True)
-@click.option("--image-size", default=256, show_default=True)
+@click.option("--image-size", default=224, show_default=True, help="The paper's configuration (PaSTe-MCUNet-in3 "
+              "at 224 px).")
 @click.option("--weights", default=None, type=click.Path(path_type=Path),
               help="MCUNet-in3 ImageNet weights file or folder (else $EDGEAD_WEIGHTS_DIR, cache, download).")
 @click.option("--seed", default=0, show_default=True)
