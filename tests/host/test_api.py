@@ -83,7 +83,11 @@ def test_predict_matches_the_cli_and_takes_any_image_form(example):
     assert [Path(p) for p in pred.paths] == [Path(x["path"]) for x in lines]
     assert np.allclose(pred.scores, [x["score"] for x in lines], rtol=1e-5)
     assert list(pred.decisions) == [x["decision"] == "anomalous" for x in lines]
-    assert pred.maps.shape == (len(lines), 64, 64) and np.allclose(pred.maps.max(axis=(1, 2)), pred.scores)
+    # the scores are the model's post-processing of its maps (firmware_sim.anomaly_map.ScorePost)
+    from firmware_sim.anomaly_map import ScorePost
+
+    post = ScorePost.parse(det.config.score)
+    assert pred.maps.shape == (len(lines), 64, 64) and np.allclose(post.score(pred.maps), pred.scores, rtol=1e-5)
     first = Path(pred.paths[0])
     arr = np.asarray(Image.open(first).convert("RGB"))
     same = det.predict([str(first), Image.open(first), arr, arr[None]])
@@ -131,6 +135,17 @@ def test_export_through_the_api(example, tmp_path):
     dev = Device(tmp_path / "art")  # fp32: the same scores as the host
     img = det.predict(example[0] / "demo-data" / "nut" / "test" / "good" / "000.png")
     assert dev.infer(img.paths[0]).score == pytest.approx(float(img.scores[0]), rel=1e-3)
+    # the device draws overlays at the input image's size too (or in the model's frame when asked)
+    from firmware_sim import commands
+    from firmware_sim.overlay import MIN_WIDTH
+
+    wide = tmp_path / "wide.png"
+    Image.open(img.paths[0]).resize((400, 90)).save(wide)
+    assert MIN_WIDTH < 400
+    for frame, width in (("image", 400), ("model", max(64, MIN_WIDTH))):
+        lines = []
+        commands.run(tmp_path / "art", wide, tmp_path / f"ov-{frame}", emit=lines.append, map_frame=frame)
+        assert Image.open(lines[0]["overlay"]).size[0] == width
 
 
 def test_predict_per_task_overlays_and_maps_at_the_input_size(example, tmp_path):
