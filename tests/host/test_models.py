@@ -84,7 +84,10 @@ def test_paste_shares_frozen_trunk_and_latent_path_equals_image_path():
     amap, score = model.predict(x)
     amap2, score2 = model.predict_latent(model.latent(x), 64)
     assert amap.shape == (2, 64, 64) and torch.allclose(amap, amap2) and torch.allclose(score, score2)
-    assert torch.allclose(score, amap.flatten(1).max(1).values)
+    # the score is the configured post-processing of the map (default top-k mean; firmware_sim.anomaly_map)
+    from firmware_sim.anomaly_map import ScorePost
+
+    assert torch.allclose(score, torch.from_numpy(ScorePost.parse(model.config.score).score(amap.numpy())))
 
 
 def test_loss_and_map_follow_the_definition():
