@@ -113,8 +113,10 @@ def test_cli_run_matches_device_in_process(host, mixed_images, tmp_path):
         assert line["decision"] == ("anomalous" if res.score > device.threshold else "normal")
         assert 0.0 <= line["normalized_score"] <= 1.0
         ov = Image.open(line["overlay"])
-        # the image as the model saw it, a colour bar and the score below it
-        assert ov.size[0] == max(SIZE, MIN_WIDTH) and ov.size[1] > SIZE and ov.mode == "RGB"
+        # the image at its own size (--map-frame image; the legend keeps it MIN_WIDTH wide), a colour bar and
+        # the score below it
+        w, h = Image.open(line["path"]).size
+        assert ov.size[0] == max(w, MIN_WIDTH) and ov.size[1] > h and ov.mode == "RGB"
     # Grayscale, 16-bit and palette versions of one image see the same pixels as its RGB conversion.
     by = {Path(line["path"]).stem: line["score"] for line in lines}
     assert by["c_gray"] == pytest.approx(by["d_16bit"], rel=1e-6)
