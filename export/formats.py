@@ -17,6 +17,7 @@ from edgead.export.graphs import IMAGE, GraphSpec, graph_specs, input_shape, tor
 
 from edgead.errors import EdgeadError
 from edgead.models.teacher_student import TeacherStudent
+from firmware_sim.anomaly_map import ScorePost
 from firmware_sim.preprocess import Preprocess
 from firmware_sim.runtime import (
     DeployedDetector,
@@ -46,7 +47,8 @@ class FormatExport:
         return [f for g in self.graphs.values() for f in (g["file"], g.get("weights")) if f]
 
     def detector(self, model: TeacherStudent) -> DeployedDetector:
-        return DeployedDetector(self.runners, model.config.levels, model.config.image_size)
+        return DeployedDetector(self.runners, model.config.levels, model.config.image_size,
+                                ScorePost.parse(model.config.score))
 
 
 def _entry(runner, spec: GraphSpec, file: str) -> dict:
