@@ -89,7 +89,9 @@ cleanup() {
     for ((i=${#MOUNTS[@]}-1; i>=0; i--)); do umount -l "${MOUNTS[$i]}" 2>/dev/null || true; done
 }
 trap cleanup EXIT INT TERM
-for m in proc dev sys; do
+# /dev only: the x86 host's /proc/cpuinfo and /sys make the ARM builds of LiteRT and ONNX Runtime (their cpuinfo
+# library) crash under qemu-user; without them they fall back to generic CPU features (same kernels' arithmetic).
+for m in dev; do
     mountpoint -q "$ROOTFS/$m" && continue
     mkdir -p "$ROOTFS/$m"
     if [ $m = proc ]; then mount -t proc proc "$ROOTFS/proc"; else mount --rbind "/$m" "$ROOTFS/$m"; fi
@@ -108,7 +110,7 @@ if [ ! -f "$ROOTFS$VENV/.edgead-ok" ]; then
     cp "$REQS" "$ROOTFS/opt/edgead/requirements-$HASH.txt"
     # The aarch64 wheels are downloaded natively on the host (pip evaluates markers against the host's Python,
     # so they are resolved for the target first); the emulated pip then only unpacks them, without compiling
-    # bytecode (minutes of emulated work saved), and goes to the index only for what the host's pass missed.
+    # bytecode (minutes of emulated work saved), with no index (the host's download holds every dependency).
     # The venv has no pip of its own (ensurepip compiles pip under emulation: 10+ min); the root's Debian pip,
     # compiled once when the root was built, installs into it with --python.
     PYV=$(chroot "$ROOTFS" /usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
@@ -126,7 +128,7 @@ if [ ! -f "$ROOTFS$VENV/.edgead-ok" ]; then
         PIP_CERT=/etc/ssl/certs/edgead-host-ca.crt PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 \
         PIP_BREAK_SYSTEM_PACKAGES=1 \
         /bin/sh -ec "python3 -m venv --without-pip $VENV \
-                     && python3 -m pip --python $VENV/bin/python install -q --no-compile \
+                     && python3 -m pip --python $VENV/bin/python install -q --no-compile --no-index \
                           --find-links /opt/edgead/wheels-$HASH -r /opt/edgead/requirements-$HASH.txt \
                      && python3 -m pip --python $VENV/bin/python freeze > $VENV/freeze.txt"
     touch "$ROOTFS$VENV/.edgead-ok"
