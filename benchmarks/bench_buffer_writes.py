@@ -15,11 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from firmware_sim.atomic import atomic_write_json
+from firmware_sim.buffer_wear import measure_writes
 
-from firmware_sim.atomic import atomic_write_json  # noqa: E402
-from firmware_sim.buffer_wear import measure_writes  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = [((24, 8, 8), "40kB"), ((24, 8, 8), "256kB"), ((48, 16, 16), "256kB"), ((48, 16, 16), "2.46MB")]
 

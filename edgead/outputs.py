@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edgead.errors import EdgeadError
-from firmware_sim import outputs as _rule
+from firmware_sim import outputs as folder_rules
 from firmware_sim.atomic import current_umask
 from firmware_sim.sizes import format_size
 
@@ -137,20 +137,20 @@ def _is_sweep(folder: Path) -> bool:
     return sweep is not None and sweep.get("schema") == SCHEMA
 
 
-HOST_KINDS = {**_rule.LEGACY, "run": _is_run, "bench": _is_sweep, "dataset": _is_category}
+HOST_KINDS = {**folder_rules.LEGACY, "run": _is_run, "bench": _is_sweep, "dataset": _is_category}
 
 
 def check_out(out: str | os.PathLike, *, kind: str, inputs=(), force: bool = False, what: str = "--out",
               replaces: bool = True, flag: str = "--force") -> Path:
     """``firmware_sim.outputs.check_out`` with the host's folder kinds and EdgeadError; returns OUT resolved."""
-    return _rule.check_out(out, kind=kind, inputs=inputs, force=force, what=what, error=EdgeadError,
+    return folder_rules.check_out(out, kind=kind, inputs=inputs, force=force, what=what, error=EdgeadError,
                            legacy=HOST_KINDS, replaces=replaces, flag=flag)
 
 
 def folder_kind(folder: str | os.PathLike) -> str | None:
     """The kind of folder edgead wrote at ``folder`` (marker or legacy files), or None."""
-    return _rule.folder_kind(Path(folder), HOST_KINDS)
+    return folder_rules.folder_kind(Path(folder), HOST_KINDS)
 
 
 def recheck(out: str | os.PathLike, real: Path, what: str = "--out") -> None:
-    _rule.recheck(out, real, what=what, error=EdgeadError)
+    folder_rules.recheck(out, real, what=what, error=EdgeadError)

@@ -51,7 +51,7 @@ class FormatExport:
                                 ScorePost.parse(model.config.score))
 
 
-def _entry(runner, spec: GraphSpec, file: str) -> dict:
+def graph_entry(runner, spec: GraphSpec, file: str) -> dict:
     # Outputs in the one fixed order of graphs.feature_names, whatever order the file lists them in.
     missing = [n for n in spec.outputs if n not in runner.outputs]
     if missing or spec.input not in runner.inputs:
@@ -59,7 +59,7 @@ def _entry(runner, spec: GraphSpec, file: str) -> dict:
     return {"file": file, "inputs": [runner.inputs[spec.input]], "outputs": [runner.outputs[n] for n in spec.outputs]}
 
 
-def _image_samples(images: np.ndarray, layout: str) -> Callable:
+def image_samples(images: np.ndarray, layout: str) -> Callable:
     def gen():
         for i in range(len(images)):
             x = images[i:i + 1].astype(np.float32)
@@ -67,7 +67,7 @@ def _image_samples(images: np.ndarray, layout: str) -> Callable:
     return gen
 
 
-def _latent_samples(trunk, images: np.ndarray) -> list[np.ndarray]:
+def latent_samples(trunk, images: np.ndarray) -> list[np.ndarray]:
     """The exported trunk's latents of the calibration images, dequantised, in the trunk's own layout."""
     out = []
     for i in range(len(images)):
@@ -89,11 +89,11 @@ def export_tflite(model: TeacherStudent, pre: Preprocess, calib: np.ndarray, fol
     for spec in graph_specs(model):
         km = keras_graph(model, pre, spec)
         if spec.input == IMAGE:
-            samples, rng = _image_samples(calib, "NHWC"), (0.0, 255.0)
+            samples, rng = image_samples(calib, "NHWC"), (0.0, 255.0)
         else:
             trunk = fx.runners["trunk"]
             lat = trunk.outputs["latent"]
-            lats = _latent_samples(trunk, calib)
+            lats = latent_samples(trunk, calib)
             samples = lambda lats=lats: iter(lats)  # noqa: E731
             rng = quant_range(lat["quantization"]["scale"][0], lat["quantization"]["zero_point"][0], lat["dtype"])
         fb = convert_int8(km, samples, io, rng, granularity)
@@ -107,7 +107,7 @@ def export_tflite(model: TeacherStudent, pre: Preprocess, calib: np.ndarray, fol
             raise EdgeadError(f"internal: {file} input covers {got}, not the requested {rng} (converter change?)")
         (folder / file).write_bytes(fb)
         fx.runners[spec.name] = runner
-        fx.graphs[spec.name] = dict(_entry(runner, spec, file), check=check)
+        fx.graphs[spec.name] = dict(graph_entry(runner, spec, file), check=check)
     if "head" in fx.runners:
         # By construction (tflite.py) the head reads the trunk's int8 latent as is; prove it.
         lat, head_in = fx.runners["trunk"].outputs["latent"], fx.runners["head"].inputs["latent"]
@@ -133,12 +133,12 @@ def export_onnx(model: TeacherStudent, pre: Preprocess, calib: np.ndarray, folde
             fp32 = export_fp32(torch_graph(model, pre, spec.name), spec, input_shape(model, spec),
                                work / f"{spec.name}.onnx" if quantized else target)
             if quantized:
-                samples = (_image_samples(calib, "NCHW")() if spec.input == IMAGE
-                           else iter(_latent_samples(fx.runners["trunk"], calib)))
+                samples = (image_samples(calib, "NCHW")() if spec.input == IMAGE
+                           else iter(latent_samples(fx.runners["trunk"], calib)))
                 quantize_int8(fp32, target, spec, samples)
             runner = OnnxRunner(target)
             fx.runners[spec.name] = runner
-            fx.graphs[spec.name] = _entry(runner, spec, file)
+            fx.graphs[spec.name] = graph_entry(runner, spec, file)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if quantized:

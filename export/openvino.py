@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from edgead.export.formats import FILE_SUFFIX, FormatExport, _entry, _image_samples, _latent_samples
+from edgead.export.formats import FILE_SUFFIX, FormatExport, graph_entry, image_samples, latent_samples
 from edgead.export.graphs import IMAGE, graph_specs, input_shape, torch_graph
 from edgead.export.onnx_export import export_fp32
 
@@ -76,15 +76,15 @@ def export_openvino(model: TeacherStudent, pre: Preprocess, calib: np.ndarray, f
             except Exception as e:  # openvino's own conversion errors
                 raise EdgeadError(f"internal: OpenVINO cannot convert {spec.name}.onnx ({e})") from None
             if quantized:
-                samples = (_image_samples(calib, "NCHW")() if spec.input == IMAGE
-                           else iter(_latent_samples(fx.runners["trunk"], calib)))
+                samples = (image_samples(calib, "NCHW")() if spec.input == IMAGE
+                           else iter(latent_samples(fx.runners["trunk"], calib)))
                 ir = quantize_nncf(ir, samples, spec.input, len(calib))
             file = spec.name + FILE_SUFFIX[name]
             xml = folder / file
             ov.save_model(ir, str(xml), compress_to_fp16=False)
             runner = OpenVinoRunner(xml)
             fx.runners[spec.name] = runner
-            fx.graphs[spec.name] = dict(_entry(runner, spec, file), weights=xml.with_suffix(".bin").name)
+            fx.graphs[spec.name] = dict(graph_entry(runner, spec, file), weights=xml.with_suffix(".bin").name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     fx.notes["conversion"] = "openvino.convert_model from the fp32 ONNX graph; IR weights kept in fp32"

@@ -1,6 +1,6 @@
 """`edgead eval`: a run's checkpoint evaluated again on the test split of every task it has seen.
 
-Writes RUN/eval.json (atomic) and returns the same dict; `format_table` prints it like `edgead train` does.
+Writes RUN/eval.json (atomic) and returns the same dict; edgead.cli.tables.format_table prints it like `edgead train` does.
 """
 
 from __future__ import annotations
@@ -106,24 +106,3 @@ def decisions_of(metrics: dict) -> dict:
         vals = [d[k] for d in per.values() if d.get(k) is not None]
         avg[k] = float(np.mean(vals)) if vals else None
     return {"threshold": "each product's own", "per_task": per, "final_average": avg}
-
-
-def format_decisions(result: dict) -> str:
-    """The decisions table of an evaluation (edgead.cli.tables.decision_table)."""
-    from edgead.cli.tables import decision_table
-
-    d = result.get("decisions") or decisions_of(result["metrics"])
-    return decision_table(d["per_task"], d["final_average"])
-
-
-def format_table(result: dict) -> str:
-    """The metrics per task and their average, one row each (as `edgead train` prints its summary)."""
-    width = max([len("average"), *(len(t) for t in result["metrics"])]) + 2
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    from edgead.cli.tables import LABELS  # image_f1 is the best over thresholds: named so
-
-    lines = [f"{'task':<{width}}" + "".join(f"{LABELS.get(m, m):>14}" for m in METRICS)]
-    for task, m in result["metrics"].items():
-        lines.append(f"{task:<{width}}" + "".join(f"{fmt(m.get(k)):>14}" for k in METRICS))
-    lines.append(f"{'average':<{width}}" + "".join(f"{fmt(result['average'][k]):>14}" for k in METRICS))
-    return "\n".join(lines)

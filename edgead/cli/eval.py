@@ -17,7 +17,8 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON of RUN/eval.json instead of the table.")
 def eval_cmd(run_dir: Path, task_index: int | None, per_defect: bool, data_root: Path | None, as_json: bool):
     """Recompute the test metrics of a run's checkpoint on every task it has seen; writes RUN/eval.json."""
-    from edgead.cl.evaluate_run import EVAL_NAME, evaluate_run, format_decisions, format_table
+    from edgead.cl.evaluate_run import EVAL_NAME, evaluate_run
+    from edgead.cli.tables import format_decisions, format_table
 
     res = evaluate_run(run_dir, task_index, per_defect, data_root)
     if as_json:

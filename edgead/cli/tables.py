@@ -68,3 +68,24 @@ def decision_table(per_task: dict, average: dict | None = None) -> str:
                                                        for _, k, f in DECISION_COLUMNS))
     lines += [f"warning: {row['warning']}" for row in per_task.values() if row.get("warning")]
     return "\n".join(lines)
+
+
+def format_decisions(result: dict) -> str:
+    """The decisions table of an evaluation (edgead.cl.evaluate_run)."""
+    from edgead.cl.evaluate_run import decisions_of
+
+    d = result.get("decisions") or decisions_of(result["metrics"])
+    return decision_table(d["per_task"], d["final_average"])
+
+
+def format_table(result: dict) -> str:
+    """The metrics per task and their average, one row each (as `edgead train` prints its summary)."""
+    from edgead.cl.results import METRICS
+
+    width = max([len("average"), *(len(t) for t in result["metrics"])]) + 2
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [f"{'task':<{width}}" + "".join(f"{LABELS.get(m, m):>14}" for m in METRICS)]
+    for task, m in result["metrics"].items():
+        lines.append(f"{task:<{width}}" + "".join(f"{fmt(m.get(k)):>14}" for k in METRICS))
+    lines.append(f"{'average':<{width}}" + "".join(f"{fmt(result['average'][k]):>14}" for k in METRICS))
+    return "\n".join(lines)

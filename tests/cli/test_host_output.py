@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 from edgead.cl.config import ReplayConfig
-from edgead.cl.evaluate_run import evaluate_run, format_table
+from edgead.cl.evaluate_run import evaluate_run
 from edgead.cl.results import METRICS
 from edgead.cl.runner import run_stream
-from edgead.cli.tables import LABELS
+from edgead.cli.tables import LABELS, format_table
 from edgead.data import TaskStream
 from edgead.engine.trainer import TrainConfig
 from edgead.models.backbones.registry import get_backbone_spec

@@ -25,8 +25,9 @@ def test_every_host_package_is_installed():
     """pyproject lists the packages by hand (the exporter is mapped under edgead): none may be forgotten."""
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(cfg["packages"])
-    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "edgead").rglob("__init__.py")}
-    found |= {"edgead.export", "firmware_sim"}
+    found = {".".join(p.parent.relative_to(ROOT).parts)
+             for top in ("edgead", "firmware_sim") for p in (ROOT / top).rglob("__init__.py")}
+    found |= {"edgead.export"}
     assert found == listed
     assert cfg["package-dir"] == {"edgead.export": "export"}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from edgead.export.formats import _latent_samples, export_tflite
+from edgead.export.formats import export_tflite, latent_samples
 from edgead.export.graphs import GraphSpec, feature_names
 from edgead.export.tflite import check_fully_int8, convert_int8, keras_graph, quant_range
 from edgead.export.tflite_size import (
@@ -46,7 +46,7 @@ def exported(synth_root, tmp_path_factory) -> dict:
     # The head exactly as export_tflite converts it (same calibration latents, same input range), uncompacted.
     trunk = fx.runners["trunk"]
     lat = trunk.outputs["latent"]
-    lats = _latent_samples(trunk, calib)
+    lats = latent_samples(trunk, calib)
     rng = quant_range(lat["quantization"]["scale"][0], lat["quantization"]["zero_point"][0], lat["dtype"])
     km = keras_graph(model, pre, GraphSpec("head", "latent", tuple(feature_names(model.config.levels))))
     return {"model": model, "calib": calib, "fx": fx, "head_keras": km, "latents": lats, "latent_range": rng,

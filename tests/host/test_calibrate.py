@@ -134,8 +134,8 @@ def test_relabelled_keeps_every_earlier_threshold():
 
 
 def test_eval_and_train_tables_report_decisions_and_the_ceiling(run, tmp_path):
-    from edgead.cl.evaluate_run import evaluate_run, format_decisions
-    from edgead.cli.tables import decision_table
+    from edgead.cl.evaluate_run import evaluate_run
+    from edgead.cli.tables import decision_table, format_decisions
 
     r = tmp_path / "run"
     shutil.copytree(run["run"], r)
