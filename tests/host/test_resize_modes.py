@@ -194,6 +194,7 @@ def test_device_matches_host_on_a_non_square_image(mode, non_square, tmp_path, m
     from edgead.engine.tensors import predict_images
     from edgead.engine.trainer import TrainConfig
     from edgead.models.teacher_student import DetectorConfig
+    from firmware_sim.anomaly_map import ScorePost
     from firmware_sim.device import Device
     from firmware_sim.preprocess import load_rgb
 
@@ -224,7 +225,11 @@ def test_device_matches_host_on_a_non_square_image(mode, non_square, tmp_path, m
     views = pre.views(img)
     assert len(views) == (3 if mode == "tile" else 1)
     maps, _ = predict_images(model, views, pre)
-    frame, score = pre.merge(maps, img.size)
+    # Both sides score with the model's post-processing (default top-k mean), in the model's frame, as
+    # calibration did: the manifest records the checkpoint's, and the host merges with it too.
+    post = ScorePost.parse(model.config.score)
+    assert dev.manifest.score_post == post
+    frame, score = pre.merge(maps, img.size, post)
     assert r.score == pytest.approx(score, rel=1e-3)
     assert r.map.shape == frame.shape == (64, 64)
     valid = pre.frame_valid(img.size)
