@@ -7,6 +7,7 @@ loop, and results.json records it under `config.train`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,15 +111,18 @@ class ReplayConfig:
                    None if device_buffer is None else Path(device_buffer),
                    None if device_trunk is None else Path(device_trunk), calibration_anchors, str(latent_crop))
 
-    def crop_side(self, latent_shape: tuple[int, ...], budget_bytes: int | None, n_tasks: int) -> int:
-        """The latent crop side the memory uses (0: whole latents) for a replay budget (anchors left out)."""
+    def crop_side(self, latent_shape: tuple[int, ...], budget_bytes: int | None, n_tasks: int,
+                  names: Sequence[str] = ()) -> int:
+        """The latent crop side the memory uses (0: whole latents) for a replay budget (anchors left out);
+        ``names``: the tasks' product names, whose bytes their task records carry within their shares."""
         if self.strategy != "compressed-replay" or self.device_buffer is not None or self.latent_crop == "none":
             return 0
         if self.latent_crop != "auto":
             return int(self.latent_crop)
         if budget_bytes is None:  # a sample count sizes the buffer for whole latents
             return 0
-        side = auto_crop_side(self.codec_obj, tuple(latent_shape), budget_bytes, n_tasks)
+        name_bytes = max((len(n.encode("utf-8")) for n in names), default=0)
+        side = auto_crop_side(self.codec_obj, tuple(latent_shape), budget_bytes, n_tasks, name_bytes)
         return 0 if side is None else side  # None: nothing fits; the buffer says so with the sizes
 
     @property

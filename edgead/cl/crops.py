@@ -36,15 +36,18 @@ def record_bytes(codec: Codec, shape: tuple[int, ...]) -> int:
     return RECORD_OVERHEAD + codec.bytes_per_sample(tuple(shape))
 
 
-def task_share(budget_bytes: int, n_tasks: int) -> int:
-    """Sample bytes of one task's equal share of a buffer (its task record left out)."""
-    return (budget_bytes - FILE_HEADER_SIZE) // max(n_tasks, 1) - TASK_RECORD_SIZE
+def task_share(budget_bytes: int, n_tasks: int, name_bytes: int = 0) -> int:
+    """Sample bytes of one task's equal share of a buffer (its task record left out, with ``name_bytes`` of
+    product name: a named task's record carries its name and its share pays for it)."""
+    return (budget_bytes - FILE_HEADER_SIZE) // max(n_tasks, 1) - TASK_RECORD_SIZE - name_bytes
 
 
-def auto_crop_side(codec: Codec, latent_shape: tuple[int, ...], budget_bytes: int, n_tasks: int) -> int | None:
+def auto_crop_side(codec: Codec, latent_shape: tuple[int, ...], budget_bytes: int, n_tasks: int,
+                   name_bytes: int = 0) -> int | None:
     """0 for whole latents (one fits in every task's share); else the largest square crop side that fits;
-    None when not even a MIN_CROP_SIDE crop fits."""
-    share = task_share(budget_bytes, n_tasks)
+    None when not even a MIN_CROP_SIDE crop fits. ``name_bytes``: the longest task name (UTF-8 bytes) the
+    shares pay for, so that a crop chosen here still fits once its task is named."""
+    share = task_share(budget_bytes, n_tasks, name_bytes)
     c, h, w = latent_shape
     if record_bytes(codec, latent_shape) <= share:
         return 0

@@ -86,7 +86,8 @@ def _add_product(learner: Learner, name: str, encoded: list, source: dict) -> No
 
 def _merge(learner: Learner, i: int, encoded: list, n_tasks: int) -> None:
     budget = learner.memory_budget(n_tasks)
-    side = learner.replay.crop_side(learner.latent_shape, budget, n_tasks) if budget is not None else 0
+    side = (learner.replay.crop_side(learner.latent_shape, budget, n_tasks, learner.names[:n_tasks])
+            if budget is not None else 0)
     learner.memory.reshare(i, budget, side)
     learner.memory.merge(i, encoded)
     learner.memory.name_tasks(learner.names)

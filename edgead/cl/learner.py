@@ -218,7 +218,7 @@ class Learner:
         if self.memory is None:
             return
         budget = self.memory_budget(i + 1)
-        side = self.replay.crop_side(self.latent_shape, budget, i + 1) if budget is not None else 0
+        side = self.replay.crop_side(self.latent_shape, budget, i + 1, self.names[:i + 1]) if budget is not None else 0
         self.memory.reshare(i, budget, side)
         self.memory.update(i, self.model, d.train.images, self.pre)
         if isinstance(self.memory, LatentMemory):

@@ -58,16 +58,18 @@ def test_latent_crop_option_is_validated():
         LatentMemory.new("int8-channel", SHAPE, budget_bytes=10**6, memory_size=None, seed=0, crop_side=40)
 
 
-def _budget_between(codec: str, side: int, n_tasks: int, anchors: int) -> int:
-    """A budget holding one crop of ``side`` per task but no whole 24x8x8 latent (64 px), anchors included."""
-    c = get_codec(codec)
+def _budget_between(codec: str, side: int, names: list[str], anchors: int) -> int:
+    """A budget holding one crop of ``side`` per task but no whole 24x8x8 latent (64 px), anchors included.
+    Each task record carries its product name within the task's share: every share pays the longest name."""
+    c, n_tasks = get_codec(codec), len(names)
     reserve = CalibrationAnchors(1, (24, 8, 8), 64, 0).reserve_bytes(n_tasks) if anchors else 0
-    return reserve + FILE_HEADER_SIZE + n_tasks * (TASK_RECORD_SIZE + record_bytes(c, (24, side, side)))
+    name = max(len(n.encode("utf-8")) for n in names)
+    return reserve + FILE_HEADER_SIZE + n_tasks * (TASK_RECORD_SIZE + name + record_bytes(c, (24, side, side)))
 
 
 def test_stream_below_one_whole_latent_per_task_replays_crops(synth_root, tmp_path):
     names = ["nut", "brick", "pill"]
-    budget = _budget_between("int8-channel", 6, 3, anchors=1)
+    budget = _budget_between("int8-channel", 6, names, anchors=1)
     whole = record_bytes(get_codec("int8-channel"), (24, 8, 8))
     assert budget - CalibrationAnchors(1, (24, 8, 8), 64, 0).reserve_bytes(3) < FILE_HEADER_SIZE + 3 * (
         TASK_RECORD_SIZE + whole)  # no whole latent per task fits
@@ -77,6 +79,13 @@ def test_stream_below_one_whole_latent_per_task_replays_crops(synth_root, tmp_pa
     assert mem["latent_crop"] == [24, 6, 6]
     assert set(mem["buffer_samples"]) == set(names) and all(n >= 1 for n in mem["buffer_samples"].values())
     assert mem["total_bytes"] <= budget
+    # less the names' bytes, a 6 x 6 crop and its task's name no longer fit a share: the crop is chosen with
+    # the names paid for (5 x 5), so naming a task never evicts its only record
+    tight = budget - 3 * max(len(n) for n in names)
+    res = run_stream(TaskStream(synth_root, names), DET, CFG,
+                     ReplayConfig("compressed-replay", "int8-channel", tight), tmp_path / "tight", log=lambda m: None)
+    assert res["memory"]["latent_crop"] == [24, 5, 5]
+    assert all(res["memory"]["buffer_samples"][n] >= 1 for n in names) and res["memory"]["total_bytes"] <= tight
     # the same budget with whole latents only: the tasks' shares hold nothing
     res = run_stream(TaskStream(synth_root, names), DET, CFG,
                      ReplayConfig("compressed-replay", "int8-channel", budget, latent_crop="none"),
