@@ -45,8 +45,9 @@ TASK_NAMES = ("brick", "grass", "gravel", "nut", "pill", "bottle",
 STRATEGIES = {"compressed-replay": {"strategy": "compressed-replay", "codec": "int8-channel"},
               "replay": {"strategy": "replay", "codec": None}}
 FLAT_TOLERANCE = 1.5  # mean training time per task, longest vs shortest stream
-# run_stream announces each task with this line; the worker uses it to split time and memory per task.
-TASK_START = re.compile(r"task (\d+)/(\d+): ")
+# the learner announces each task with "task i: NAME (...)" (it does not know the stream's length); the worker
+# uses that line to split time and memory per task.
+TASK_START = re.compile(r"task (\d+): ")
 NOTES = ("PaSTe-MCUNet (ImageNet trunk and teacher); one fresh process per stream; tasks 7+ reuse "
          "the synthetic looks under other names (metal_nut=nut, capsule=pill, tile=gravel, carpet=grass, "
          "grid=brick) with name-seeded draws; buffer bytes = what results.json counts as additional_bytes, "
