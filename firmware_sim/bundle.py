@@ -159,16 +159,17 @@ def archive_path(out: Path) -> Path:
     return out.with_name(out.name + ".tar.gz")
 
 
-def check_out(out: str | os.PathLike, archive: bool, force: bool, inputs: list[str | os.PathLike] = (),
+def check_out(out: str | os.PathLike, archive: bool, force: bool, inputs: list[str | os.PathLike | None] = (),
               error: type[UserError] = UserError) -> Path:
     """Refuse a bundle folder or archive this command may not write (firmware_sim.outputs' rule: never an
-    input, never a folder that is not a bundle, an existing bundle only with ``force``); returns OUT resolved."""
+    input, never a folder that is not a bundle, an existing bundle only with ``force``); returns OUT resolved.
+    ``inputs`` may hold None (an optional input not given), as in firmware_sim.outputs.check_out."""
     real = outputs.check_out(out, kind="bundle", inputs=inputs, force=force, what="OUT", error=error)
     if archive:
         tgz = archive_path(real)
         if tgz.exists() and not tgz.is_file():
             raise error(f"{tgz}: exists and is not a file (the bundle's archive goes there)")
-        if any(tgz == outputs.resolve(i) for i in inputs):
+        if any(tgz == outputs.resolve(i) for i in inputs if i is not None):
             raise error(f"{tgz}: is an input of this command; choose another OUT")
         if tgz.exists() and not force:
             raise error(f"{tgz}: already exists (choose another OUT or pass --force)")
