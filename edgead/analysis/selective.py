@@ -39,7 +39,7 @@ from edgead.data.stream import TaskData, TaskStream
 from edgead.engine.evaluate import evaluate_split
 from edgead.engine.trainer import TrainConfig, train_task
 from edgead.errors import EdgeadError
-from edgead.models.anomaly_map import combine_levels, image_score
+from edgead.models.anomaly_map import combine_levels
 from edgead.models.teacher_student import DetectorConfig, TeacherStudent
 from firmware_sim.atomic import atomic_write_json
 from firmware_sim.preprocess import Preprocess
@@ -117,8 +117,8 @@ class ChannelSelectedDetector(TeacherStudent):
     def predict_latent(self, z: torch.Tensor,
                        out_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         d = selected_level_distances(self.teacher_features(z), self.student_features(z), self.channels)
-        amap = combine_levels(d, out_size or self.config.image_size)
-        return amap, image_score(amap)
+        # the model's own score post-processing (config.score), as the standard detector scores
+        return self.post_process(combine_levels(d, out_size or self.config.image_size))
 
     @classmethod
     def from_detector(cls, model: TeacherStudent,

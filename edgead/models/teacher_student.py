@@ -236,6 +236,10 @@ class TeacherStudent(nn.Module):
     def predict_latent(self, z: torch.Tensor, out_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent batch -> (anomaly maps (N, S, S), image scores (N,)), post-processed as config.score says."""
         amap = anomaly_map(self.teacher_features(z), self.student_features(z), out_size or self.config.image_size)
+        return self.post_process(amap)
+
+    def post_process(self, amap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw anomaly maps (N, S, S) -> (maps, image scores (N,)) as config.score says (subclasses share it)."""
         post = ScorePost.parse(self.config.score)
         if post == ScorePost():  # the plain maximum: stay in torch (training's selection checks call this)
             return amap, image_score(amap)
