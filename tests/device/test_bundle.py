@@ -144,21 +144,29 @@ def test_bundle_installs_in_a_fresh_venv_and_scores_like_the_host(art, tmp_path)
 
 @pytest.mark.slow
 def test_requirements_resolve_for_a_64bit_raspberry_pi(art, tmp_path):
-    """pip resolves every requirement to aarch64 wheels for Python 3.11 (Raspberry Pi OS Bookworm 64-bit)."""
-    res = make_bundle(art["art"], tmp_path / "bundle", archive=False)  # both formats: onnxruntime included
-    reqs = Path(res["bundle"]) / "requirements-device.txt"
-    assert "onnxruntime" in reqs.read_text()
-    dest = tmp_path / "wheels"
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
-           *(a for p in PI_PLATFORMS for a in ("--platform", p)), "--python-version", "3.11", "-d", str(dest),
-           "-r", str(reqs)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    wheels = [p.name for p in dest.glob("*.whl")]
-    for dist in ("numpy-1.", "pillow-", "ai_edge_litert-", "onnxruntime-"):
-        hits = [w for w in wheels if w.lower().startswith(dist)]
-        assert hits, (dist, wheels)
-        assert all("aarch64" in w or w.endswith("-any.whl") for w in hits), hits
+    """pip resolves every requirement to aarch64 wheels for Python 3.11 (Raspberry Pi OS Bookworm 64-bit): a
+    plain bundle with ai-edge-litert, and the default bundle of this artifact, which keeps its Edge TPU graphs
+    (test_default_bundle_keeps_everything_with_edgetpu) and so pins the Coral's tflite-runtime 2.14.0 instead."""
+    cases = [("tflite-int8,onnx-int8", False, "ai_edge_litert-", "tflite_runtime-"),
+             (None, True, "tflite_runtime-2.14.0-", "ai_edge_litert-")]
+    for formats, edgetpu, interpreter, absent in cases:
+        out = tmp_path / f"bundle-{'edgetpu' if edgetpu else 'cpu'}"
+        res = make_bundle(art["art"], out, formats, archive=False)  # both formats: onnxruntime included
+        assert res["edgetpu"] is edgetpu
+        reqs = Path(res["bundle"]) / "requirements-device.txt"
+        assert "onnxruntime" in reqs.read_text()
+        dest = tmp_path / f"wheels-{out.name}"
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
+               *(a for p in PI_PLATFORMS for a in ("--platform", p)), "--python-version", "3.11", "-d", str(dest),
+               "-r", str(reqs)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        wheels = [p.name for p in dest.glob("*.whl")]
+        for dist in ("numpy-1.", "pillow-", interpreter, "onnxruntime-"):
+            hits = [w for w in wheels if w.lower().startswith(dist)]
+            assert hits, (dist, wheels)
+            assert all("aarch64" in w or w.endswith("-any.whl") for w in hits), hits
+        assert not [w for w in wheels if w.lower().startswith(absent)], (formats, wheels)
 
 
 def _pip_download(spec: str, platforms: tuple[str, ...], python: str, dest: Path) -> subprocess.CompletedProcess:
