@@ -31,7 +31,7 @@ from edgead.errors import EdgeadError
 from firmware_sim.atomic import atomic_write
 from firmware_sim.codecs import Codec, get_codec
 from firmware_sim.quantization import quantize
-from firmware_sim.replay_buffer import FILE_HEADER_SIZE, TASK_RECORD_SIZE, ReplayBuffer
+from firmware_sim.replay_buffer import FILE_HEADER_SIZE, MAX_NAME_BYTES, TASK_RECORD_SIZE, ReplayBuffer
 
 
 class ReplayMemory(Protocol):
@@ -204,9 +204,11 @@ class LatentMemory:
             latent_shape = (latent_shape[0], crop_side, crop_side)
         if budget_bytes is None:
             # A sample count: room for memory_size records, each in a task of its own at worst (the count is
-            # then shared equally by cap_records), whatever the number of tasks still to come.
+            # then shared equally by cap_records), whatever the number of tasks still to come. A task's name
+            # counts in its share: room for the longest name too, or one record per task no longer fits.
             codec = get_codec(codec) if isinstance(codec, str) else codec
-            budget_bytes = FILE_HEADER_SIZE + memory_size * (TASK_RECORD_SIZE + record_bytes(codec, latent_shape))
+            budget_bytes = FILE_HEADER_SIZE + memory_size * (TASK_RECORD_SIZE + MAX_NAME_BYTES
+                                                             + record_bytes(codec, latent_shape))
         else:
             memory_size = None
         buffer = ReplayBuffer(budget_bytes, codec, seed=seed, policy=policy, latent_shape=latent_shape)
