@@ -222,6 +222,17 @@ def section(path: Path) -> str | None:
         return _threshold(d, name)
     if name.startswith("real_stream"):
         return _real_stream(d, name)
+    if name.startswith("decisions"):  # bench_decisions / bench_budget / bench_postprocess: their bars
+        return f"## Decisions: {name}\n\n{_head(d)}\n\n{_checks(d)}\n"
+    if name.startswith("buffer_writes"):
+        rows = [{"shape": "x".join(map(str, r["shape"])), "budget": r["budget"],
+                 "record_bytes": r["after"]["record_bytes"],
+                 "bytes_per_1000_frames_before": r["before"]["bytes_per_1000_frames"],
+                 "bytes_per_1000_frames_after": r["after"]["bytes_per_1000_frames"],
+                 "per_buffered_frame_after": r["after"]["bytes_per_buffered_frame"],
+                 "reduction": r["reduction"], "within_record_plus_64": r["after_within_record_plus_64"]}
+                for r in d["rows"]]
+        return f"## Device buffer writes\n\n`{d.get('command', '?')}`\n\n{_table(rows, list(rows[0]))}\n"
     if name == "metrics":
         rows = [{"metric": k, **v} for k, v in d["results"].items()] if isinstance(d["results"], dict) else d["results"]
         cols = ["metric", "best_s", "mean_s", "peak_extra_bytes", "memory_multiple_of_maps"]
