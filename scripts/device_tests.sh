@@ -27,6 +27,8 @@ fi
 # A budget of a few latents of this artifact's own size (a 256-px latent is 3x the whole 8 KB of a 64-px one).
 BUDGET=$("$DEV" -c "import json, math, sys; d = json.load(open(sys.argv[1] + '/manifest.json'));
 print(4 * math.prod(d['latent']['shape_chw']) + 2048)" "$ART")
+# --keep all below: this checks the buffer's mechanics, and a one-epoch model calls most frames anomalous
+# (the default --keep normal would store none of them).
 # Camera-like frames made on the device itself: RGB of another size, grayscale, 16-bit, RGBA, and a stray file.
 "$DEV" - "$WORK/imgs" <<'PY'
 import sys
@@ -42,7 +44,7 @@ Image.fromarray(np.asarray(rgb.convert("L"), np.uint16) * 257).save(d / "gray16.
 (d / "notes.txt").write_text("not an image")
 PY
 "$DEV" -m firmware_sim run --artifact "$ART" --images "$WORK/imgs" --out "$WORK/ov" --buffer "$WORK/buf.bin" \
-    --budget "$BUDGET" --task 0 >"$WORK/device.jsonl" 2>"$WORK/device.err"
+    --budget "$BUDGET" --task 0 --keep all >"$WORK/device.jsonl" 2>"$WORK/device.err"
 "$DEV" -m firmware_sim buffer stats "$WORK/buf.bin" >"$WORK/stats.json"
 "$DEV" -m firmware_sim profile --artifact "$ART" --runs 20 --budget "$BUDGET" --json >"$WORK/profile.json"
 .venv/bin/python -m firmware_sim run --artifact "$ART" --images "$WORK/imgs" >"$WORK/host.jsonl" 2>/dev/null
