@@ -243,4 +243,6 @@ def test_killed_appender_keeps_every_committed_record(tmp_path):
         assert report.dropped == 0, report.errors
         assert live(loaded) in (states[last], states[min(last + 1, steps)]), f"run {run}: not step {last}"
         assert path.stat().st_size <= loaded.budget_bytes
-    assert kills >= 25, kills
+    # Most runs must end in a kill mid-stream (else nothing was tested); not all: on a busy machine the
+    # parent's timer fires late and a child sometimes finishes its 400 steps first (23 of 30 seen at load 8).
+    assert kills >= 15, kills
