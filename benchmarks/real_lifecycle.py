@@ -60,8 +60,9 @@ def _setup(a, method: str, budget: int | None):
 
 
 def _summary(res: dict, seconds: list[float]) -> dict:
-    m = res["metrics"]
-    return {"image_auroc": m["image_auroc"]["final_average"], "pixel_auroc": m["pixel_auroc"]["final_average"],
+    m, bacc = res["metrics"], res["deployed"]["balanced_accuracy"]
+    return {"deployed_bacc": bacc["final_average"], "deployed_bacc_per_task": bacc["per_task"],
+            "image_auroc": m["image_auroc"]["final_average"], "pixel_auroc": m["pixel_auroc"]["final_average"],
             "img_forget_abs": m["image_auroc"]["forgetting_absolute"],
             "image_auroc_matrix": m["image_auroc"]["matrix"], "memory_after_task": res["memory"].get("after_task"),
             "total_bytes": res["memory"]["total_bytes"], "versions": res.get("versions"), "call_seconds": seconds}
@@ -69,15 +70,19 @@ def _summary(res: dict, seconds: list[float]) -> dict:
 
 def run_lifecycle(a, tasks: list[str], method: str, budget: int | None, work: Path, log=print) -> dict:
     """Both runs of the comparison; returns {"single": ..., "lifecycle": ..., "handoff": ...}."""
+    from bench_real_stream import ResearchThresholds
+    from drift_probe import DriftProbe
     from edgead.cl.device_merge import merge_device_buffer
     from edgead.cl.runner import learn_run, run_stream
     from edgead.data import TaskStream
 
     det, train, replay = _setup(a, method, budget)
     quiet = {"log": lambda m: None}
+    probe = DriftProbe(seed=train.seed)
     t0 = time.perf_counter()
     single = run_stream(TaskStream(a.data, tasks, max_train=a.max_train), det, train, replay, work / "single",
-                        weights=a.weights, command="bench_real_stream --lifecycle (single call)", **quiet)
+                        weights=a.weights, command="bench_real_stream --lifecycle (single call)",
+                        plugins=[ResearchThresholds(), probe], **quiet)
     single_s = [time.perf_counter() - t0]
     run, seconds = work / "lifecycle", []
     middle = len(tasks) // 2
@@ -98,7 +103,8 @@ def run_lifecycle(a, tasks: list[str], method: str, budget: int | None, work: Pa
             res = merge_device_buffer(run, buf, command="bench_real_stream --lifecycle (device hand-off)", **quiet)
             seconds.append(time.perf_counter() - t0)
             handoff["memory_after"] = res["memory"]["per_task"]
-    return {"single": _summary(single, single_s), "lifecycle": _summary(res, seconds), "handoff": handoff}
+    return {"single": _summary(single, single_s), "lifecycle": _summary(res, seconds), "handoff": handoff,
+            "probe": probe.records}
 
 
 def lifecycle_main(a, argv, tasks: list[str], out_dir: Path, name: str) -> int:
@@ -112,6 +118,9 @@ def lifecycle_main(a, argv, tasks: list[str], out_dir: Path, name: str) -> int:
         res = run_lifecycle(a, tasks, method, budget, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    probe = res.pop("probe")
+    write_json(out_dir / f"drift_probe_{name}.json", {**header(argv), "args": vars(a), "tasks": tasks,
+                                                      "method": method, "budget_bytes": budget, "records": probe})
     s, life = res["single"]["image_auroc"], res["lifecycle"]["image_auroc"]
     checks = [check(f"lifecycle ({len(tasks)} calls + a device hand-off) ends within {BAR} image AUROC of the "
                     "single call", abs(life - s) <= BAR, f"{life:.4f} vs {s:.4f}")]

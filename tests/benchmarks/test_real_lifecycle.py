@@ -25,3 +25,11 @@ def test_lifecycle_quick_runs_every_call_and_the_handoff(tmp_path):
     for after in (life["memory_after_task"], single["memory_after_task"]):
         assert list(after[-1]) == ["brick", "nut"]
     assert life["total_bytes"] <= saved["budget_bytes"] and saved["checks"][0]["check"].startswith("lifecycle")
+    # the single call's drift probe: one record per evaluation (task j after task i), its probes under that model
+    probe = json.loads((tmp_path / "drift_probe_real_lifecycle_quick.json").read_text())["records"]
+    assert [(r["after"], r["task"]) for r in probe] == [(0, 0), (1, 0), (1, 1)]
+    for r in probe:
+        assert len(r["scores"]) == len(r["labels"]) == len(r["defect_types"]) > 0
+        assert len(r["probe_image"]) == len(r["probe_mean"]) >= 1
+        assert all(m <= s for m, s in zip(r["probe_mean"], r["probe_image"], strict=True))  # a map's mean <= its top
+    assert probe[0]["drift_ratio"] is None and probe[1]["drift_ratio"] is not None
