@@ -30,6 +30,7 @@ def test_lifecycle_quick_runs_every_call_and_the_handoff(tmp_path):
     assert [(r["after"], r["task"]) for r in probe] == [(0, 0), (1, 0), (1, 1)]
     for r in probe:
         assert len(r["scores"]) == len(r["labels"]) == len(r["defect_types"]) > 0
-        assert len(r["probe_image"]) == len(r["probe_mean"]) >= 1
-        assert all(m <= s for m, s in zip(r["probe_mean"], r["probe_image"], strict=True))  # a map's mean <= its top
+        assert len(r["probe_image"]) == len(r["probe_mean"]) == len(r["crop_image"]) == len(r["crop_mean"]) >= 1
+        for mean, top in (("probe_mean", "probe_image"), ("crop_mean", "crop_image")):  # a map's mean <= its top
+            assert all(m <= s for m, s in zip(r[mean], r[top], strict=True))
     assert probe[0]["drift_ratio"] is None and probe[1]["drift_ratio"] is not None
