@@ -14,32 +14,14 @@ pytest.importorskip("onnxruntime")
 
 from firmware_sim.__main__ import main as fw_main  # noqa: E402
 from firmware_sim.manifest import MANIFEST_NAME, load_manifest  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-WEIGHTS = ROOT.parent / "shared" / "weights" / "mcunet-in3"
+from tests.conftest import two_task_onnx  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def art(tmp_path_factory) -> dict:
-    """Two products trained briefly on generated data at 64 px and exported to ONNX."""
-    assert (WEIGHTS / "mcunet-320kb-1mb_imagenet.pth").is_file(), f"MCUNet-in3 weights not found in {WEIGHTS}"
-    from edgead.cli import main as edgead_main
-    from edgead.data.synth import generate_dataset
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EDGEAD_WEIGHTS_DIR", str(WEIGHTS))
-    root = tmp_path_factory.mktemp("calib")
-    data = Path(generate_dataset(root / "data", ["nut", "brick"], seed=0, image_size=64, n_train=12, n_test=6))
-    for argv in (["train", "--data", str(data), "--tasks", "nut,brick", "--out", str(root / "run"), "--image-size",
-                  "64", "--epochs", "1", "--batch-size", "8", "--val-fraction", "0.25", "--quiet"],
-                 ["export", "--run", str(root / "run"), "--out", str(root / "art"), "--format", "onnx",
-                  "--calibration", "8", "--allow-drift", "--quiet"]):
-        try:
-            edgead_main(argv)
-        except SystemExit as e:
-            assert e.code in (0, None), f"edgead {argv[0]} failed ({e.code})"
-    mp.undo()
-    return {"data": data, "art": root / "art"}
+    """Two products trained briefly on generated data at 64 px and exported to ONNX (the session's, with
+    tests/host/test_calibrate.py's run: tests/conftest.py)."""
+    return two_task_onnx(tmp_path_factory)
 
 
 def _labelled(data: Path, task: str, dest: Path) -> tuple[Path, Path]:

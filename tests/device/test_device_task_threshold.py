@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from firmware_sim.manifest import load_manifest  # noqa: E402
+from tests.conftest import two_task_onnx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-WEIGHTS = ROOT.parent / "shared" / "weights" / "mcunet-in3"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
@@ -26,27 +26,10 @@ def _fw(*args) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def two_task_art(tmp_path_factory) -> dict:
-    # The tests run from a checkout beside ../shared: missing weights are a broken setup, not a skip.
-    assert (WEIGHTS / "mcunet-320kb-1mb_imagenet.pth").is_file(), f"MCUNet-in3 weights not found in {WEIGHTS}"
-    from edgead.export.pipeline import ExportOptions, export_run
-
-    from edgead.cl.config import ReplayConfig
-    from edgead.cl.runner import run_stream
-    from edgead.data import TaskStream
-    from edgead.data.synth import generate_dataset
-    from edgead.engine.trainer import TrainConfig
-    from edgead.models.teacher_student import DetectorConfig
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EDGEAD_WEIGHTS_DIR", str(WEIGHTS))
-    root = tmp_path_factory.mktemp("tasks")
-    data = generate_dataset(root / "data", ["nut", "brick"], seed=0, image_size=64, n_train=12, n_test=4)
-    res = run_stream(TaskStream(data, ["nut", "brick"]), DetectorConfig.defaults("paste", "mcunet-in3", image_size=64),
-                     TrainConfig(epochs=1, batch_size=8, progress=False, val_fraction=0.25), ReplayConfig(),
-                     root / "run", log=lambda m: None)
-    export_run(root / "run", root / "art", ExportOptions(formats=["onnx"], calibration=8, allow_drift=True))
-    mp.undo()
-    return {"data": Path(data), "art": root / "art", "results": res, "run": root / "run"}
+    """'nut' then 'brick' trained 1 epoch at 64 px with held-out images for per-task thresholds, exported to
+    ONNX: the session's (tests/conftest.py), with the run's results.json."""
+    art = two_task_onnx(tmp_path_factory)
+    return {**art, "results": json.loads((art["run"] / "results.json").read_text())}
 
 
 def test_manifest_carries_every_tasks_threshold(two_task_art):

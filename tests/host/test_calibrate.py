@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-WEIGHTS = ROOT.parent / "shared" / "weights" / "mcunet-in3"
+from tests.conftest import two_task_run
 
 
 def _edgead(argv: list[str]) -> int:
@@ -27,18 +26,9 @@ def _edgead(argv: list[str]) -> int:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> dict:
-    assert (WEIGHTS / "mcunet-320kb-1mb_imagenet.pth").is_file(), f"MCUNet-in3 weights not found in {WEIGHTS}"
-    from edgead.data.synth import generate_dataset
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EDGEAD_WEIGHTS_DIR", str(WEIGHTS))
-    root = tmp_path_factory.mktemp("hostcal")
-    data = Path(generate_dataset(root / "data", ["nut", "brick"], seed=0, image_size=64, n_train=12, n_test=6))
-    assert _edgead(["train", "--data", str(data), "--tasks", "nut,brick", "--out", str(root / "run"),
-                    "--image-size", "64", "--epochs", "1", "--batch-size", "8", "--val-fraction", "0.25",
-                    "--quiet"]) == 0
-    mp.undo()
-    return {"data": data, "run": root / "run"}
+    """Two products trained by `edgead train` at 64 px (the session's, shared with the device's calibrate
+    tests: tests/conftest.py); copied before a test changes it."""
+    return two_task_run(tmp_path_factory)
 
 
 def _labelled(data: Path, task: str, dest: Path) -> tuple[Path, Path]:
