@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from edgead.export.fidelity import Tolerance, compare
-from edgead.export.pipeline import load_data, load_run, reference
 
 from edgead.engine.views import merge_views
 from edgead.errors import EdgeadError
@@ -39,6 +42,11 @@ from firmware_sim.runtime import Prediction
 MAX_DIFF_OF_THRESHOLD = 0.005
 # LiteRT's default delegate, and its built-in kernels (the switch concerns the TFLite format only)
 VARIANTS = {"xnnpack": [], "builtin": ["--no-xnnpack"]}
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "arm64_check.sh"
+BINFMT = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+QEMU_HELPER = Path("/usr/libexec/qemu-binfmt/aarch64-binfmt-P")
+APT_COMMANDS = ("apt-get update", "apt-get install -y qemu-user-static binfmt-support mmdebstrap",
+                "update-binfmts --enable qemu-aarch64")
 
 
 def _subset(test, limit: int | None, seed: int):
@@ -97,6 +105,8 @@ def score_differences(test, pre, host: dict, arm: dict, threshold: float) -> dic
 
 def check(bundle: Path, rootfs: Path, venv: str, inside: str, suite: str, out: Path,
           data_root: Path | None = None, limit: int | None = None, log=print) -> dict:
+    from edgead.export.pipeline import load_data, load_run, reference  # the pipeline imports this module
+
     art = bundle / "artifact"
     manifest = load_manifest(art)
     src = manifest.data.get("source") or {}
@@ -160,6 +170,123 @@ def check(bundle: Path, rootfs: Path, venv: str, inside: str, suite: str, out: P
     }
     atomic_write_json(out, result)
     return result
+
+
+def missing_tools(path: str | None = None, binfmt: Path = BINFMT, helper: Path = QEMU_HELPER) -> list[str]:
+    """What the arm64 check needs on this host and lacks (the same test as scripts/arm64_check.sh): mmdebstrap,
+    qemu-user-static, an enabled binfmt entry for aarch64, and root (mmdebstrap and chroot)."""
+    missing = []
+    if shutil.which("mmdebstrap", path=path) is None:
+        missing.append("mmdebstrap")
+    if shutil.which("qemu-aarch64-static", path=path) is None and not os.access(helper, os.X_OK):
+        missing.append("qemu-user-static")
+    try:
+        enabled = binfmt.read_text().splitlines()[:1] == ["enabled"]
+    except OSError:
+        enabled = False
+    if not enabled:
+        missing.append("binfmt entry qemu-aarch64")
+    return missing
+
+
+def require_tools(path: str | None = None, binfmt: Path = BINFMT, helper: Path = QEMU_HELPER,
+                  root: bool | None = None) -> None:
+    """Refuse, before any work, an arm64 check this host cannot run; the message gives the apt commands."""
+    missing = missing_tools(path, binfmt, helper)
+    if missing:
+        raise EdgeadError(f"--arm64-check: missing on this host: {', '.join(missing)}. Install and enable them "
+                          "(Debian/Ubuntu, as root): " + "; ".join(APT_COMMANDS))
+    if not (os.geteuid() == 0 if root is None else root):
+        raise EdgeadError("--arm64-check: needs root (mmdebstrap builds the arm64 root and chroot runs it); run "
+                          "the export with sudo, or export without --arm64-check and run scripts/arm64_check.sh "
+                          "on the bundle as root")
+    if not SCRIPT.is_file():
+        raise EdgeadError(f"--arm64-check: {SCRIPT} not found (it comes with the edgead source tree)")
+
+
+def run_script(bundle: Path, out: Path, data_root: Path | None = None, limit: int | None = None,
+               suite: str = "stable", log: Callable[[str], None] = lambda m: None) -> dict:
+    """scripts/arm64_check.sh on a bundle; its arm64_fidelity.json as a dict. The script's progress lines go to
+    ``log``; a failure raises with the tail of what it printed."""
+    cmd = ["bash", str(SCRIPT), str(bundle), "--suite", suite, "--out", str(out)]
+    if data_root is not None:
+        cmd += ["--data", str(data_root)]
+    if limit:
+        cmd += ["--limit", str(int(limit))]
+    env = {**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)}
+    tail: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as p:
+        assert p.stdout is not None
+        for line in p.stdout:
+            line = line.rstrip()
+            tail = (tail + [line])[-20:]
+            if line.startswith("arm64"):
+                log(line)
+    if p.returncode != 0:
+        raise EdgeadError(f"--arm64-check: {SCRIPT.name} {bundle} failed (exit {p.returncode}):\n" + "\n".join(tail))
+    try:
+        return json.loads(out.read_text())
+    except (OSError, ValueError) as e:
+        raise EdgeadError(f"--arm64-check: {out}: unreadable result ({e})") from None
+
+
+def check_artifact(artifact: Path, data_root: Path | None = None, limit: int | None = None,
+                   log: Callable[[str], None] = lambda m: None) -> dict:
+    """The arm64 check of an (unpublished) artifact folder: bundled into a temporary folder, then run."""
+    from firmware_sim.bundle import make_bundle
+
+    with tempfile.TemporaryDirectory(prefix=".arm64-", dir=artifact.parent) as tmp:
+        bundle = Path(tmp) / "bundle"
+        make_bundle(artifact, bundle, archive=False)
+        return run_script(bundle, Path(tmp) / "arm64_fidelity.json", data_root, limit, log=log)
+
+
+def fold_into_fidelity(fidelity: dict, result: dict, tol: Tolerance) -> dict[str, dict[str, list[dict]]]:
+    """Record an arm64 check's numbers in ``fidelity["arm64"]`` and judge them with the export's own tolerance.
+
+    ``result``: arm64_fidelity.json (check()). Each format and kernel family measured on ARM is held to the same
+    AUROC drops against the float model as the host's run (recomputed here from the recorded AUROCs, so the
+    export's --max-*-auroc-drop apply, not the check's defaults). Returns the drift per format in the form of
+    the host's ``drift_detail`` ({format: {'arm64 PATH [family]': [rows]}}); a format that did not run on ARM
+    (recorded as skipped) is reported, not judged."""
+    per_format: dict[str, dict] = {}
+    drifted: dict[str, dict[str, list[dict]]] = {}
+    for fmt, per in result.get("formats", {}).items():
+        for variant, r in per.items():
+            if "vs_float" not in r:
+                per_format.setdefault(fmt, {})[variant] = {"skipped": r.get("skipped", "not measured")}
+                continue
+            rows = []
+            for metric, limit in (("image AUROC", tol.image_auroc), ("pixel AUROC", tol.pixel_auroc)):
+                a = r["vs_float"].get(metric.split()[0] + "_auroc") or {}
+                if a.get("format") is not None and a.get("float") is not None and a["float"] - a["format"] > limit:
+                    rows.append({"metric": metric, "float": a["float"], "format": a["format"],
+                                 "drop": a["float"] - a["format"], "limit": limit})
+            path = r.get("path", "trunk+head")
+            vs = r["vs_host"]
+            per_format.setdefault(fmt, {})[variant] = {
+                "path": path, "interpreter": r.get("interpreter"),
+                "image_auroc": r["vs_float"].get("image_auroc"), "pixel_auroc": r["vs_float"].get("pixel_auroc"),
+                "vs_host": {k: vs[k] for k in ("max_abs_score_diff", "mean_abs_score_diff",
+                                               "max_abs_score_diff_of_threshold", "decision_flips")},
+                "drift": [f"{d['metric']} {d['float']:.4f} -> {d['format']:.4f} (drop {d['drop']:.4f}, limit "
+                          f"{d['limit']:.4f})" for d in rows],
+                "within_tolerance": not rows,
+            }
+            if rows:
+                drifted.setdefault(fmt, {})[f"arm64 {path} [{variant}]"] = rows
+    fidelity["arm64"] = {"suite": result.get("suite"), "test_images": result.get("test_images"),
+                         "threshold": result.get("threshold"), "machine": (result.get("arm64") or {}),
+                         "host": (result.get("host") or {}), "formats": per_format, "bar": result.get("bar"),
+                         "note": result.get("note")}
+    return drifted
+
+
+def drift_lines(drifted: dict[str, dict[str, list[dict]]]) -> list[str]:
+    """fold_into_fidelity's drift as the export's one-line-per-path form: 'FORMAT (PATH): ...'."""
+    return [f"{fmt} ({path}): " + "; ".join(f"{d['metric']} {d['float']:.4f} -> {d['format']:.4f} (drop "
+                                           f"{d['drop']:.4f}, limit {d['limit']:.4f})" for d in rows)
+            for fmt, per in drifted.items() for path, rows in per.items()]
 
 
 def target_requirements(text: str, python: str, machine: str = "aarch64") -> list[str]:

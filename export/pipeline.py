@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from edgead.export import arm64_check as arm64
 from edgead.export.drift_advice import ExportContext, drift_message
 from edgead.export.fidelity import Reference, Tolerance, evaluate_format
 from edgead.export.formats import EDGETPU, FILE_SUFFIX, FormatExport, export_format, parse_formats
@@ -86,6 +87,13 @@ class ExportOptions:
     data_root: Path | None = option(None, name="data", parse=Path,
                                     help="Dataset root, if it has moved since training.")
     force: bool = option(False, help="Replace a non-empty output folder.")
+    # The host's int8 kernels are not a Pi's: with this, every format also runs on ARM's own kernels (an emulated
+    # Debian arm64 root, export/arm64_check.py) and is judged by the same tolerance (docs/device-runtimes.md).
+    arm64_check: bool = option(False, help="Also run the formats on arm64 kernels (scripts/arm64_check.sh: qemu-user "
+                               "+ a cached Debian arm64 root; needs root) and hold that run to the same fidelity "
+                               "gate.")
+    arm64_images: int | None = option(None, min=1, help="With --arm64-check: at most N test images on ARM "
+                                      "(stratified; emulation is slow). Default: all.")
 
 
 @dataclass
@@ -266,11 +274,11 @@ def _space_needed(run: Run, formats: list[str]) -> tuple[int, int]:
     return (fp32 if "onnx" in formats else fp32 // 4), 2 * len(formats) * fp32
 
 
-def leave_out_drifted(fidelity: dict) -> list[str]:
-    """The default export's rule: the formats that drifted move from fidelity["formats"] to
-    fidelity["left_out"] (returned), unless every format drifted (then none is left out and the export fails
-    as a named one does: publishing nothing silently would help no one)."""
-    drifted = [f for f, per in fidelity["formats"].items() if any(r["drift"] for r in per.values())]
+def leave_out_drifted(fidelity: dict, also: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """The default export's rule: the formats that drifted (on the host, or named in ``also``: drift on ARM)
+    move from fidelity["formats"] to fidelity["left_out"] (returned), unless every format drifted (then none is
+    left out and the export fails as a named one does: publishing nothing silently would help no one)."""
+    drifted = [f for f, per in fidelity["formats"].items() if f in also or any(r["drift"] for r in per.values())]
     if not drifted or len(drifted) == len(fidelity["formats"]):
         return []
     fidelity["left_out"] = {f: fidelity["formats"].pop(f) for f in drifted}
@@ -325,6 +333,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
         groups = [[f"full{t}"]] if run.model.trunk is None else [[f"trunk{t}", f"head{t}"], [f"full{t}"]]
         raise EdgeadError(f"--format edgetpu: {COMPILER} is not on PATH. Export with --format "
                           f"{','.join(formats)} now, then " + manual_steps(out, groups))
+    if opts.arm64_check:
+        arm64.require_tools()  # before any work: the message names the apt commands
     largest, total = _space_needed(run, formats)
     check_writable(out, what="--out", largest_file=largest, total_bytes=total)
     pool, test, tasks = load_data(run, opts.data_root)
@@ -351,10 +361,20 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
             paths = ["full"] if run.model.trunk is None else ["trunk+head", "full"]
             fidelity["formats"][fmt] = evaluate_format(fx.detector(run.model), paths, test, ref, opts.tolerance,
                                                           run.pre)
+        arm_drift = {}
+        if opts.arm64_check:  # the same gate on ARM's kernels: a bundle of what is exported so far, emulated
+            with writing(out.parent, f"the arm64 check of {out.name}"):
+                atomic_write_json(tmp / FIDELITY_NAME, fidelity)
+                write_manifest(tmp, build_manifest(run, opts, exports, tmp, len(calib), len(pool), seed, tasks,
+                                                   True), [f for fx in exports.values() for f in fx.files]
+                               + [FIDELITY_NAME])
+                log("arm64 check: the formats on ARM kernels (emulated; slow) ...")
+                arm_drift = arm64.fold_into_fidelity(fidelity, arm64.check_artifact(
+                    tmp, opts.data_root, opts.arm64_images, log=log), opts.tolerance)
         drift = [f"{fmt} ({path}): {'; '.join(r['drift'])}" for fmt, per in fidelity["formats"].items()
-                 for path, r in per.items() if r["drift"]]
+                 for path, r in per.items() if r["drift"]] + arm64.drift_lines(arm_drift)
         if drift and not explicit and not opts.allow_drift:
-            for f in leave_out_drifted(fidelity):  # default formats: publish those that pass
+            for f in leave_out_drifted(fidelity, set(arm_drift)):  # default formats: publish those that pass
                 for file in exports.pop(f).files:
                     (tmp / file).unlink(missing_ok=True)
                 warn(f"{f} left out: its accuracy drifted past the tolerance ("
@@ -373,7 +393,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
             ctx = ExportContext(len(calib), len(pool), opts.tflite_weights, int((test.labels == 0).sum()),
                                 int((test.labels != 0).sum()))
             detail = {fmt: {path: r["drift_detail"] for path, r in per.items() if r["drift_detail"]}
-                      for fmt, per in fidelity["formats"].items()}
+                      | arm_drift.get(fmt, {}) for fmt, per in fidelity["formats"].items()}
             message = drift_message({f: d for f, d in detail.items() if d}, ctx)
             raise ExportDrift(f"{message} Nothing was written to {out}; the fidelity report is in {report}.",
                               {"out": out, "manifest": json.loads((tmp / MANIFEST_NAME).read_text()),
