@@ -94,7 +94,7 @@ def has_edgetpu(manifest_data: dict) -> bool:
     return any((g.get("edgetpu") or {}).get("file") for g in entry.get("graphs", {}).values())
 
 
-def _readme(manifest_data: dict, keep: list[str], edgetpu: bool) -> str:
+def _readme(manifest_data: dict, keep: list[str], edgetpu: bool, arm64: str = "") -> str:
     onnx = any(f.startswith("onnx") for f in keep)
     fmt = next(f for f in FORMAT_PREFERENCE if f in keep)
     tpu = ("\n## Coral Edge TPU\n\nThe tflite-int8 graphs come with their Edge TPU-compiled copies "
@@ -151,7 +151,25 @@ To use tflite-runtime instead of ai-edge-litert on Bookworm: `pip install "numpy
 Before deploying, `scripts/arm64_check.sh THIS_FOLDER` (in the edgead repository, on an x86 Debian host) installs
 this bundle in an emulated 64-bit Raspberry Pi OS root and writes arm64_fidelity.json: the scores ARM's kernels
 give on the export's test images against the host's and the float model's.
+{arm64}
 {tpu}"""
+
+
+def _arm64_line(artifact: Path) -> str:
+    """Whether the export held ARM's kernels to its fidelity gate (`edgead export --arm64-check`), from the
+    artifact's fidelity.json: int8 scores on a Pi differ from an x86 host's (docs/device-runtimes.md)."""
+    try:
+        arm = json.loads((artifact / "fidelity.json").read_text()).get("arm64")
+    except (OSError, ValueError):
+        arm = None
+    if not arm:
+        return ("This export was not checked on ARM kernels (`edgead export --arm64-check`): int8 scores on a Pi "
+                "can differ from the host's by tens of percent of the threshold.")
+    rows = [f"{fmt} [{v}]: {100 * (r['vs_host']['max_abs_score_diff_of_threshold'] or 0):.1f} % of the threshold, "
+            f"within tolerance: {'yes' if r['within_tolerance'] else 'no'}"
+            for fmt, per in arm.get("formats", {}).items() for v, r in per.items() if "vs_host" in r]
+    return (f"The export checked ARM kernels (`--arm64-check`, Debian {arm.get('suite')}, {arm.get('test_images')} "
+            "test images; fidelity.json 'arm64'): largest ARM-vs-host score difference " + "; ".join(rows) + ".")
 
 
 def archive_path(out: Path) -> Path:
@@ -206,7 +224,7 @@ def make_bundle(artifact: str | os.PathLike, out: str | os.PathLike, formats: st
         edgetpu = has_edgetpu(written)
         reqs = requirements(keep, edgetpu)
         atomic_write_text(tmp / REQUIREMENTS, reqs)
-        atomic_write_text(tmp / "README.md", _readme(written, keep, edgetpu))
+        atomic_write_text(tmp / "README.md", _readme(written, keep, edgetpu, _arm64_line(tmp / ARTIFACT)))
         outputs.write_marker(tmp, "bundle")
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it owner-only; a bundle is meant to be copied around
         outputs.recheck(given, out)
