@@ -1,5 +1,6 @@
-"""One tiny real export shared by the Edge TPU, bundle and profile tests: PaSTe-MCUNet trained 1 epoch on 64 px
-synthetic 'nut', exported as ``--format edgetpu,onnx-int8`` with a stand-in ``edgetpu_compiler`` on PATH.
+"""One tiny real export shared by the Edge TPU, bundle and profile tests: the session's tiny run (tests/conftest.py,
+PaSTe-MCUNet trained 1 epoch on 64 px synthetic 'nut') exported as ``--format edgetpu,onnx-int8`` with a
+stand-in ``edgetpu_compiler`` on PATH.
 
 The real compiler runs on x86-64 Debian/Ubuntu from Coral's apt repository and cannot be installed here; the
 stand-in writes what the compiler writes (``<stem>_edgetpu.tflite``, a copy of its input, and a ``.log``), so
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MCUNET_DIR
+from tests.conftest import tiny_run
 
 STAND_IN = f"""#!{sys.executable}
 import shutil, sys
@@ -44,38 +45,18 @@ def write_stand_in(folder: Path) -> Path:
     return path
 
 
-def tiny_run(base: Path) -> Path:
-    """A finished 1-epoch PaSTe-MCUNet run on 64 px synthetic 'nut' (built once per session)."""
-    run = base / "run"
-    if (run / "results.json").is_file():
-        return run
-    from edgead.cl.config import ReplayConfig
-    from edgead.cl.runner import run_stream
-    from edgead.data import TaskStream
-    from edgead.data.synth import generate_dataset
-    from edgead.engine.trainer import TrainConfig
-    from edgead.models.teacher_student import DetectorConfig
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EDGEAD_WEIGHTS_DIR", str(MCUNET_DIR))
-        data = generate_dataset(base / "data", ["nut"], seed=0, image_size=64, n_train=12, n_test=4)
-        det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=64)
-        run_stream(TaskStream(data, ["nut"]), det, TrainConfig(epochs=1, batch_size=8, progress=False),
-                   ReplayConfig(), run, log=lambda m: None)
-    return run
-
-
 def edgetpu_artifact(tmp_path_factory) -> dict:
     """{'run', 'art', 'data', 'bin'}: the run, its edgetpu + onnx-int8 export (built once per session), the
     stand-in compiler's folder."""
     base = tmp_path_factory.getbasetemp() / "edgetpu-artifact"
     art, tools = base / "art", base / "bin"
+    tiny = tiny_run(tmp_path_factory)
     if not (art / "manifest.json").is_file():
-        run = tiny_run(base)
+        run = tiny["run"]
         write_stand_in(tools)
         from edgead.export.pipeline import ExportOptions, export_run
 
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("PATH", f"{tools}{os.pathsep}{os.environ.get('PATH', '')}")
             export_run(run, art, ExportOptions(formats=["edgetpu", "onnx-int8"], calibration=8, allow_drift=True))
-    return {"run": base / "run", "art": art, "data": base / "data", "bin": tools}
+    return {"run": tiny["run"], "art": art, "data": tiny["data"], "bin": tools}

@@ -20,7 +20,6 @@ from firmware_sim.replay_buffer import ReplayBuffer
 pytest.importorskip("ai_edge_litert")
 
 ROOT = Path(__file__).resolve().parents[2]
-WEIGHTS = ROOT.parent / "shared" / "weights" / "mcunet-in3"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
@@ -37,30 +36,13 @@ def test_keep_policy_parses_and_decides():
 
 
 @pytest.fixture(scope="module")
-def art(tmp_path_factory) -> dict:
-    assert (WEIGHTS / "mcunet-320kb-1mb_imagenet.pth").is_file(), f"MCUNet-in3 weights not found in {WEIGHTS}"
-    from edgead.export.pipeline import ExportOptions, export_run
-
-    from edgead.cl.config import ReplayConfig
-    from edgead.cl.runner import run_stream
-    from edgead.data import TaskStream
-    from edgead.data.synth import generate_dataset
-    from edgead.engine.trainer import TrainConfig
-    from edgead.models.teacher_student import DetectorConfig
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EDGEAD_WEIGHTS_DIR", str(WEIGHTS))
-    root = tmp_path_factory.mktemp("bufdev")
-    data = generate_dataset(root / "data", ["nut"], seed=0, image_size=64, n_train=12, n_test=6)
-    run_stream(TaskStream(data, ["nut"]), DetectorConfig.defaults("paste", "mcunet-in3", image_size=64),
-               TrainConfig(epochs=1, batch_size=8, progress=False), ReplayConfig(), root / "run", log=lambda m: None)
-    export_run(root / "run", root / "art", ExportOptions(formats=["tflite-int8"], calibration=8, allow_drift=True))
-    mp.undo()
-    images = sorted((Path(data) / "nut").rglob("*.png"))
-    return {"art": root / "art", "images": [p for p in images if "ground_truth" not in p.parts]}
+def art(tiny_host) -> dict:
+    """The session's tiny run exported as tflite-int8 + onnx (tests/conftest.py), and every 'nut' image."""
+    images = sorted((tiny_host["data"] / "nut").rglob("*.png"))
+    return {"art": tiny_host["art"], "images": [p for p in images if "ground_truth" not in p.parts]}
 
 
-@pytest.mark.slow  # the fixture trains and exports a model: ~1-3 min on 2 shared cores
+@pytest.mark.slow  # the session fixture trains and exports a model: ~1-3 min on 2 shared cores
 def test_default_keep_buffers_no_frame_decided_anomalous(art, tmp_path):
     from firmware_sim.device import Device
 

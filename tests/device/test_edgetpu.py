@@ -18,7 +18,8 @@ from edgead.errors import EdgeadError
 from firmware_sim.edgetpu import add_edgetpu, compiled_names, edgetpu_graph_files
 from firmware_sim.errors import UserError
 from firmware_sim.manifest import load_manifest, sha256_file
-from tests.device.edgetpu_artifact import edgetpu_artifact, tiny_run, write_stand_in
+from tests.conftest import tiny_run
+from tests.device.edgetpu_artifact import edgetpu_artifact, write_stand_in
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,7 +46,7 @@ def test_compiled_names_follow_the_compiler():
 
 
 def test_export_edgetpu_without_compiler_says_what_to_run(tmp_path_factory, tmp_path, monkeypatch):
-    run = tiny_run(tmp_path_factory.getbasetemp() / "edgetpu-artifact")
+    run = tiny_run(tmp_path_factory)["run"]
     from edgead.export.pipeline import ExportOptions, export_run
 
     monkeypatch.setenv("PATH", _no_compiler_path())

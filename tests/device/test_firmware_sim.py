@@ -2,7 +2,7 @@
 within its budget, the standalone proof (no torch / tensorflow / edgead / export imported), the whole loop
 device -> host -> device, the Edge TPU delegate's error, and bad input.
 
-One module-scoped tiny run (64 px synthetic data, 1 epoch) exported once serves every test.
+One tiny run (64 px synthetic data, 1 epoch) exported once per session (tests/conftest.py) serves every test.
 """
 
 from __future__ import annotations
@@ -52,30 +52,9 @@ def _lines(stdout: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory) -> dict:
-    """A tiny PaSTe-MCUNet run on 'nut' and its export (tflite-int8 + onnx)."""
-    # The tests run from a checkout beside ../shared: missing weights are a broken setup, not a skip.
-    assert (WEIGHTS / "mcunet-320kb-1mb_imagenet.pth").is_file(), f"MCUNet-in3 weights not found in {WEIGHTS}"
-    from edgead.export.pipeline import ExportOptions, export_run
-
-    from edgead.cl.config import ReplayConfig
-    from edgead.cl.runner import run_stream
-    from edgead.data import TaskStream
-    from edgead.data.synth import generate_dataset
-    from edgead.engine.trainer import TrainConfig
-    from edgead.models.teacher_student import DetectorConfig
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EDGEAD_WEIGHTS_DIR", str(WEIGHTS))
-    root = tmp_path_factory.mktemp("fwsim")
-    data = generate_dataset(root / "data", ["nut", "brick"], seed=0, image_size=SIZE, n_train=12, n_test=4)
-    det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=SIZE)
-    run_stream(TaskStream(data, ["nut"]), det, TrainConfig(epochs=1, batch_size=8, progress=False), ReplayConfig(),
-               root / "run", log=lambda m: None)
-    export_run(root / "run", root / "art", ExportOptions(formats=["tflite-int8", "onnx"], calibration=8,
-                                                          allow_drift=True))
-    mp.undo()
-    return {"root": root, "data": Path(data), "art": root / "art"}
+def host(tiny_host) -> dict:
+    """A tiny PaSTe-MCUNet run on 'nut' and its export (tflite-int8 + onnx): the session's, tests/conftest.py."""
+    return tiny_host
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 no-implicit-shrink rule, a manifest checked against the interpreter, bad frames skipped (decompression bombs
 included), stale temporary files, profile files, a lost header salvaged with the model's latent shape.
 
-Reuses test_firmware_sim's tiny PaSTe run and export (module-scoped: exported once for this module).
+Reuses the session's tiny PaSTe run and export (tests/conftest.py tiny_host, through test_firmware_sim's host).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from firmware_sim.manifest import MANIFEST_NAME
 from firmware_sim.replay_buffer import ReplayBuffer
 from tests.device import test_firmware_sim as fw
 
-host = fw.host  # the tiny exported PaSTe-MCUNet of test_firmware_sim (a module-scoped fixture)
+host = fw.host  # the tiny exported PaSTe-MCUNet of test_firmware_sim (the session's tiny_host)
 # Trains and exports a real model once (the shared fixture): minutes on a 2-core machine.
 pytestmark = pytest.mark.slow
 

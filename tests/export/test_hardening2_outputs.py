@@ -15,25 +15,15 @@ from pathlib import Path
 import pytest
 from edgead.export.pipeline import ExportOptions, export_run
 
-from edgead.cl.config import ReplayConfig
-from edgead.cl.runner import run_stream
 from edgead.cli import main
-from edgead.data import TaskStream
-from edgead.engine.trainer import TrainConfig
 from edgead.errors import EdgeadError
-from edgead.models.teacher_student import DetectorConfig
 from firmware_sim.outputs import MARKER, folder_kind
-from tests.conftest import MCUNET_DIR
+from tests.conftest import tiny_run
 
 
 @pytest.fixture(scope="module")
-def run_dir(synth_root, tmp_path_factory) -> Path:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EDGEAD_WEIGHTS_DIR", str(MCUNET_DIR))
-        out = tmp_path_factory.mktemp("h2exp") / "run"
-        run_stream(TaskStream(synth_root, ["nut"]), DetectorConfig.defaults("paste", "mcunet-in3", image_size=64),
-                   TrainConfig(epochs=1, batch_size=4, progress=False), ReplayConfig(), out, log=lambda m: None)
-    return out
+def run_dir(tmp_path_factory) -> Path:
+    return tiny_run(tmp_path_factory)["run"]  # the session's 1-epoch 64 px run (tests/conftest.py), never changed
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

@@ -20,13 +20,12 @@ from PIL import Image
 from edgead.errors import EdgeadError
 from edgead.predict import predict_run
 from firmware_sim.overlay import OverlayNames
-from tests.conftest import ROOT
-from tests.device.edgetpu_artifact import tiny_run
+from tests.conftest import ROOT, tiny_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    return tiny_run(tmp_path_factory.getbasetemp() / "edgetpu-artifact")  # shared with the Edge TPU tests
+    return tiny_run(tmp_path_factory)["run"]  # the session's tiny run (tests/conftest.py)
 
 
 def _images(folder: Path) -> list[Path]:
