@@ -77,14 +77,16 @@ def latent_samples(trunk, images: np.ndarray) -> list[np.ndarray]:
 
 
 def export_tflite(model: TeacherStudent, pre: Preprocess, calib: np.ndarray, folder: Path, io: str,
-                  granularity: str = "per-channel", compact: bool = True) -> FormatExport:
+                  granularity: str = "per-channel", compact: bool = True, activations: str = "int8") -> FormatExport:
     """``granularity``: weight scales (edgead.export.tflite.GRANULARITIES); ``compact``: write each graph with
     edgead.export.tflite_size.compact_tflite (same values, ~20% fewer bytes: shared zero-point vectors, short
     names)."""
     from edgead.export.tflite import check_fully_int8, convert_int8, keras_graph, quant_range
     from edgead.export.tflite_size import compact_tflite
 
-    fx = FormatExport("tflite-int8", notes={"io": io, "layout": "NHWC", "weights": granularity,
+    wide = activations == "int16"  # 16x8 (export/tflite.py ACTIVATIONS): int16 I/O, calibrated input ranges
+    fx = FormatExport("tflite-int8", notes={"io": "int16" if wide else io, "layout": "NHWC", "weights": granularity,
+                                            "activations": activations,
                                             "serialisation": "compact" if compact else "converter"})
     for spec in graph_specs(model):
         km = keras_graph(model, pre, spec)
@@ -96,19 +98,22 @@ def export_tflite(model: TeacherStudent, pre: Preprocess, calib: np.ndarray, fol
             lats = latent_samples(trunk, calib)
             samples = lambda lats=lats: iter(lats)  # noqa: E731
             rng = quant_range(lat["quantization"]["scale"][0], lat["quantization"]["zero_point"][0], lat["dtype"])
-        fb = convert_int8(km, samples, io, rng, granularity)
-        fb = compact_tflite(fb) if compact else fb
+        fb = convert_int8(km, samples, io, rng, granularity, activations)
+        fb = compact_tflite(fb) if compact and not wide else fb
         file = spec.name + FILE_SUFFIX[fx.name]
         check = check_fully_int8(fb, file)
         runner = TFLiteRunner(fb)
         inp = runner.inputs[spec.input]
         got = quant_range(inp["quantization"]["scale"][0], inp["quantization"]["zero_point"][0], inp["dtype"])
-        if not np.allclose(got, rng, rtol=1e-5, atol=1e-6 * max(abs(rng[0]), abs(rng[1]))):
+        if not wide and not np.allclose(got, rng, rtol=1e-5, atol=1e-6 * max(abs(rng[0]), abs(rng[1]))):
             raise EdgeadError(f"internal: {file} input covers {got}, not the requested {rng} (converter change?)")
         (folder / file).write_bytes(fb)
         fx.runners[spec.name] = runner
         fx.graphs[spec.name] = dict(graph_entry(runner, spec, file), check=check)
-    if "head" in fx.runners:
+    if "head" in fx.runners and wide:
+        # 16x8: the head's input range is its own calibration's, so the device requantises the trunk's latent.
+        fx.notes["latent_shared_quantization"] = False
+    elif "head" in fx.runners:
         # By construction (tflite.py) the head reads the trunk's int8 latent as is; prove it.
         lat, head_in = fx.runners["trunk"].outputs["latent"], fx.runners["head"].inputs["latent"]
         if not same_quantization(lat, head_in):
@@ -148,11 +153,12 @@ def export_onnx(model: TeacherStudent, pre: Preprocess, calib: np.ndarray, folde
 
 
 def export_format(fmt: str, model: TeacherStudent, pre: Preprocess, calib: np.ndarray, folder: Path,
-                  io: str, tflite_weights: str = "per-channel", compact: bool = True) -> FormatExport:
+                  io: str, tflite_weights: str = "per-channel", compact: bool = True,
+                  tflite_activations: str = "int8") -> FormatExport:
     """``compact``: tflite-int8 only; False keeps the converter's own files (for the Edge TPU compiler, which
     has not been shown to accept the compacted serialisation)."""
     if fmt == "tflite-int8":
-        return export_tflite(model, pre, calib, folder, io, tflite_weights, compact)
+        return export_tflite(model, pre, calib, folder, io, tflite_weights, compact, tflite_activations)
     if fmt in ("onnx", "onnx-int8"):
         return export_onnx(model, pre, calib, folder, quantized=fmt == "onnx-int8")
     if fmt in ("openvino", "openvino-int8"):

@@ -25,7 +25,7 @@ from edgead.export.drift_advice import ExportContext, drift_message
 from edgead.export.fidelity import Reference, Tolerance, evaluate_format
 from edgead.export.formats import EDGETPU, FILE_SUFFIX, FormatExport, export_format, parse_formats
 from edgead.export.graphs import feature_names
-from edgead.export.tflite import GRANULARITIES
+from edgead.export.tflite import ACTIVATIONS, GRANULARITIES
 
 from edgead.cl.results import read_results
 from edgead.console import progress
@@ -82,6 +82,9 @@ class ExportOptions:
     tflite_weights: str = option("per-channel", choices=GRANULARITIES, help="int8 weight scales: mixed = "
                                  "per-tensor 1x1 convs (about 7% smaller, costs pixel AUROC; see "
                                  "benchmarks/study_size.py).")
+    tflite_activations: str = option("int8", choices=ACTIVATIONS, help="TFLite activation width: int16 (int8 "
+                                     "weights, int16 activations and I/O) rounds 256x finer, so x86 and ARM kernels "
+                                     "agree on the score; not for the Edge TPU, slower (docs/device-runtimes.md).")
     tolerance: Tolerance = option(factory=Tolerance, nested=True, help="The fidelity gate.")
     allow_drift: bool = option(False, help="Publish even when a format's AUROC falls past the tolerance.")
     data_root: Path | None = option(None, name="data", parse=Path,
@@ -333,6 +336,9 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
         groups = [[f"full{t}"]] if run.model.trunk is None else [[f"trunk{t}", f"head{t}"], [f"full{t}"]]
         raise EdgeadError(f"--format edgetpu: {COMPILER} is not on PATH. Export with --format "
                           f"{','.join(formats)} now, then " + manual_steps(out, groups))
+    if edgetpu and opts.tflite_activations != "int8":
+        raise EdgeadError(f"--tflite-activations {opts.tflite_activations}: the Edge TPU runs int8 activations only; "
+                          "export edgetpu with --tflite-activations int8")
     if opts.arm64_check:
         arm64.require_tools()  # before any work: the message names the apt commands
     largest, total = _space_needed(run, formats)
@@ -353,7 +359,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
             with writing(out.parent, f"the {fmt} files of {out.name}"):
                 # The Edge TPU compiler gets the converter's own TFLite files (compaction is not known to compile).
                 exports[fmt] = export_format(fmt, run.model, run.pre, calib, tmp, opts.io, opts.tflite_weights,
-                                             compact=not edgetpu)
+                                             compact=not edgetpu, tflite_activations=opts.tflite_activations)
         log(f"fidelity on {len(test)} test images of {tasks} ...")
         ref = reference(run.model, run.pre, test)
         fidelity = {"test_images": len(test), "tasks": tasks, "tolerance": asdict(opts.tolerance), "formats": {}}
