@@ -66,10 +66,14 @@ def run_tflite(art: Path, views: np.ndarray, family: str, levels) -> dict:
     qin = trunk.get_input_details()["image"]
     sc, zp, _ = _q(qin)
     outs: dict[str, list] = {}
+    hq = head.get_input_details()["latent"]
+    tq = trunk.get_output_details()["latent"]
     for v in views:
-        x = np.clip(np.round(v[None].astype(np.float32) / sc[0]) + zp[0], -128, 127).astype(np.int8)
+        x = _quantize(v[None], qin)
         lat = trunk(image=x)["latent"]
-        o = head(latent=lat)
+        same = np.array_equal(_q(hq)[0], _q(tq)[0]) and np.array_equal(_q(hq)[1], _q(tq)[1])
+        # int16 graphs (--tflite-activations int16): the head's input scale is its own; requantise as the device does
+        o = head(latent=lat if same else _quantize(dequantize(lat, *_deq(_q(tq))), hq))
         outs.setdefault("latent", []).append(lat)
         for k, a in o.items():
             outs.setdefault(k, []).append(a)
@@ -77,6 +81,12 @@ def run_tflite(art: Path, views: np.ndarray, family: str, levels) -> dict:
     res = {k: np.concatenate(a) for k, a in outs.items()}
     res["_quant"] = {k: _q(d) for k, d in det.items()}
     return res
+
+
+def _quantize(x: np.ndarray, d: dict) -> np.ndarray:
+    sc, zp, _ = _q(d)
+    info = np.iinfo(d["dtype"])
+    return np.clip(np.round(np.asarray(x, np.float32) / sc[0]) + zp[0], info.min, info.max).astype(d["dtype"])
 
 
 def tflite_scores(raw: dict, levels, size: int, post) -> np.ndarray:
@@ -184,7 +194,8 @@ def main(argv=None) -> int:
     levels, size = tuple(man.data["levels"]), int(man.data["input"]["image_size"])
     post = amap_np.ScorePost.parse(man.data["anomaly_map"].get("score"))
     thr = float(man.threshold)
-    res: dict = {"artifact": str(art), "tasks": tasks, "test_images": len(test), "threshold": thr}
+    res: dict = {"artifact": str(art), "tasks": tasks, "test_images": len(test), "threshold": thr,
+                 "tflite_activations": (man.data["formats"].get("tflite-int8") or {}).get("activations", "int8")}
     if "tflite-int8" in man.formats:
         raws = {f: run_tflite(art, test.images, f, levels) for f in TFLITE_FAMILIES}
         scores = {f: tflite_scores(raws[f], levels, size, post) for f in TFLITE_FAMILIES}
@@ -194,11 +205,12 @@ def main(argv=None) -> int:
             key = f"{x}_vs_{y}"
             tfl["score_diff"][key] = diff_row(scores[x], scores[y], thr)
             tfl["feature_lsb_diff"][key] = {
-                k: {"max": int(np.abs(raws[x][k].astype(np.int32) - raws[y][k]).max()),
+                k: {"max": int(np.abs(raws[x][k].astype(np.int32) - raws[y][k]).max()),  # in the tensor's LSBs
                     "fraction_differing": float((raws[x][k] != raws[y][k]).mean())}
                 for k in raws[x] if not k.startswith("_")}
             x0 = raws[x]["latent"][:1]
-            img_q = np.clip(np.round(test.images[:1].astype(np.float32)) - 128, -128, 127).astype(np.int8)
+            img_d = tflite_interpreter(art / "trunk.int8.tflite", "reference").get_input_details()[0]
+            img_q = _quantize(test.images[:1], img_d)
             tfl["first_difference"][key] = {"trunk": first_difference(art, "trunk.int8.tflite", img_q, x, y),
                                             "head": first_difference(art, "head.int8.tflite", x0, x, y)}
         tfl["lsb_gaps_normal"] = lsb_gaps(raws["reference"], levels, test.labels)
