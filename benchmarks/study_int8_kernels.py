@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,7 @@ def run_tflite(art: Path, views: np.ndarray, family: str, levels) -> dict:
     qin = trunk.get_input_details()["image"]
     sc, zp, _ = _q(qin)
     outs: dict[str, list] = {}
+    t0 = time.perf_counter()
     hq = head.get_input_details()["latent"]
     tq = trunk.get_output_details()["latent"]
     for v in views:
@@ -80,6 +82,7 @@ def run_tflite(art: Path, views: np.ndarray, family: str, levels) -> dict:
     det = head.get_output_details()
     res = {k: np.concatenate(a) for k, a in outs.items()}
     res["_quant"] = {k: _q(d) for k, d in det.items()}
+    res["_ms_per_image"] = 1000 * (time.perf_counter() - t0) / max(len(views), 1)  # trunk + head, this host
     return res
 
 
@@ -214,6 +217,7 @@ def main(argv=None) -> int:
             tfl["first_difference"][key] = {"trunk": first_difference(art, "trunk.int8.tflite", img_q, x, y),
                                             "head": first_difference(art, "head.int8.tflite", x0, x, y)}
         tfl["lsb_gaps_normal"] = lsb_gaps(raws["reference"], levels, test.labels)
+        tfl["ms_per_image"] = {f: round(raws[f]["_ms_per_image"], 1) for f in TFLITE_FAMILIES}
         res["tflite-int8"] = tfl
     if "onnx-int8" in man.formats:
         fused = onnx_scores(art, test.images, levels, size, post, fused=True)
