@@ -230,15 +230,22 @@ def run_script(bundle: Path, out: Path, data_root: Path | None = None, limit: in
         raise EdgeadError(f"--arm64-check: {out}: unreadable result ({e})") from None
 
 
+RESULT_NAME = "arm64_fidelity.json"
+
+
 def check_artifact(artifact: Path, data_root: Path | None = None, limit: int | None = None,
                    log: Callable[[str], None] = lambda m: None) -> dict:
-    """The arm64 check of an (unpublished) artifact folder: bundled into a temporary folder, then run."""
+    """The arm64 check of an (unpublished) artifact folder: bundled into a temporary folder, then run; the
+    check's whole result is kept beside the artifact's files as arm64_fidelity.json (RESULT_NAME)."""
     from firmware_sim.bundle import make_bundle
 
     with tempfile.TemporaryDirectory(prefix=".arm64-", dir=artifact.parent) as tmp:
         bundle = Path(tmp) / "bundle"
         make_bundle(artifact, bundle, archive=False)
-        return run_script(bundle, Path(tmp) / "arm64_fidelity.json", data_root, limit, log=log)
+        res = run_script(bundle, Path(tmp) / RESULT_NAME, data_root, limit, log=log)
+    res["bundle"] = "(a temporary bundle of this artifact)"
+    atomic_write_json(artifact / RESULT_NAME, res)
+    return res
 
 
 def fold_into_fidelity(fidelity: dict, result: dict, tol: Tolerance) -> dict[str, dict[str, list[dict]]]:

@@ -392,6 +392,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, opts: ExportO
             atomic_write_json(tmp / FIDELITY_NAME, fidelity)
             manifest = build_manifest(run, opts, exports, tmp, len(calib), len(pool), seed, tasks, not drift)
             files = [f for fx in exports.values() for f in fx.files] + [FIDELITY_NAME]
+            files += [arm64.RESULT_NAME] if opts.arm64_check else []
             write_manifest(tmp, manifest, files)
         if drift and not opts.allow_drift:
             report = out.with_name(f"{out.name}.fidelity-failed.json")
