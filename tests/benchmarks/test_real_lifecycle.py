@@ -34,3 +34,16 @@ def test_lifecycle_quick_runs_every_call_and_the_handoff(tmp_path):
         for mean, top in (("probe_mean", "probe_image"), ("crop_mean", "crop_image")):  # a map's mean <= its top
             assert all(m <= s for m, s in zip(r[mean], r[top], strict=True))
     assert probe[0]["drift_ratio"] is None and probe[1]["drift_ratio"] is not None
+    # bench_drift replays recalibration rules on that probe: a damped ratio is the geometric mean of keeping the
+    # fitted threshold and following the full ratio; a freshly fitted task has every rule at its fitted threshold
+    import bench_drift
+
+    assert bench_drift.main([str(tmp_path / "drift_probe_real_lifecycle_quick.json"),
+                             "--out", str(tmp_path / "drift.json")]) == 0
+    table = bench_drift.evaluate(probe)
+    for full, half, fit in zip(table["crop_mean:k2:d1"], table["crop_mean:k2:d0.5"], table["fit"], strict=True):
+        assert half["threshold"] == pytest.approx((full["threshold"] * fit["threshold"]) ** 0.5)
+        if full["after"] == full["task"]:
+            assert full["threshold"] == fit["threshold"]
+    saved_drift = json.loads((tmp_path / "drift.json").read_text())
+    assert saved_drift["chosen"]["deployable"] and {r["rule"] for r in saved_drift["rules"]} >= {"fit", "oracle"}
