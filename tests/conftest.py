@@ -125,3 +125,25 @@ def two_task_onnx(tmp_path_factory) -> dict:
             _edgead_cli(["export", "--run", str(tasks["run"]), "--out", str(art), "--format", "onnx",
                          "--calibration", "8", "--allow-drift", "--force", "--quiet"])
     return {**tasks, "art": art}
+
+
+def export_test_run(tmp_path_factory) -> dict:
+    """{'data', 'run'}: the export tests' run, PaSTe-MCUNet trained 2 epochs (batch 8) on 64 px synthetic 'nut'
+    (20 train / 8 test images): more images than the tiny run, for fidelity AUROCs with some resolution."""
+    base = tmp_path_factory.getbasetemp() / "export-run"
+    data, run = base / "data", base / "run"
+    if not (run / "results.json").is_file():
+        from edgead.cl.config import ReplayConfig
+        from edgead.cl.runner import run_stream
+        from edgead.data import TaskStream
+        from edgead.data.synth import generate_dataset
+        from edgead.engine.trainer import TrainConfig
+        from edgead.models.teacher_student import DetectorConfig
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("EDGEAD_WEIGHTS_DIR", str(MCUNET_DIR))
+            if not data.is_dir():
+                generate_dataset(data, ["nut"], seed=0, image_size=64, n_train=20, n_test=8)
+            run_stream(TaskStream(data, ["nut"]), DetectorConfig.defaults("paste", "mcunet-in3", image_size=64),
+                       TrainConfig(epochs=2, batch_size=8, progress=False), ReplayConfig(), run, log=lambda m: None)
+    return {"data": data, "run": run}

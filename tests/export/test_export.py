@@ -1,8 +1,8 @@
 """`edgead export` end to end on a tiny trained PaSTe-MCUNet run: formats, int8 check, manifest, fidelity,
 agreement with the float model, bad input and interruption.
 
-One module-scoped run (64 px synthetic data, 2 epochs) and one full export serve most tests, to keep the
-file well under 90 s on a 2-core machine.
+One session run (64 px synthetic data, 2 epochs; tests/conftest.py, shared with test_openvino) and one full
+export serve most tests, to keep the file well under 90 s on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -18,40 +18,25 @@ from edgead.export import pipeline
 from edgead.export.pipeline import ExportDrift, ExportOptions, export_run, load_run
 from edgead.export.tflite import inspect
 
-from edgead.cl.config import ReplayConfig
-from edgead.cl.runner import run_stream
-from edgead.data import TaskStream
-from edgead.data.synth import generate_dataset
 from edgead.engine.tensors import to_input
-from edgead.engine.trainer import TrainConfig
 from edgead.errors import EdgeadError
-from edgead.models.teacher_student import DetectorConfig
 from firmware_sim import anomaly_map as amap_np
 from firmware_sim.errors import UserError
 from firmware_sim.manifest import load_manifest
 from firmware_sim.preprocess import load_rgb
 from firmware_sim.runtime import OnnxRunner, TFLiteRunner, dequantize, image_feed
-from tests.conftest import MCUNET_DIR
+from tests.conftest import export_test_run
 
 # Trains and exports real models: minutes on a 2-core machine (CI runs it; -m 'not slow' skips it).
 pytestmark = pytest.mark.slow
 
-WEIGHTS = MCUNET_DIR
 SIZE = 64
 
 
 
 @pytest.fixture(scope="module")
 def paste_run(tmp_path_factory) -> Path:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EDGEAD_WEIGHTS_DIR", str(WEIGHTS))
-    root = tmp_path_factory.mktemp("export")
-    data = generate_dataset(root / "data", ["nut"], seed=0, image_size=SIZE, n_train=20, n_test=8)
-    det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=SIZE)
-    run_stream(TaskStream(data, ["nut"]), det, TrainConfig(epochs=2, batch_size=8, progress=False), ReplayConfig(),
-               root / "run", log=lambda m: None)
-    mp.undo()
-    return root / "run"
+    return export_test_run(tmp_path_factory)["run"]  # shared with test_openvino (tests/conftest.py), read-only
 
 
 @pytest.fixture(scope="module")

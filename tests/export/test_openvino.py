@@ -19,40 +19,26 @@ pytest.importorskip("nncf")
 
 from edgead.export.pipeline import ExportOptions, export_run
 
-from edgead.cl.config import ReplayConfig
-from edgead.cl.runner import run_stream
-from edgead.data import TaskStream
-from edgead.data.synth import generate_dataset
-from edgead.engine.trainer import TrainConfig
-from edgead.models.teacher_student import DetectorConfig
 from firmware_sim import commands
 from firmware_sim.bundle import make_bundle
 from firmware_sim.device import Device
 from firmware_sim.errors import UserError
 from firmware_sim.manifest import load_manifest
-from tests.conftest import MCUNET_DIR
+from tests.conftest import export_test_run
 
 # Trains and exports real models: a couple of minutes on a 2-core machine (CI runs it; -m 'not slow' skips it).
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-SIZE = 64
 FORMATS = ["openvino", "openvino-int8"]
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EDGEAD_WEIGHTS_DIR", str(MCUNET_DIR))
-    root = tmp_path_factory.mktemp("ov")
-    data = generate_dataset(root / "data", ["nut"], seed=0, image_size=SIZE, n_train=20, n_test=8)
-    det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=SIZE)
-    run_stream(TaskStream(data, ["nut"]), det, TrainConfig(epochs=2, batch_size=8, progress=False), ReplayConfig(),
-               root / "run", log=lambda m: None)
-    mp.undo()
-    out = root / "art"
-    result = export_run(root / "run", out, ExportOptions(formats=FORMATS, calibration=16, allow_drift=True))
-    return {"art": out, "result": result, "data": data}
+    run = export_test_run(tmp_path_factory)  # test_export's run (tests/conftest.py): trained once
+    out = tmp_path_factory.mktemp("ov") / "art"
+    result = export_run(run["run"], out, ExportOptions(formats=FORMATS, calibration=16, allow_drift=True))
+    return {"art": out, "result": result, "data": run["data"]}
 
 
 def test_ir_files_are_in_the_manifest_and_fp32_matches_the_float_model(exported):
