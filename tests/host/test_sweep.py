@@ -10,6 +10,7 @@ import pytest
 
 from edgead.errors import EdgeadError
 from edgead.sweep import Run, run_sweep
+from tests.conftest import MCUNET_DIR
 
 FN = "bench_real_stream:run_one"
 
@@ -27,8 +28,16 @@ def _numbers(results: dict) -> dict:
     return {k: {m: v for m, v in r.items() if m != "wall_s"} for k, r in results.items()}
 
 
-def test_processes_match_serial_and_failures_do_not_stop_the_sweep(synth_root, tmp_path):
-    serial = run_sweep("s", _runs(synth_root), tmp_path / "serial", progress=False, log=lambda m: None)
+@pytest.fixture(scope="module")
+def serial(synth_root, tmp_path_factory):
+    """The reference: the three runs one after another in this process (shared by the tests that compare)."""
+    with pytest.MonkeyPatch.context() as mp:  # the autouse weights fixture is function-scoped
+        mp.setenv("EDGEAD_WEIGHTS_DIR", str(MCUNET_DIR))
+        return run_sweep("s", _runs(synth_root), tmp_path_factory.mktemp("serial") / "serial", progress=False,
+                         log=lambda m: None)
+
+
+def test_processes_match_serial_and_failures_do_not_stop_the_sweep(synth_root, serial, tmp_path):
     assert serial.ok and list(serial.results) == ["finetune__s0", "finetune__s1", "int8__n4__s0"]
     logs: list[str] = []
     par = run_sweep("s", _runs(synth_root, bad=True), tmp_path / "par", jobs=2, progress=False, log=logs.append)
@@ -69,9 +78,8 @@ def test_bad_sweeps_and_missing_ray(synth_root, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # starting a local Ray takes ~20-40 s on this machine
-def test_local_ray_of_two_cpus_matches_serial(synth_root, tmp_path):
+def test_local_ray_of_two_cpus_matches_serial(synth_root, serial, tmp_path):
     pytest.importorskip("ray")
-    serial = run_sweep("s", _runs(synth_root), tmp_path / "serial", progress=False, log=lambda m: None)
     ray = run_sweep("s", _runs(synth_root), tmp_path / "ray", ray="local", jobs=2, progress=False,
                     log=lambda m: None)
     assert ray.ok and _numbers(ray.results) == _numbers(serial.results)
