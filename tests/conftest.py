@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,34 @@ def export_test_run(tmp_path_factory) -> dict:
             run_stream(TaskStream(data, ["nut"]), DetectorConfig.defaults("paste", "mcunet-in3", image_size=64),
                        TrainConfig(epochs=2, batch_size=8, progress=False), ReplayConfig(), run, log=lambda m: None)
     return {"data": data, "run": run}
+
+
+@pytest.fixture
+def edgead_in_process(capsys, monkeypatch):
+    """Runs `edgead ARGS...` as the main() that `python -m edgead` calls, in this process (a new interpreter
+    imports torch: seconds per call on the shared cores), and returns its exit status, stdout and stderr as a
+    CompletedProcess. An exception other than SystemExit (what would be a traceback) fails the test. Keep a
+    few real-process tests per entry point; use this for the rest."""
+    import subprocess
+
+    from edgead import console
+    from edgead.cli import main
+
+    monkeypatch.setattr(console, "_level", console.level())  # main() sets the verbosity: restored after
+    for name in ("TF_CPP_MIN_LOG_LEVEL", "GRPC_VERBOSITY"):  # and these: monkeypatch restores them too
+        monkeypatch.setenv(name, os.environ.get(name, "unset"))  # records the value before (or its absence)
+        if os.environ[name] == "unset":
+            monkeypatch.delenv(name)
+
+    def run(*args) -> subprocess.CompletedProcess:
+        argv = [str(a) for a in args]
+        capsys.readouterr()
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as e:
+            code = 0 if e.code is None else int(e.code)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["edgead", *argv], code, out, err)
+
+    return run

@@ -35,12 +35,13 @@ def test_info_json_paper_configuration():
 
 
 @pytest.mark.slow
-def test_data_synth_show_train_eval(tmp_path):
+def test_data_synth_show_train_eval(tmp_path, edgead_in_process):
+    # train runs as a user runs it (a real process); the other commands run the same main() in this process.
     data = tmp_path / "data"
-    r = _edgead("data", "synth", str(data), "--categories", "nut,grass", "--image-size", "64", "--train", "8",
-                "--test", "4")
+    r = edgead_in_process("data", "synth", str(data), "--categories", "nut,grass",
+                           "--image-size", "64", "--train", "8", "--test", "4")
     assert r.returncode == 0, r.stderr
-    r = _edgead("data", "show", str(data), "--out", str(tmp_path / "m.png"))
+    r = edgead_in_process("data", "show", str(data), "--out", str(tmp_path / "m.png"))
     assert r.returncode == 0 and "nut" in r.stdout and (tmp_path / "m.png").stat().st_size > 1000
     run = tmp_path / "run"
     r = _edgead("train", "--data", str(data), "--tasks", "nut", "--image-size", "64", "--epochs", "1",
@@ -52,7 +53,7 @@ def test_data_synth_show_train_eval(tmp_path):
     epochs = (run / "epochs.csv").read_text().splitlines()
     assert epochs[0] == "task_index,task,epoch,loss,selection,seconds" and epochs[1].startswith("0,nut,1,")
     saved = json.loads((run / "results.json").read_text())["metrics"]["image_auroc"]["matrix"][0][0]
-    r = _edgead("eval", "--run", str(run), "--per-defect", "--json")
+    r = edgead_in_process("eval", "--run", str(run), "--per-defect", "--json")
     assert r.returncode == 0, r.stderr
     nut = json.loads(r.stdout)["metrics"]["nut"]
     assert json.loads((run / "eval.json").read_text())["metrics"]["nut"] == nut
@@ -62,8 +63,7 @@ def test_data_synth_show_train_eval(tmp_path):
     assert all(0 <= k["image_auroc"] <= 1 and k["n"] > 0 for k in kinds.values())
 
 
-@pytest.mark.slow
-def test_bad_input_gives_clear_error_not_traceback(tmp_path):
+def test_bad_input_gives_clear_error_not_traceback(tmp_path, edgead_in_process):
     cases = [
         (("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")), "dataset root not found"),
         (("info", "--backbone", "vgg"), "unknown backbone 'vgg'"),
@@ -71,8 +71,12 @@ def test_bad_input_gives_clear_error_not_traceback(tmp_path):
         (("eval", "--run", str(tmp_path)), "no results.json"),
         (("data", "convert", "magnetic-tile", str(tmp_path), str(tmp_path / "o")), "not a Magnetic-Tile folder"),
     ]
-    for args, message in cases:
-        r = _edgead(*args)
+    # One as a user meets it (a real process: its exit status, no traceback on stderr); the rest in process.
+    args, message = cases[0]
+    r = _edgead(*args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    for args, message in cases[1:]:
+        r = edgead_in_process(*args)
         assert r.returncode == 2, (args, r.stderr)
         assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
 

@@ -133,17 +133,9 @@ def _minimal_manifest() -> dict:
             "anomaly_map": {"score": "blur:4,max"}}
 
 
-def test_cli_refuses_a_bad_score_before_anything_is_written(synth_root, tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
+def test_cli_refuses_a_bad_score_before_anything_is_written(synth_root, tmp_path, edgead_in_process):
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "edgead", "train", "--data", str(synth_root), "--tasks", "nut",
-                        "--score", "blur:4", "--out", str(out)], capture_output=True, text=True, cwd=root,
-                       env=dict(os.environ, PYTHONPATH=str(root)), timeout=300)
+    r = edgead_in_process("train", "--data", synth_root, "--tasks", "nut", "--score", "blur:4", "--out", out)
     assert r.returncode == 2 and "score post-processing 'blur:4'" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
 

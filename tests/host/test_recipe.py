@@ -4,9 +4,6 @@ and the recipe benchmark's choice (made on dev, never on report) and --quick run
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,6 @@ from edgead.engine.trainer import TrainConfig, train_task
 from edgead.errors import EdgeadError
 from edgead.models.teacher_student import DetectorConfig, TeacherStudent
 from firmware_sim.preprocess import Preprocess
-from tests.conftest import MCUNET_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,13 +81,8 @@ def test_train_config_refuses_bad_steps_and_resize():
         TrainConfig(resize="crop")
 
 
-def _edgead(*args):
-    env = dict(os.environ, EDGEAD_WEIGHTS_DIR=str(MCUNET_DIR), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "edgead", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=600)
-
-
-def test_train_records_steps_and_resize_and_eval_uses_them(synth_root, tmp_path):
+def test_train_records_steps_and_resize_and_eval_uses_them(synth_root, tmp_path, edgead_in_process):
+    _edgead = edgead_in_process  # the CLI's main(), in process (tests/cli/test_cli.py runs real processes)
     out = tmp_path / "run"
     r = _edgead("train", "--data", synth_root, "--tasks", "nut", "--image-size", 64, "--steps", 3,
                 "--batch-size", 4, "--resize", "pad", "--out", out, "--quiet")

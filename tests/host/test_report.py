@@ -123,13 +123,13 @@ def _cli(*args):
                           text=True, cwd=ROOT, env=env, timeout=120)
 
 
-def test_cli_report(runs, tmp_path):
+def test_cli_report(runs, tmp_path, edgead_in_process):
     p = _cli(runs[1], "--out", tmp_path / "rep")
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "rep" / "report.md").is_file() and (tmp_path / "rep" / "report.json").is_file()
     bad = tmp_path / "bad"
     bad.mkdir()
-    p = _cli(bad, "--out", tmp_path / "rep2")
+    p = edgead_in_process("report", bad, "--out", tmp_path / "rep2")  # the same main(), without a new process
     assert p.returncode == 2
     assert "error:" in p.stderr and str(bad) in p.stderr and "results.json" in p.stderr
     assert "Traceback" not in p.stderr
