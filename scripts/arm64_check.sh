@@ -70,6 +70,15 @@ CACHE=${EDGEAD_ARM64_CACHE:-$HOME/.cache/edgead/arm64}
 MIRROR=${EDGEAD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 ROOTFS="$CACHE/$SUITE"
 
+# One check per suite at a time: the root, its venvs and the check's work folder inside it are shared (a second
+# check waits here rather than rebuilding or overwriting them; `edgead export --arm64-check` runs this script).
+mkdir -p "$CACHE"
+exec 9>"$CACHE/$SUITE.lock"
+if ! flock -n 9; then
+    echo "arm64_check: another arm64 check of $SUITE is running; waiting for it" >&2
+    flock 9
+fi
+
 # --- the arm64 root (once per suite) ----------------------------------------------------------------------
 if [ ! -f "$ROOTFS/.edgead-rootfs-ok" ]; then
     mkdir -p "$CACHE"
