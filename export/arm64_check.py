@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -159,6 +160,7 @@ def check(bundle: Path, rootfs: Path, venv: str, inside: str, suite: str, out: P
             for r in per.values() if "vs_host" in r and "int8" in fmt]
     worst = max((v for v in int8 if v is not None), default=None)
     result = {
+        "command": os.environ.get("EDGEAD_ARM64_COMMAND"),
         "bundle": str(bundle), "suite": suite, "run": src["run"], "tasks": tasks, "test_images": len(test),
         "threshold": thr, "tolerance": asdict(tol),
         "arm64": _environment(runs["xnnpack"][1]),
@@ -213,7 +215,8 @@ def run_script(bundle: Path, out: Path, data_root: Path | None = None, limit: in
         cmd += ["--data", str(data_root)]
     if limit:
         cmd += ["--limit", str(int(limit))]
-    env = {**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)}
+    env = {**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable),
+           "EDGEAD_ARM64_COMMAND": shlex.join(sys.argv)}  # the export's own command line, for the record
     tail: list[str] = []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as p:
         assert p.stdout is not None

@@ -19,6 +19,8 @@ set -euo pipefail
 usage() { sed -n '4p' "$0" | sed 's/^# *//'; }
 die() { echo "arm64_check: $*" >&2; exit 2; }
 
+# The command, recorded in the result (edgead export --arm64-check passes its own command line instead).
+export EDGEAD_ARM64_COMMAND=${EDGEAD_ARM64_COMMAND:-"$0 $*"}
 BUNDLE="" SUITE=stable OUT="" DATA="" LIMIT=""
 while [ $# -gt 0 ]; do
     case "$1" in
