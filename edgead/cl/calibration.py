@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,29 @@ from firmware_sim.atomic import atomic_write
 from firmware_sim.codecs import EncodedLatent, get_codec
 
 ANCHOR_CODEC = "int8-channel"
+STATISTICS = ("image", "mean")  # an anchor's image score (the deployed post-processing) or its anomaly map's mean
+
+
+@dataclass(frozen=True)
+class DriftRule:
+    """How an earlier task's threshold follows its anchors: ``fit x clip(ratio, 1/bound, bound) ** damping``,
+    ``ratio`` = the anchors' ``statistic`` now / at calibration. Chosen by benchmarks/bench_drift.py on the DEV
+    halves of the real stream's test sets (docs/thresholds.md, "Following the drift")."""
+
+    statistic: str = "image"
+    damping: float = 1.0
+    bound: float | None = None
+
+    def factor(self, ratio: float) -> float:
+        """The scale applied to a task's calibration for a measured ``ratio`` (nan when it is unknown)."""
+        if not math.isfinite(ratio) or ratio <= 0:
+            return float("nan")
+        if self.bound:
+            ratio = min(max(ratio, 1.0 / self.bound), self.bound)
+        return ratio ** self.damping
+
+
+DRIFT_RULE = DriftRule()
 AGNOSTIC_RULE = "max over the tasks' thresholds (no product gets more false alarms than at its own threshold)"
 
 
@@ -60,10 +83,13 @@ def anchor_side(latent_shape: tuple[int, ...]) -> int:
 class CalibrationAnchors:
     """The calibration slice: a few never-replayed latent crops of each task's held-out normals."""
 
-    def __init__(self, per_task: int, latent_shape: tuple[int, ...], image_size: int, seed: int):
+    def __init__(self, per_task: int, latent_shape: tuple[int, ...], image_size: int, seed: int,
+                 statistic: str = DRIFT_RULE.statistic):
         if per_task < 0:
             raise EdgeadError(f"calibration anchors per task {per_task}: expected 0 or more")
-        self.per_task, self.seed = per_task, seed
+        if statistic not in STATISTICS:
+            raise EdgeadError(f"anchor statistic {statistic!r}: expected one of {', '.join(STATISTICS)}")
+        self.per_task, self.seed, self.statistic = per_task, seed, statistic
         self.latent_shape = tuple(latent_shape)
         self.side = anchor_side(self.latent_shape)
         self.out_size = max(1, self.side * image_size // self.latent_shape[-1])
@@ -104,7 +130,7 @@ class CalibrationAnchors:
         self.fit_scores[task_index] = self.score(model, task_index)
 
     def score(self, model, task_index: int) -> float:
-        """Mean image score of a task's anchors under ``model`` (nan when the task has none)."""
+        """Mean statistic (image score, or map mean) of a task's anchors under ``model`` (nan without anchors)."""
         es = self.encoded.get(task_index)
         if not es:
             return float("nan")
@@ -112,10 +138,10 @@ class CalibrationAnchors:
         was = model.training
         model.eval()
         try:
-            _, s = model.predict_latent(z.to(next(model.parameters()).device), self.out_size)
+            maps, s = model.predict_latent(z.to(next(model.parameters()).device), self.out_size)
         finally:
             model.train(was)
-        return float(s.mean())
+        return float(s.mean()) if self.statistic == "image" else float(maps.mean())
 
     def ratio(self, model, task_index: int) -> float:
         """Drift of a task's normal scores since its calibration: mean anchor score now / at calibration."""
@@ -124,7 +150,7 @@ class CalibrationAnchors:
         return now / before if math.isfinite(before) and before > 0 and math.isfinite(now) else float("nan")
 
     def save(self, path: Path) -> None:
-        arrays = {"tasks": np.array(sorted(self.encoded), np.int64),
+        arrays = {"tasks": np.array(sorted(self.encoded), np.int64), "statistic": np.array(self.statistic),
                   "fit_scores": np.array([self.fit_scores[t] for t in sorted(self.encoded)], np.float64)}
         for t, es in self.encoded.items():
             for k, e in enumerate(es):
@@ -136,9 +162,17 @@ class CalibrationAnchors:
     def load(self, path: Path) -> None:
         with np.load(path, allow_pickle=False) as z:
             tasks = [int(t) for t in z["tasks"]]
+            # the statistic the fit scores were taken with (files written before it was recorded: image)
+            self.statistic = str(z["statistic"]) if "statistic" in z.files else "image"
             self.fit_scores = {t: float(s) for t, s in zip(tasks, z["fit_scores"], strict=True)}
-            self.encoded = {t: [EncodedLatent.from_bytes(z[k].tobytes()) for k in sorted(
-                (k for k in z.files if k.startswith(f"t{t}_")), key=lambda k: int(k.split("_")[1]))] for t in tasks}
+            self.encoded = {t: [EncodedLatent.from_bytes(z[k].tobytes()) for k in _anchor_keys(z.files, t)]
+                            for t in tasks}
+
+
+def _anchor_keys(files: list[str], task: int) -> list[str]:
+    """The npz keys of a task's anchors (t{task}_{k}), in k order."""
+    pre = f"t{task}_"
+    return sorted((k for k in files if k.startswith(pre) and k[len(pre):].isdigit()), key=lambda k: int(k[len(pre):]))
 
 
 def rescale(fit: Calibration, ratio: float) -> Calibration:

@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from edgead.cl.calibration import CalibrationAnchors, rescale, task_agnostic
+from edgead.cl.calibration import DRIFT_RULE, CalibrationAnchors, rescale, task_agnostic
 from edgead.cl.config import ReplayConfig
 from edgead.cl.deployed import deployed_row
 from edgead.cl.memory import ImageMemory, LatentMemory, ReplayMemory
@@ -206,9 +206,10 @@ class Learner:
         self.recalibrate()
 
     def recalibrate(self) -> None:
-        """Every task's threshold now: the last one as fitted, the earlier ones scaled by their anchors."""
+        """Every task's threshold now: the last one as fitted, the earlier ones scaled by their anchors' drift
+        (as DRIFT_RULE says: edgead.cl.calibration)."""
         last = len(self.fit_cals) - 1
-        self.cals = [c if j == last else rescale(c, self.anchors.ratio(self.model, j))
+        self.cals = [c if j == last else rescale(c, DRIFT_RULE.factor(self.anchors.ratio(self.model, j)))
                      for j, c in enumerate(self.fit_cals)]
         self.model.calibration = task_agnostic(self.cals)
         self.model.calibration.per_task = {self.names[j]: asdict(c) for j, c in enumerate(self.cals)}

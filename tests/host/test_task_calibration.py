@@ -136,3 +136,39 @@ def test_resume_restores_the_anchors_and_thresholds(synth_root, tmp_path, monkey
     resumed = run_stream(stream, DET, CFG, replay, tmp_path / "cut", resume=True, **kw)
     assert resumed["calibration"]["per_task"] == full["calibration"]["per_task"]
     assert resumed["deployed"]["per_task"] == full["deployed"]["per_task"]
+
+
+def test_drift_rule_damps_and_bounds_the_ratio():
+    from edgead.cl.calibration import DriftRule
+
+    assert DriftRule().factor(0.25) == pytest.approx(0.25)  # plain: the ratio itself
+    assert DriftRule(damping=0.5).factor(0.25) == pytest.approx(0.5)  # halfway, geometrically
+    assert DriftRule(bound=2.0).factor(0.25) == pytest.approx(0.5) and DriftRule(bound=2.0).factor(8) == 2.0
+    assert DriftRule(damping=0.5, bound=2.0).factor(1.5) == pytest.approx(1.5 ** 0.5)
+    for bad in (float("nan"), 0.0, -1.0, float("inf")):
+        assert np.isnan(DriftRule().factor(bad))
+
+
+def test_anchor_statistic_is_kept_with_the_anchors(tmp_path):
+    from edgead.models.teacher_student import TeacherStudent
+    from firmware_sim.preprocess import Preprocess
+
+    model, pre = TeacherStudent(DET), Preprocess(image_size=64)
+    imgs = np.random.default_rng(1).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    img, mean = (CalibrationAnchors(1, model.latent_shape(), 64, seed=0, statistic=s) for s in ("image", "mean"))
+    for a in (img, mean):
+        a.add(0, model, imgs, pre)
+    # the same crop: its map's mean is below its image score (a top-k mean of the same map)
+    assert 0 < mean.fit_scores[0] < img.fit_scores[0]
+    mean.save(tmp_path / "m.npz")
+    back = CalibrationAnchors(1, model.latent_shape(), 64, seed=0)  # the default statistic, whatever it is
+    back.load(tmp_path / "m.npz")
+    assert back.statistic == "mean" and back.score(model, 0) == pytest.approx(mean.fit_scores[0])
+    # a file written before the statistic was recorded: its fit scores are image scores
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as z:
+        old = {k: z[k] for k in z.files if k != "statistic"}
+    np.savez(tmp_path / "old.npz", **old)
+    back.load(tmp_path / "old.npz")
+    assert back.statistic == "image"
+    with pytest.raises(EdgeadError, match="anchor statistic 'median'"):
+        CalibrationAnchors(1, model.latent_shape(), 64, seed=0, statistic="median")
