@@ -36,7 +36,7 @@ def _host_fidelity(formats) -> dict:
 
 
 def test_arm_drift_past_the_tolerance_is_drift_and_the_numbers_are_recorded():
-    res = _result("arm64_battery_weld.json")
+    res = _result("arm64_int8_battery_weld.json")
     fid = _host_fidelity(res["formats"])
     drifted = arm64.fold_into_fidelity(fid, res, Tolerance())
     tfl = res["formats"]["tflite-int8"]["xnnpack"]["vs_float"]["pixel_auroc"]
@@ -58,13 +58,13 @@ def test_arm_drift_past_the_tolerance_is_drift_and_the_numbers_are_recorded():
 
 
 def test_the_exports_tolerance_applies_not_the_checks_default():
-    res = _result("arm64_battery_weld.json")
+    res = _result("arm64_int8_battery_weld.json")
     wide = Tolerance(image_auroc=0.2, pixel_auroc=0.2)
     fid = _host_fidelity(res["formats"])
     assert arm64.fold_into_fidelity(fid, res, wide) == {}
     assert all(r.get("within_tolerance", True) for per in fid["arm64"]["formats"].values() for r in per.values())
     # Magnetic-Tile: ARM's AUROCs moved less; with the default gate only formats past it count.
-    res = _result("arm64_magnetic_tile.json")
+    res = _result("arm64_int8_magnetic_tile.json")
     fid = _host_fidelity(res["formats"])
     drifted = arm64.fold_into_fidelity(fid, res, Tolerance())
     for fmt, per in res["formats"].items():
@@ -77,7 +77,7 @@ def test_the_exports_tolerance_applies_not_the_checks_default():
 
 
 def test_a_default_export_leaves_out_what_drifts_on_arm_only():
-    res = _result("arm64_battery_weld.json")
+    res = _result("arm64_int8_battery_weld.json")
     fid = _host_fidelity(["tflite-int8", "onnx", "onnx-int8"])
     drifted = arm64.fold_into_fidelity(fid, res, Tolerance())
     left = leave_out_drifted(fid, set(drifted))
@@ -89,7 +89,7 @@ def test_a_default_export_leaves_out_what_drifts_on_arm_only():
 
 
 def test_a_named_formats_message_names_the_arm_path():
-    res = _result("arm64_battery_weld.json")
+    res = _result("arm64_int8_battery_weld.json")
     drifted = arm64.fold_into_fidelity(_host_fidelity(res["formats"]), res, Tolerance())
     lines = arm64.drift_lines(drifted)
     assert any(x.startswith("tflite-int8 (arm64 trunk+head [builtin]): pixel AUROC") for x in lines)
@@ -132,7 +132,7 @@ def test_tools_present_but_not_root(tmp_path):
 def test_the_option_is_off_by_default_and_the_result_survives_a_copy():
     opts = ExportOptions()
     assert opts.arm64_check is False and opts.arm64_images is None
-    res = _result("arm64_magnetic_tile.json")
+    res = _result("arm64_int8_magnetic_tile.json")
     before = copy.deepcopy(res)
     arm64.fold_into_fidelity(_host_fidelity(res["formats"]), res, Tolerance())
     assert res == before  # the check's own file is not modified by folding it in
