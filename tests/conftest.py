@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -47,27 +48,42 @@ def _one_torch_thread():
 # run or artifact share these, built once per session (per worker) under the session's base temp folder.
 # They are read-only: a test that changes one copies it to its tmp_path first.
 
-def tiny_run(tmp_path_factory) -> dict:
-    """{'data', 'run'}: PaSTe-MCUNet trained 1 epoch (batch 8) on 64 px synthetic 'nut'; the data folder also
-    holds 'brick' (a second product for the device's task tests), 12 train / 4 test images per product."""
-    base = tmp_path_factory.getbasetemp() / "tiny"
+@contextlib.contextmanager
+def _synthetic_data(data: Path, categories: list[str], n_train: int, n_test: int):
+    """Generates 64 px synthetic ``categories`` (seed 0) in ``data`` unless there, and points the weights
+    variable at ../shared for the training that follows (session helpers run outside the autouse fixture)."""
+    assert (MCUNET_DIR / "mcunet-320kb-1mb_imagenet.pth").is_file(), f"MCUNet-in3 weights not in {MCUNET_DIR}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGEAD_WEIGHTS_DIR", str(MCUNET_DIR))
+        if not data.is_dir():
+            from edgead.data.synth import generate_dataset
+
+            generate_dataset(data, categories, seed=0, image_size=64, n_train=n_train, n_test=n_test)
+        yield
+
+
+def _synthetic_run(base: Path, categories: list[str], n_train: int, n_test: int, epochs: int) -> dict:
+    """{'data', 'run'} under ``base``: 64 px synthetic ``categories`` (seed 0) and PaSTe-MCUNet trained on the
+    first for ``epochs`` (batch 8), built once (a finished run has its results.json)."""
     data, run = base / "data", base / "run"
     if not (run / "results.json").is_file():
         from edgead.cl.config import ReplayConfig
         from edgead.cl.runner import run_stream
         from edgead.data import TaskStream
-        from edgead.data.synth import generate_dataset
         from edgead.engine.trainer import TrainConfig
         from edgead.models.teacher_student import DetectorConfig
 
-        assert (MCUNET_DIR / "mcunet-320kb-1mb_imagenet.pth").is_file(), f"MCUNet-in3 weights not in {MCUNET_DIR}"
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("EDGEAD_WEIGHTS_DIR", str(MCUNET_DIR))
-            if not data.is_dir():
-                generate_dataset(data, ["nut", "brick"], seed=0, image_size=64, n_train=12, n_test=4)
-            run_stream(TaskStream(data, ["nut"]), DetectorConfig.defaults("paste", "mcunet-in3", image_size=64),
-                       TrainConfig(epochs=1, batch_size=8, progress=False), ReplayConfig(), run, log=lambda m: None)
+        with _synthetic_data(data, categories, n_train, n_test):
+            det = DetectorConfig.defaults("paste", "mcunet-in3", image_size=64)
+            cfg = TrainConfig(epochs=epochs, batch_size=8, progress=False)
+            run_stream(TaskStream(data, categories[:1]), det, cfg, ReplayConfig(), run, log=lambda m: None)
     return {"data": data, "run": run}
+
+
+def tiny_run(tmp_path_factory) -> dict:
+    """{'data', 'run'}: PaSTe-MCUNet trained 1 epoch (batch 8) on 64 px synthetic 'nut'; the data folder also
+    holds 'brick' (a second product for the device's task tests), 12 train / 4 test images per product."""
+    return _synthetic_run(tmp_path_factory.getbasetemp() / "tiny", ["nut", "brick"], 12, 4, epochs=1)
 
 
 def tiny_export(tmp_path_factory, formats: list[str]) -> Path:
@@ -79,7 +95,8 @@ def tiny_export(tmp_path_factory, formats: list[str]) -> Path:
         run = tiny_run(tmp_path_factory)["run"]
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("EDGEAD_WEIGHTS_DIR", str(MCUNET_DIR))
-            export_run(run, art, ExportOptions(formats=list(formats), calibration=8, allow_drift=True, force=True))
+            export_run(run, art, ExportOptions(formats=list(formats), calibration=8, allow_drift=True,
+                                               force=True))
     return art
 
 
@@ -90,12 +107,15 @@ def tiny_host(tmp_path_factory) -> dict:
 
 
 def _edgead_cli(argv: list[str]) -> None:
+    from edgead import console
     from edgead.cli import main
 
-    try:
-        main(argv)
-    except SystemExit as e:
-        assert e.code in (0, None), f"edgead {argv[0]} failed ({e.code})"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(console, "_level", console.level())  # --quiet must not outlive the call
+        try:
+            main(argv)
+        except SystemExit as e:
+            assert e.code in (0, None), f"edgead {argv[0]} failed ({e.code})"
 
 
 def two_task_run(tmp_path_factory) -> dict:
@@ -104,20 +124,16 @@ def two_task_run(tmp_path_factory) -> dict:
     base = tmp_path_factory.getbasetemp() / "two-task"
     data, run = base / "data", base / "run"
     if not (run / "results.json").is_file():
-        from edgead.data.synth import generate_dataset
-
-        assert (MCUNET_DIR / "mcunet-320kb-1mb_imagenet.pth").is_file(), f"MCUNet-in3 weights not in {MCUNET_DIR}"
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("EDGEAD_WEIGHTS_DIR", str(MCUNET_DIR))
-            if not data.is_dir():
-                generate_dataset(data, ["nut", "brick"], seed=0, image_size=64, n_train=12, n_test=6)
-            _edgead_cli(["train", "--data", str(data), "--tasks", "nut,brick", "--out", str(run), "--image-size",
-                         "64", "--epochs", "1", "--batch-size", "8", "--val-fraction", "0.25", "--quiet"])
+        with _synthetic_data(data, ["nut", "brick"], 12, 6):
+            _edgead_cli(["train", "--data", str(data), "--tasks", "nut,brick", "--out", str(run),
+                         "--image-size", "64", "--epochs", "1", "--batch-size", "8", "--val-fraction", "0.25",
+                         "--quiet"])
     return {"data": data, "run": run}
 
 
 def two_task_onnx(tmp_path_factory) -> dict:
-    """{'data', 'run', 'art'}: the two-task run and its `edgead export --format onnx` (8 calibration images)."""
+    """{'data', 'run', 'art'}: the two-task run and its `edgead export --format onnx` (8 calibration
+    images)."""
     tasks = two_task_run(tmp_path_factory)
     art = tmp_path_factory.getbasetemp() / "two-task-art"
     if not (art / "manifest.json").is_file():
@@ -129,25 +145,9 @@ def two_task_onnx(tmp_path_factory) -> dict:
 
 
 def export_test_run(tmp_path_factory) -> dict:
-    """{'data', 'run'}: the export tests' run, PaSTe-MCUNet trained 2 epochs (batch 8) on 64 px synthetic 'nut'
-    (20 train / 8 test images): more images than the tiny run, for fidelity AUROCs with some resolution."""
-    base = tmp_path_factory.getbasetemp() / "export-run"
-    data, run = base / "data", base / "run"
-    if not (run / "results.json").is_file():
-        from edgead.cl.config import ReplayConfig
-        from edgead.cl.runner import run_stream
-        from edgead.data import TaskStream
-        from edgead.data.synth import generate_dataset
-        from edgead.engine.trainer import TrainConfig
-        from edgead.models.teacher_student import DetectorConfig
-
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("EDGEAD_WEIGHTS_DIR", str(MCUNET_DIR))
-            if not data.is_dir():
-                generate_dataset(data, ["nut"], seed=0, image_size=64, n_train=20, n_test=8)
-            run_stream(TaskStream(data, ["nut"]), DetectorConfig.defaults("paste", "mcunet-in3", image_size=64),
-                       TrainConfig(epochs=2, batch_size=8, progress=False), ReplayConfig(), run, log=lambda m: None)
-    return {"data": data, "run": run}
+    """{'data', 'run'}: the export tests' run, PaSTe-MCUNet trained 2 epochs (batch 8) on 64 px synthetic
+    'nut' (20 train / 8 test images): more images than the tiny run, for fidelity AUROCs with some resolution."""
+    return _synthetic_run(tmp_path_factory.getbasetemp() / "export-run", ["nut"], 20, 8, epochs=2)
 
 
 @pytest.fixture

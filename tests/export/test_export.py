@@ -36,7 +36,7 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def paste_run(tmp_path_factory) -> Path:
-    return export_test_run(tmp_path_factory)["run"]  # shared with test_openvino (tests/conftest.py), read-only
+    return export_test_run(tmp_path_factory)["run"]  # shared with test_openvino (tests/conftest.py): read-only
 
 
 @pytest.fixture(scope="module")
