@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgead.export.arm64_check import _subset  # noqa: E402
+from edgead.export.arm64_check import stratified_subset  # noqa: E402
 from edgead.export.pipeline import load_data, load_run  # noqa: E402
 
 from firmware_sim import anomaly_map as amap_np  # noqa: E402
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     src = man.data["source"]
     run = load_run(src["run"], int(src.get("task_index", 0)))
     _, test, tasks = load_data(run, a.data)
-    test = _subset(test, a.limit, int(run.results["config"]["train"]["seed"]))
+    test = stratified_subset(test, a.limit, int(run.results["config"]["train"]["seed"]))
     levels, size = tuple(man.data["levels"]), int(man.data["input"]["image_size"])
     post = amap_np.ScorePost.parse(man.data["anomaly_map"].get("score"))
     thr = float(man.threshold)

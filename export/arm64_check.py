@@ -50,7 +50,7 @@ APT_COMMANDS = ("apt-get update", "apt-get install -y qemu-user-static binfmt-su
                 "update-binfmts --enable qemu-aarch64")
 
 
-def _subset(test, limit: int | None, seed: int):
+def stratified_subset(test, limit: int | None, seed: int):
     """At most ``limit`` test images, both classes kept in proportion (seeded): a quicker emulated run."""
     if not limit or limit >= len(test):
         return test
@@ -115,7 +115,7 @@ def check(bundle: Path, rootfs: Path, venv: str, inside: str, suite: str, out: P
         raise EdgeadError(f"{art}: the manifest names no source run; the check needs the run's test images")
     run = load_run(src["run"], int(src.get("task_index", 0)))
     _, test, tasks = load_data(run, data_root)
-    test = _subset(test, limit, int(run.results["config"]["train"]["seed"]))
+    test = stratified_subset(test, limit, int(run.results["config"]["train"]["seed"]))
     log(f"arm64 check: {len(test)} test images of {tasks}; float reference ...")
     ref = reference(run.model, run.pre, test)
     work_inside = f"{inside}/work"
