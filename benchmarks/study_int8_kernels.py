@@ -28,17 +28,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from edgead.export.arm64_check import stratified_subset
+from edgead.export.pipeline import load_data, load_run
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from edgead.export.arm64_check import stratified_subset  # noqa: E402
-from edgead.export.pipeline import load_data, load_run  # noqa: E402
-
-from firmware_sim import anomaly_map as amap_np  # noqa: E402
-from firmware_sim.atomic import atomic_write_json  # noqa: E402
-from firmware_sim.manifest import load_manifest  # noqa: E402
-from firmware_sim.quantization import dequantize  # noqa: E402
+from firmware_sim import anomaly_map as amap_np
+from firmware_sim.atomic import atomic_write_json
+from firmware_sim.manifest import load_manifest
+from firmware_sim.quantization import dequantize
 
 TFLITE_FAMILIES = ("xnnpack", "builtin", "reference")
 
