@@ -54,7 +54,8 @@ MAIN = ("finetune", "joint", "replay", "int8-channel")  # the methods whose m[i]
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "img_forget_abs", "pix_forget_abs", "aupro_forget_abs",
         "deployed_f1_task", "deployed_f1_agnostic", "deployed_f1_last_task", "deployed_f1_fit",
         "deployed_f1_oracle", "deployed_f1_before", "deployed_bacc_task", "deployed_bacc_agnostic",
-        "deployed_bacc_last_task", "deployed_bacc_fit", "deployed_bacc_oracle", "deployed_bacc_before",
+        "deployed_bacc_last_task", "deployed_bacc_fit", "deployed_bacc_anchors", "deployed_bacc_oracle",
+        "deployed_bacc_before",
         "deployed_bacc_ceiling", "deployed_fpr_task", "deployed_tpr_task", "threshold_error_task", "threshold_error_fit", "additional_bytes", "calibration_bytes", "total_bytes", "buffer_samples", "wall_s")
 
 
@@ -72,10 +73,11 @@ def parse_tasks(text: str) -> list[str]:
 class ResearchThresholds:
     """Evaluation plugin of the learner (edgead.cl.learner): the deployed numbers at thresholds a device never
     gets, for the threshold study (kinds of edgead.cl.deployed beside ``task``, which the loop records itself):
-    the task-agnostic and last task's thresholds, each task's as fitted, the oracle (the rule on the task's
-    held-out normals under the current model) and the legacy rule's (before)."""
+    the task-agnostic and last task's thresholds, each task's as fitted and as its anchors scale it, the oracle
+    (the rule on the task's held-out normals under the current model) and the legacy rule's (before)."""
 
     def after_evaluation(self, learner, i: int, j: int, data, scores, row: dict) -> None:
+        from edgead.cl.calibration import DRIFT_RULE, rescale
         from edgead.cl.deployed import deployed_row
         from edgead.engine.evaluate import fit_calibration
 
@@ -83,7 +85,11 @@ class ResearchThresholds:
         oracle = fit_calibration(learner.model, data.val, learner.pre, t.device, rule=t.threshold_rule,
                                  seed=j).threshold
         last = learner.fit_cals[i]
+        # the default recalibration's threshold beside a refitted one (same training: thresholds never train)
+        anchors = learner.fit_cals[j].threshold if j == i else rescale(learner.fit_cals[j], DRIFT_RULE.factor(learner.anchors.ratio(
+            learner.model, j))).threshold
         row.update(deployed_row(data.test.labels, scores, agnostic=learner.model.calibration.threshold,
+                                anchors=anchors,
                                 last_task=last.threshold, fit=learner.fit_cals[j].threshold, oracle=oracle,
                                 before=float("nan") if last.legacy_threshold is None else last.legacy_threshold))
 
@@ -91,7 +97,8 @@ class ResearchThresholds:
 def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int, epochs: int,
             budget_bytes: int | None = None, memory_size: int | None = None, weights: str | None = None,
             device_trunk: str | None = None, work_dir: str | None = None, calibration_anchors: int = 1,
-            max_train: int | None = None, latent_crop: str = "auto", threshold_rule: str | None = None) -> dict:
+            max_train: int | None = None, latent_crop: str = "auto", threshold_rule: str | None = None,
+            recalibrate: str = "anchors") -> dict:
     """One run_stream of the sweep -> its numbers (or {"infeasible": why} for a budget below one sample)."""
     from edgead.cl.config import ReplayConfig
     from edgead.cl.runner import run_stream
@@ -110,7 +117,8 @@ def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int
     out = Path(tempfile.mkdtemp(prefix="real_", dir=work_dir))
     t0 = time.perf_counter()
     try:
-        replay = ReplayConfig(calibration_anchors=calibration_anchors, latent_crop=latent_crop, **kw)
+        replay = ReplayConfig(calibration_anchors=calibration_anchors, latent_crop=latent_crop,
+                              recalibrate=recalibrate, **kw)
         train = TrainConfig(epochs=epochs, seed=seed, progress=False,
                             **({"threshold_rule": threshold_rule} if threshold_rule else {}))
         res = run_stream(TaskStream(data, tasks, max_train=max_train), det, train, replay,
@@ -143,6 +151,8 @@ def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int
         "deployed_decisions_per_task": dep.get("decisions", {}).get("per_task"),
         "additional_bytes": mem["additional_bytes"],
         "calibration_bytes": mem["calibration_bytes"],
+        "calibration_set_bytes": mem.get("calibration_set_bytes", 0),
+        "recalibrate": res["config"].get("recalibrate", "anchors"),
         "total_bytes": mem["total_bytes"],
         "buffer_samples": int(sum(mem["buffer_samples"].values())),
         "buffer_per_task": mem["buffer_samples"],
@@ -413,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="at most N normal training images per task (seeded draw; default: all)")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--weights", default=os.environ.get("EDGEAD_WEIGHTS_DIR"))
-    add_arguments(p, ReplayConfig, "calibration_anchors", "latent_crop")  # edgead's own definitions
+    add_arguments(p, ReplayConfig, "calibration_anchors", "latent_crop", "recalibrate")  # edgead's own definitions
     p.add_argument("--threshold-rule", default=None,
                    help="the runs' deployment threshold rule (default: edgead's default, docs/thresholds.md)")
     p.add_argument("--jobs", type=int, default=1, help="local processes (with --ray local: its CPUs)")
@@ -492,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
                      **({"calibration_anchors": a.calibration_anchors} if a.calibration_anchors != 1 else {}),
                      **({"max_train": a.max_train} if a.max_train is not None else {}),
                      **({"latent_crop": a.latent_crop} if a.latent_crop != "auto" else {}),
-                     **({"threshold_rule": a.threshold_rule} if a.threshold_rule else {})},
+                     **({"threshold_rule": a.threshold_rule} if a.threshold_rule else {}),
+                     **({"recalibrate": a.recalibrate} if a.recalibrate != "anchors" else {})},
                     inputs=inputs_read)  # their content is in each run's spec: changed data runs again
                 for m, _, b, n, s in specs]
         res = run_sweep(name, runs, sweep_dir, jobs=a.jobs, ray=a.ray, threads=a.threads, resume=a.resume,

@@ -21,6 +21,8 @@ from firmware_sim.sizes import parse_size
 
 # The continual-learning strategies, in the order the CLI and the docs list them.
 STRATEGIES = ("finetune", "joint", "replay", "compressed-replay")
+# How earlier tasks' thresholds follow later updates (edgead.cl.calibration, edgead.cl.calibration_set).
+RECALIBRATIONS = ("anchors", "refit")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class ReplayConfig:
             task's share and otherwise the largest square crop that does (edgead.cl.crops); ``none`` always
             keeps whole latents (a task whose share is below one keeps nothing); a number keeps crops of that
             side (latent cells).
+        recalibrate: how earlier tasks' thresholds follow later updates: ``anchors`` scales each by its anchors'
+            drift (inside the budget); ``refit`` keeps every held-out normal's trunk latent (host memory,
+            outside the budget) and re-applies the threshold rule to them (edgead.cl.calibration_set).
     """
 
     # Each field is also an option of `edgead train` and `Detector.fit` (edgead.options).
@@ -66,6 +71,10 @@ class ReplayConfig:
     latent_crop: str | int = option("auto", help="compressed-replay with --budget: auto keeps whole latents "
                               "when one fits in every task's share, else the largest square crop that does; "
                               "none: whole only; N: crops of N latent cells.")
+    recalibrate: str = option("anchors", choices=RECALIBRATIONS, help="How earlier tasks' thresholds follow "
+                              "each update: anchors (their anchors' drift, inside the budget) or refit (the "
+                              "threshold rule re-applied to every held-out normal's stored trunk latent: host "
+                              "memory, about 0.9 MB per product, outside the budget).")
     codec_obj: Codec | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -88,6 +97,8 @@ class ReplayConfig:
             raise EdgeadError(f"--latent-crop {self.latent_crop}: expected auto, none or a crop side of at least "
                               f"{MIN_CROP_SIDE} latent cells")
         object.__setattr__(self, "latent_crop", crop)
+        if self.recalibrate not in RECALIBRATIONS:
+            raise EdgeadError(f"--recalibrate {self.recalibrate!r}: expected one of {', '.join(RECALIBRATIONS)}")
         if self.device_buffer is not None and self.strategy != "compressed-replay":
             raise EdgeadError("--device-buffer needs --strategy compressed-replay")
         if self.strategy == "compressed-replay":
@@ -104,12 +115,13 @@ class ReplayConfig:
     def from_options(cls, strategy: str = "finetune", codec: str | None = None, budget: str | int | None = None,
                      memory_size: int = 100, policy: str = "random", device_buffer: Path | str | None = None,
                      device_trunk: Path | str | None = None, calibration_anchors: int = 1,
-                     latent_crop: str | int = "auto") -> ReplayConfig:
+                     latent_crop: str | int = "auto", recalibrate: str = "anchors") -> ReplayConfig:
         """From command-line style values: ``budget`` as text such as 2.46MB, 500kB or 100000B."""
         budget_bytes = parse_size(budget) if isinstance(budget, str) else budget
         return cls(strategy, codec, budget_bytes, memory_size, policy,
                    None if device_buffer is None else Path(device_buffer),
-                   None if device_trunk is None else Path(device_trunk), calibration_anchors, str(latent_crop))
+                   None if device_trunk is None else Path(device_trunk), calibration_anchors, str(latent_crop),
+                   recalibrate)
 
     def crop_side(self, latent_shape: tuple[int, ...], budget_bytes: int | None, n_tasks: int,
                   names: Sequence[str] = ()) -> int:
@@ -149,4 +161,4 @@ class ReplayConfig:
         return cls(d["strategy"], d.get("codec"), d.get("budget_bytes"), d.get("memory_size") or 100,
                    d.get("policy", "random"), None if d.get("device_buffer") is None else Path(d["device_buffer"]),
                    None if d.get("device_trunk") is None else Path(d["device_trunk"]),
-                   d.get("calibration_anchors", 1), d.get("latent_crop", "auto"))
+                   d.get("calibration_anchors", 1), d.get("latent_crop", "auto"), d.get("recalibrate", "anchors"))

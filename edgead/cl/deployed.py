@@ -7,6 +7,8 @@ Each evaluation of task j after task i records the F1 at five thresholds, from t
 * ``last_task`` the last trained task's threshold, as fitted: the single threshold exported before per-task
                 calibration (the "before" of this change)
 * ``fit``       task j's own threshold as fitted right after task j, never updated (per task, no recalibration)
+* ``anchors``   task j's fitted threshold scaled by its anchors' drift (the default recalibration), recorded
+                beside ``task`` when the run refits instead (``--recalibrate refit``): both from one training
 * ``oracle``    the threshold rule applied to task j's full held-out normals under the current model: evaluation
                 only (a device keeps no images), the reference the recalibration is measured against
 * ``before``    what was exported before per-task calibration and the threshold rule were chosen: the last
@@ -29,7 +31,7 @@ import numpy as np
 from edgead.engine.thresholds import FEW_NORMALS, ThresholdWarning, deployed_balanced_accuracy, deployed_f1
 from firmware_sim.decisions import ceiling
 
-THRESHOLDS = ("task", "agnostic", "last_task", "fit", "oracle", "before")
+THRESHOLDS = ("task", "agnostic", "last_task", "fit", "anchors", "oracle", "before")
 
 
 def deployed_row(labels: np.ndarray, scores: np.ndarray, n_normals: int | None = None, **thresholds: float) -> dict:

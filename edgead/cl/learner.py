@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from edgead.cl.calibration import DRIFT_RULE, CalibrationAnchors, rescale, task_agnostic
+from edgead.cl.calibration_set import CalibrationSet
 from edgead.cl.config import ReplayConfig
 from edgead.cl.deployed import deployed_row
 from edgead.cl.memory import ImageMemory, LatentMemory, ReplayMemory
@@ -63,6 +64,10 @@ def anchors_path(out: Path, i: int) -> Path:
     return out / "calibration" / f"after_task_{i:02d}.npz"
 
 
+def calibration_set_path(out: Path, i: int) -> Path:
+    return out / "calibration" / f"set_after_task_{i:02d}.npz"
+
+
 class Learner:
     """A run's continual state. Build it with the run's detector and memory settings, `restore` a saved run,
     then call `learn` once per new task; ``persist`` (a callable) writes the files after each step."""
@@ -80,6 +85,8 @@ class Learner:
         self.cost = detector_cost(self.model)
         self.latent_shape = tuple(self.cost["latent_shape"])
         self.anchors = CalibrationAnchors(replay.calibration_anchors, self.latent_shape, det.image_size, train.seed)
+        # --recalibrate refit: every held-out normal's latent, host memory outside the budget (calibration_set)
+        self.calset = CalibrationSet(train.threshold_rule, det.image_size) if replay.recalibrate == "refit" else None
         self.check_budget(1)
         self.memory = self._make_memory()
         self.names: list[str] = []
@@ -152,6 +159,11 @@ class Learner:
                 raise EdgeadError(f"cannot continue {self.out}: {saved} is missing (a run from before per-task "
                                   f"calibration); start it again in a new --out")
             self.anchors.load(saved)
+        if self.calset is not None:
+            saved = calibration_set_path(self.out, done - 1)
+            if not saved.is_file():
+                raise EdgeadError(f"cannot continue {self.out} with --recalibrate refit: {saved} is missing")
+            self.calset.load(saved)
 
     def data(self, j: int) -> TaskData:
         """Task j's train / held-out / test splits, read once (its task reopened from its record if needed)."""
@@ -203,14 +215,22 @@ class Learner:
         t = self.train_cfg
         self.fit_cals.append(fit_calibration(self.model, d.val, self.pre, t.device, rule=t.threshold_rule, seed=i))
         self.anchors.add(i, self.model, d.val.images, self.pre)
+        if self.calset is not None:
+            self.calset.add(i, self.model, d.val.images, self.pre)
         self.recalibrate()
 
+    def drift_factor(self, j: int) -> float:
+        """How far task j's threshold moved since it was fitted: the threshold rule refitted on its stored
+        held-out latents (--recalibrate refit), else its anchors' drift as DRIFT_RULE says."""
+        if self.calset is not None and self.calset.has(j):
+            return self.calset.ratio(self.model, j)
+        return DRIFT_RULE.factor(self.anchors.ratio(self.model, j))
+
     def recalibrate(self) -> None:
-        """Every task's threshold now: the last one as fitted, the earlier ones scaled by their anchors' drift
-        (as DRIFT_RULE says: edgead.cl.calibration)."""
+        """Every task's threshold now: the last one as fitted, the earlier ones followed by ``drift_factor``
+        (edgead.cl.calibration, edgead.cl.calibration_set)."""
         last = len(self.fit_cals) - 1
-        self.cals = [c if j == last else rescale(c, DRIFT_RULE.factor(self.anchors.ratio(self.model, j)))
-                     for j, c in enumerate(self.fit_cals)]
+        self.cals = [c if j == last else rescale(c, self.drift_factor(j)) for j, c in enumerate(self.fit_cals)]
         self.model.calibration = task_agnostic(self.cals)
         self.model.calibration.per_task = {self.names[j]: asdict(c) for j, c in enumerate(self.cals)}
 
@@ -263,6 +283,8 @@ class Learner:
             self.memory.save(mem_path)
         if self.replay.calibration_anchors:
             self.anchors.save(anchors_path(self.out, i))
+        if self.calset is not None:
+            self.calset.save(calibration_set_path(self.out, i))
         save_checkpoint(checkpoint_path(self.out, i), self.model, self.pre, task_index=i, tasks=self.names,
                         rows=self.rows, timings=self.timings, fit_calibrations=[asdict(c) for c in self.fit_cals],
                         calibrations=[asdict(c) for c in self.cals], holdings=self.holdings, sources=self.sources,

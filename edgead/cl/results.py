@@ -132,7 +132,10 @@ def _calibration_entry(learner) -> dict:
     from edgead.cl.calibration import AGNOSTIC_RULE, ANCHOR_CODEC
 
     anchors, replay = learner.anchors, learner.replay
-    return {"method": "anchor-drift" if replay.calibration_anchors else "fit-only",
+    method = "anchor-drift" if replay.calibration_anchors else "fit-only"
+    if learner.calset is not None:
+        method = "refit"
+    return {"method": method,
             "anchors_per_task": replay.calibration_anchors, "anchor_codec": ANCHOR_CODEC,
             "anchor_latent_crop": list(anchors.crop_shape), "bytes": anchors.nbytes,
             "inside_budget": replay.budget_bytes is not None and learner.memory is not None,
@@ -152,8 +155,11 @@ def build_results(learner, config: dict, *, command: str, versions: list[dict], 
 
     cost, timings = learner.cost, learner.timings
     memory = {"architecture_bytes": cost["architecture_bytes"], "params": cost["params"], **_memory_entry(learner)}
-    memory["calibration_bytes"] = learner.anchors.nbytes
-    memory["total_bytes"] = memory["additional_bytes"] + learner.anchors.nbytes
+    # the refit set is host memory outside the replay budget: counted here, never in the budget
+    set_bytes = learner.calset.nbytes if learner.calset is not None else 0
+    memory["calibration_bytes"] = learner.anchors.nbytes + set_bytes
+    memory["calibration_set_bytes"] = set_bytes
+    memory["total_bytes"] = memory["additional_bytes"] + memory["calibration_bytes"]
     return {
         "schema": SCHEMA, "created": datetime.now(UTC).isoformat(timespec="seconds"), "command": command,
         "machine": {"platform": platform.platform(), "python": platform.python_version(),

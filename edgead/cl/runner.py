@@ -52,6 +52,8 @@ def stream_config(stream, det: DetectorConfig, train: TrainConfig, replay: Repla
         config["calibration_anchors"] = replay.calibration_anchors
     if replay.latent_crop != "auto":
         config["latent_crop"] = replay.latent_crop
+    if replay.recalibrate != "anchors":
+        config["recalibrate"] = replay.recalibrate
     return config
 
 
