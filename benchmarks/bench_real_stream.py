@@ -119,7 +119,8 @@ def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int
     try:
         replay = ReplayConfig(calibration_anchors=calibration_anchors, latent_crop=latent_crop,
                               recalibrate=recalibrate, **kw)
-        train = TrainConfig(epochs=epochs, seed=seed, progress=False,
+        # epochs 0: edgead's default budget (20 epochs, or the budget floor on a small task)
+        train = TrainConfig(epochs=epochs or None, seed=seed, progress=False,
                             **({"threshold_rule": threshold_rule} if threshold_rule else {}))
         res = run_stream(TaskStream(data, tasks, max_train=max_train), det, train, replay,
                          out, weights=weights, log=lambda m: None, command="bench_real_stream",
@@ -349,9 +350,11 @@ def write_outputs(rows, meta, tasks, a, seeds, out_dir: Path, name: str) -> None
         for r in rows])
     print_table(summary, ["method", "setting", "seeds", "image_auroc", "image_auroc_std", "pixel_auroc", "aupro",
                           "img_forget_abs", "deployed_f1_before", "deployed_f1_task", "deployed_bacc_before",
-                          "deployed_bacc_task", "deployed_fpr_task", "deployed_bacc_ceiling", "total_bytes",
+                          "deployed_bacc_task", "deployed_bacc_anchors", "deployed_fpr_task", "deployed_bacc_ceiling",
+                          "total_bytes",
                           "buffer_samples"])
-    title = (f"{len(tasks)} real tasks ({', '.join(tasks)}), {a.image_size} px, {a.epochs} epochs, seeds {seeds}; "
+    budget = f"{a.epochs} epochs" if a.epochs else "default training budget"
+    title = (f"{len(tasks)} real tasks ({', '.join(tasks)}), {a.image_size} px, {budget}, seeds {seeds}; "
              "PaSTe-MCUNet")
     pngs = [plot_pareto(summary, out_dir / f"{name}_pareto.png", title)] if summary else []
     pngs += heatmaps(summary, tasks, out_dir / name)
@@ -418,7 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", default=BUDGETS, help="comma list of sizes (B, kB, KiB, MB, MiB)")
     p.add_argument("--memory-size", type=int, default=100, help="the sample-count setting (0: none)")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10,
+                   help="epochs per task; 0: edgead's default budget (20 epochs, or 1000 steps at batch 8 when those "
+                        "give fewer than 300 optimiser steps)")
     p.add_argument("--max-train", type=int, default=None,
                    help="at most N normal training images per task (seeded draw; default: all)")
     p.add_argument("--image-size", type=int, default=256)
