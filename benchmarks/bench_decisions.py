@@ -17,8 +17,10 @@ pseudo-defects and the DEV and REPORT halves of the test set. From them:
 3. fewshot  k labelled defects (1, 3, 5, 10) and a handful of labelled good images drawn from DEV (--draws
           random draws) set the threshold by each calibration method of firmware_sim.decisions (what
           `edgead calibrate` and `python -m firmware_sim calibrate` run), with the stored calibration's
-          mean/std of the held-out normals as the device has them. The method is CHOSEN on the rest of DEV (the
-          images not drawn) and REPORTED on REPORT, against the REPORT ceiling.
+          mean/std of the held-out normals and its deployed threshold (the default rule's) as the device has
+          them; ``anchored:Z,K0`` rows are ``anchored`` with other dead zones z and weights k0 than the code's
+          (ANCHOR_DEAD_ZONE, ANCHOR_DEFECTS: plain ``anchored``). The method (z and k0 too) is CHOSEN on the rest
+          of DEV (the images not drawn) and REPORTED on REPORT, against the REPORT ceiling.
 Writes benchmarks/results/decisions_rules[_TAG].json, decisions_far[_TAG].json, decisions_fewshot[_TAG].json.
 """
 
@@ -40,7 +42,15 @@ from edgead.engine.thresholds import (
     far_achievable,
     far_normals_needed,
 )
-from firmware_sim.decisions import CALIBRATION_METHODS, NormalPrior, best_cut, choose_threshold, rates
+from firmware_sim.decisions import (
+    ANCHOR_DEAD_ZONE,
+    ANCHOR_DEFECTS,
+    CALIBRATION_METHODS,
+    NormalPrior,
+    best_cut,
+    choose_threshold,
+    rates,
+)
 
 SOURCE = RESULTS / "threshold_real6.json"
 # The candidates: today's rules, far:A, and pseudo-f1 kept inside a band of the held-out normals.
@@ -53,6 +63,10 @@ HALVES = ("dev", "report")
 # Bars of issue 20.
 BAR_MEAN_GAP, BAR_WORST_GAP, BAR_FAR = 0.03, 0.06, 0.08
 BAR_SHOTS = {5: 0.03, 10: 0.02}
+# anchored with other dead zones z (standard errors) and weights k0 (labelled defects) of the deployed threshold:
+# z and k0 are chosen on DEV with them (z = 0: plain shrinkage toward the deployed threshold)
+ANCHOR_SWEEP = tuple((z, k0) for z in (0.0, 0.5, 1.0, 1.5, 2.0) for k0 in (0.0, 0.5, 1.0, 2.0)
+                     if (z, k0) not in ((ANCHOR_DEAD_ZONE, ANCHOR_DEFECTS), (0.0, 0.0)))  # (0, 0): lognormal
 
 
 def load_runs(paths: str) -> tuple[list[dict], list[str]]:
@@ -172,14 +186,16 @@ def fewshot_rows(runs: list[dict], shots=SHOTS, n_good: int = 5, draws: int = 20
     the held-out normals' stored mean/std), its balanced accuracy on the rest of DEV and on REPORT, and the
     gaps to those sets' ceilings. 'none' is the rule's threshold kept (no labels)."""
     out = []
-    for r in runs:
-        prior = NormalPrior(float(np.mean(r["normal"])), float(np.std(r["normal"])), len(r["normal"]))
+    for ri, r in enumerate(runs):
         base = ThresholdRule.parse(DEFAULT_THRESHOLD_RULE).threshold(np.asarray(r["normal"]), np.asarray(r["pseudo"]))
+        prior = NormalPrior(float(np.mean(r["normal"])), float(np.std(r["normal"])), len(r["normal"]), base)
         y, s = _half(r, "dev")
         yr, sr = _half(r, "report")
         ceil_r = _ceiling(yr, sr)
         good, bad = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
-        rng = np.random.default_rng([seed, int(r["seed"]), len(out)])
+        # seeded by the run's position, not by how many rows came before: the draws stay the same when a
+        # method is added, so methods compare on the same images across versions of this script
+        rng = np.random.default_rng([seed, int(r["seed"]), ri])
         for k in shots:
             for d in range(draws):
                 gi = rng.choice(good, min(n_good, len(good) - 1), replace=False)
@@ -190,6 +206,10 @@ def fewshot_rows(runs: list[dict], shots=SHOTS, n_good: int = 5, draws: int = 20
                 for m in CALIBRATION_METHODS:
                     c = choose_threshold(s[gi], s[di], prior, m)
                     thresholds[m] = (c["threshold"], c["method"])
+                for z, k0 in ANCHOR_SWEEP:
+                    c = choose_threshold(s[gi], s[di], prior, "anchored", z=z, k0=k0)
+                    name = f"anchored:{z:g},{k0:g}"
+                    thresholds[name] = (c["threshold"], name if c["method"] == "anchored" else c["method"])
                 c = choose_threshold(np.r_[s[gi], r["normal"]], s[di], None, "best-cut")
                 thresholds["best-cut+held-out"] = (c["threshold"], c["method"])
                 for m, (thr, used) in thresholds.items():
@@ -206,7 +226,7 @@ def fewshot_rows(runs: list[dict], shots=SHOTS, n_good: int = 5, draws: int = 20
 
 def per_run_means(rows: list[dict]) -> list[dict]:
     """The draws averaged: one row per (category, seed, k, method), with the spread of its REPORT gap and how
-    often the lognormal method fell back to best-cut."""
+    often a method fell back to another (lognormal to best-cut)."""
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["category"], r["seed"], r["k"], r["method"]), []).append(r)

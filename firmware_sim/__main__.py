@@ -12,6 +12,7 @@ import math
 import sys
 
 from firmware_sim import __version__, commands
+from firmware_sim.decisions import CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD
 from firmware_sim.errors import UserError
 from firmware_sim.sizes import format_size
 
@@ -126,16 +127,18 @@ def parser(prog: str = "python -m firmware_sim") -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", help="Set a product's threshold from a few labelled images (manifest "
                        "rewritten, the old threshold kept in its history).",
                        description="Score the good (--normal) and defective (--defect) images with ART's model, set "
-                                   "the threshold of --task NAME (lognormal: midpoint of the mean log scores, the good "
-                                   "ones pooled with the stored held-out normals; best-cut: the best balanced "
-                                   "accuracy on these images) and rewrite ART's manifest atomically.")
+                                   "the threshold of --task NAME and rewrite ART's manifest atomically. anchored "
+                                   "(default): the stored threshold moved toward the lognormal cut only as far as the "
+                                   "defects support (differences within their noise keep it); lognormal: midpoint of "
+                                   "the mean log scores, the good ones pooled with the stored held-out normals; "
+                                   "best-cut: the best balanced accuracy on these images.")
     c.add_argument("--artifact", required=True, help="Artifact folder (edgead export --out).")
     c.add_argument("--task", default=None, help="The product (a task name of ART); needed when ART has per-task "
                    "thresholds.")
     c.add_argument("--normal", required=True, help="Folder of good images of the product.")
     c.add_argument("--defect", required=True, help="Folder of defective images of the product.")
-    c.add_argument("--method", choices=["lognormal", "best-cut"], default="lognormal",
-                   help="How the threshold is chosen (default lognormal; docs/thresholds.md).")
+    c.add_argument("--method", choices=CALIBRATION_METHODS, default=DEFAULT_CALIBRATION_METHOD,
+                   help=f"How the threshold is chosen (default {DEFAULT_CALIBRATION_METHOD}; docs/thresholds.md).")
     c.add_argument("--format", default=None, help="Format that scores the images (default: the first exported).")
     c.add_argument("--threads", type=int, default=None, help="Interpreter threads (default: the interpreter's).")
 

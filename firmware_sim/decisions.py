@@ -14,6 +14,22 @@ gap between it and the deployed balanced accuracy is what a better threshold cou
 With a few labelled parts of a product (`edgead calibrate`, `python -m firmware_sim calibrate`) the threshold
 is set by one of ``CALIBRATION_METHODS``:
 
+* ``anchored``   (default) the product's deployed threshold (the one its held-out normals set, stored with the
+                 calibration), moved toward the ``lognormal`` cut only as far as the k labelled defects support.
+                 In log score, with ``delta = log t_lognormal - log t_deployed``:
+                 ``log t = log t_deployed + w * sign(delta) * max(0, |delta| - z * se)``, where
+                 ``se = sd / (2 sqrt(k))`` is the standard error of the lognormal cut when defects scatter as
+                 much as the held-out normals do (``sd`` their log-score spread, stored), ``z = ANCHOR_DEAD_ZONE``
+                 and ``w = k / (k + k0)``, ``k0 = ANCHOR_DEFECTS``. Why: the deployed threshold already sits close
+                 to the best cut on most products (on the six real categories its REPORT gap to the ceiling is
+                 about 0.02 without any label), while the mean log score of a few defects is noisy (one faint or
+                 one glaring defect moves the lognormal cut a long way): used alone, 1 labelled defect made the
+                 threshold worse than none. So a difference the defects cannot tell from their own noise (within
+                 z standard errors) keeps the deployed threshold, and a larger one moves it by the excess, weighted
+                 as if the deployed threshold were k0 more defects. Products whose deployed threshold is right stay
+                 put; a product it misjudges moves, more with more defects, and with many defects the threshold
+                 becomes the lognormal cut. The anchor is the threshold set without labels, also after an
+                 earlier calibration, so the same images always give the same threshold.
 * ``lognormal``  the balanced-accuracy-best cut when log scores of good and of defective parts are normal with
                  one shared spread: the midpoint of their mean log scores. The good parts' mean pools the
                  labelled good images with the held-out normals the product was calibrated on (their mean and
@@ -23,7 +39,8 @@ is set by one of ``CALIBRATION_METHODS``:
                  function), halfway between neighbouring scores; among equally good cuts the highest, which
                  rejects the fewest good parts. Exact on the images given, jumpy with few of them.
 
-The default was chosen on DEV halves of six real categories (benchmarks/bench_decisions.py, docs/thresholds.md).
+The default, ``z`` and ``k0`` were chosen on DEV halves of six real categories (benchmarks/bench_decisions.py,
+which also scores ``anchored`` with other z and k0; docs/thresholds.md).
 """
 
 from __future__ import annotations
@@ -35,8 +52,15 @@ import numpy as np
 
 from firmware_sim.errors import UserError
 
-CALIBRATION_METHODS = ("lognormal", "best-cut")
-DEFAULT_CALIBRATION_METHOD = "lognormal"
+CALIBRATION_METHODS = ("anchored", "lognormal", "best-cut")
+DEFAULT_CALIBRATION_METHOD = "anchored"
+# anchored, both chosen on the DEV halves (benchmarks/bench_decisions.py scores z in 0-2 x k0 in 0-2; the DEV
+# objective was flat within 0.002 for z 1-2 and k0 0.5-1, worse for z = 0, a plain shrinkage toward the deployed
+# threshold, which moved the products the deployed threshold already suits): a difference within this many
+# standard errors of the lognormal cut keeps the deployed threshold ...
+ANCHOR_DEAD_ZONE = 1.5
+# ... and the excess moves it with weight k / (k + k0): the deployed threshold counts as k0 labelled defects
+ANCHOR_DEFECTS = 0.5
 _TINY = 1e-12  # scores are max-of-map distances (>= 0): the floor keeps log() finite for a score of 0
 
 
@@ -87,26 +111,71 @@ def ceiling(labels, scores) -> dict:
 
 @dataclass(frozen=True)
 class NormalPrior:
-    """What a stored calibration knows of the held-out normals behind it: mean, std and count of their scores."""
+    """What a stored calibration knows of the held-out normals behind it: mean, std and count of their scores,
+    and the threshold set from them without labels (``anchored``'s anchor; None where unknown)."""
 
     mean: float
     std: float
     n: int
+    threshold: float | None = None
 
     @classmethod
     def from_calibration(cls, cal: dict) -> NormalPrior | None:
-        """From a calibration record (score_mean, score_std, n_images); None when it lacks them."""
+        """From a calibration record (score_mean, score_std, n_images, threshold: a manifest's calibration or a
+        host Calibration's asdict); None when it lacks the statistics."""
         try:
             mean, std, n = float(cal["score_mean"]), float(cal["score_std"]), int(cal["n_images"])
         except (KeyError, TypeError, ValueError):
             return None
         if not (math.isfinite(mean) and math.isfinite(std) and mean > 0 and std >= 0 and n > 0):
             return None
-        return cls(mean, std, n)
+        return cls(mean, std, n, unlabelled_threshold(cal))
+
+    def log_std(self) -> float:
+        """The log-score spread of a log-normal with this mean and std (moments): sqrt(log(1 + (s/m)^2))."""
+        return math.sqrt(math.log1p((self.std / self.mean) ** 2))
 
     def log_mean(self) -> float:
         """The mean log score of a log-normal with this mean and std (moments): log m - log(1 + (s/m)^2) / 2."""
         return math.log(self.mean) - 0.5 * math.log1p((self.std / self.mean) ** 2)
+
+
+def _finite_positive(x) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) and x > 0 else None
+
+
+def unlabelled_threshold(cal: dict) -> float | None:
+    """The threshold a calibration record had before any labelled calibration replaced it: its own when it
+    was not set from labels, else the latest one in its history that was not (None when none is known).
+
+    Anchoring on it, not on the current threshold, keeps calibrating idempotent: calibrating twice with the
+    same images gives the same threshold instead of drifting further from the deployed one each time. A host
+    calibration (`edgead calibrate`) keeps ``labelled``/``history`` under ``extra`` (and an export carries them
+    there); a device one (`firmware_sim calibrate`) at the top level. When both are present the host's history
+    is the older one and holds the threshold set without labels.
+    """
+    extra = cal.get("extra") if isinstance(cal.get("extra"), dict) else {}
+    for where in (extra, cal):
+        if where.get("labelled"):
+            for old in reversed(list(where.get("history") or [])):
+                if isinstance(old, dict) and not old.get("labelled"):
+                    return _finite_positive(old.get("threshold"))
+            return None
+    return _finite_positive(cal.get("threshold"))
+
+
+def anchored_cut(labelled_cut: float, anchor: float, n_defect: int, log_spread: float,
+                 z: float = ANCHOR_DEAD_ZONE, k0: float = ANCHOR_DEFECTS) -> float:
+    """``anchor`` moved toward ``labelled_cut`` in log score by the part of their difference beyond ``z``
+    standard errors of the cut (``log_spread / (2 sqrt(n_defect))``: half the standard error of the defects'
+    mean log score, the cut being a midpoint), weighted n_defect / (n_defect + k0)."""
+    delta = math.log(max(labelled_cut, _TINY)) - math.log(max(anchor, _TINY))
+    excess = max(0.0, abs(delta) - z * log_spread / (2 * math.sqrt(n_defect)))
+    return float(anchor * math.exp(math.copysign(excess, delta) * n_defect / (n_defect + k0)))
 
 
 def lognormal_cut(normal_scores, defect_scores, prior: NormalPrior | None = None) -> float | None:
@@ -125,13 +194,18 @@ def lognormal_cut(normal_scores, defect_scores, prior: NormalPrior | None = None
 
 
 def choose_threshold(normal_scores, defect_scores, prior: NormalPrior | None = None,
-                     method: str = DEFAULT_CALIBRATION_METHOD) -> dict:
+                     method: str = DEFAULT_CALIBRATION_METHOD, z: float = ANCHOR_DEAD_ZONE,
+                     k0: float = ANCHOR_DEFECTS) -> dict:
     """The threshold from labelled scores by ``method`` and what it does on those images.
 
     Returns {threshold, method (the one used), note (why another was used, or None), n_normal, n_defect,
-    false_alarm_rate, catch_rate, balanced_accuracy (on the labelled images), ceiling (their best)}.
+    false_alarm_rate, catch_rate, balanced_accuracy (on the labelled images), ceiling (their best),
+    anchor_threshold and labelled_cut (``anchored``: the deployed threshold and the cut it moved toward; else
+    None)}. ``z`` and ``k0``: ``anchored``'s dead zone and weight (the defaults were chosen on DEV).
     ``lognormal`` falls back to ``best-cut`` when the defects do not score higher than the good parts on
-    average (the note says so). Raises UserError without defects or without good-part information.
+    average (the note says so); ``anchored`` then moves toward the best cut instead, and without a stored
+    threshold to anchor on (``prior`` None or without one) it is plain ``lognormal`` (the note says so).
+    Raises UserError without defects or without good-part information.
     """
     if method not in CALIBRATION_METHODS:
         raise UserError(f"calibration method {method!r}: expected one of {', '.join(CALIBRATION_METHODS)}")
@@ -139,20 +213,32 @@ def choose_threshold(normal_scores, defect_scores, prior: NormalPrior | None = N
     if d.size == 0:
         raise UserError("calibration needs at least one defective image")
     if n.size == 0 and (method == "best-cut" or prior is None):
-        raise UserError("calibration needs at least one good image (or, for lognormal, a stored calibration "
-                        "with the held-out normals' score mean and std)")
-    note, used, thr = None, method, None
-    if method == "lognormal":
+        raise UserError("calibration needs at least one good image (or, for anchored and lognormal, a stored "
+                        "calibration with the held-out normals' score mean and std)")
+    note, used, thr, anchor, cut = None, method, None, None, None
+    if method == "anchored":
+        anchor = prior.threshold if prior is not None else None
+        if anchor is None:  # e.g. only labelled good images, no stored calibration: nothing to anchor on
+            note, used = "no stored threshold set without labels to anchor on: lognormal used", "lognormal"
+    if used in ("anchored", "lognormal"):
         thr = lognormal_cut(n, d, prior)
         if thr is None:
             if n.size == 0:
                 raise UserError("the defective images do not score higher than the held-out normals on average: "
                                 "no threshold separates them; give good images too (best-cut)")
-            note, used = "the defective images do not score higher than the good ones on average: best-cut used", \
-                "best-cut"
+            why = "the defective images do not score higher than the good ones on average"
+            if used == "lognormal":
+                note, used = (f"{note}; " if note else "") + f"{why}: best-cut used", "best-cut"
+            else:
+                note = f"{why}: moved toward the best cut"
+                thr = best_cut(n, d)[0]
     if thr is None:
         thr = best_cut(n, d)[0]
+    if used == "anchored":
+        cut = float(thr)
+        thr = anchored_cut(cut, anchor, d.size, prior.log_std(), z, k0)
     out = {"threshold": float(thr), "method": used, "note": note, "n_normal": int(n.size),
            "n_defect": int(d.size), **rates(n, d, thr)}
     out["ceiling"] = best_cut(n, d)[1] if n.size else None
+    out.update(anchor_threshold=anchor, labelled_cut=cut)
     return out

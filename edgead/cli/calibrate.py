@@ -95,7 +95,8 @@ def calibrate_run(run_dir: str | Path, task: str | None, normal: str | Path, def
         atomic_write_json(results_path, results)
     return {"run": str(run_dir), "task": task, "checkpoint": str(ckpt), "old_threshold": old.threshold,
             "threshold": result["threshold"], "task_agnostic_threshold": model.calibration.threshold,
-            **{k: result[k] for k in RESULT_KEYS}, "normal_scores": normal_scores, "defect_scores": defect_scores,
+            **{k: result[k] for k in RESULT_KEYS}, "anchor_threshold": result["anchor_threshold"],
+            "labelled_cut": result["labelled_cut"], "normal_scores": normal_scores, "defect_scores": defect_scores,
             "history": len(new.extra["history"])}
 
 
@@ -107,8 +108,10 @@ def calibrate_run(run_dir: str | Path, task: str | None, normal: str | Path, def
 @click.option("--defect", required=True, type=click.Path(path_type=Path),
               help="Folder of defective images of the product.")
 @click.option("--method", type=click.Choice(CALIBRATION_METHODS), default=DEFAULT_CALIBRATION_METHOD,
-              show_default=True, help="lognormal: midpoint of the mean log scores (good ones pooled with the held-out "
-              "normals); best-cut: the best balanced accuracy on these images. See docs/thresholds.md.")
+              show_default=True, help="anchored: the stored threshold (set without labels) moved toward the lognormal "
+              "cut only as far as the defects support, differences within their noise keeping it; lognormal: "
+              "midpoint of the mean log scores (good ones pooled with the held-out normals); best-cut: the best "
+              "balanced accuracy on these images. See docs/thresholds.md.")
 @click.option("--device", default="cpu", show_default=True, help="torch device.")
 def calibrate(run_dir, task, normal, defect, method, device):
     """Set a product's threshold from a few labelled images: the run's last checkpoint is rewritten (the old

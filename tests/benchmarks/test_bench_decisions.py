@@ -56,10 +56,20 @@ def test_decisions_from_saved_scores(scores_file, tmp_path):
 
     shots = json.loads((out / "decisions_fewshot.json").read_text())
     methods = {r["method"] for r in shots["rows"]}
-    assert methods == {"none", "lognormal", "best-cut", "best-cut+held-out"}
+    sweep = {f"anchored:{z:g},{k0:g}" for z, k0 in bench_decisions.ANCHOR_SWEEP}
+    assert methods == {"none", "anchored", "lognormal", "best-cut", "best-cut+held-out"} | sweep and len(sweep) >= 4
     assert shots["choice"]["chosen"] in methods - {"none"}
     assert shots["choice"]["chosen"] == min(shots["choice"]["objective_dev"], key=shots["choice"]["objective_dev"].get)
     assert all(r["draws"] == 3 for r in shots["rows"]) and {r["k"] for r in shots["rows"]} == {1, 3, 5, 10}
+    # every method is scored on the same draws: the ceilings of the images not drawn agree across methods
+    by_key = {}
+    for r in shots["rows"]:
+        by_key.setdefault((r["category"], r["seed"], r["k"]), set()).add(round(r["ceiling_dev"], 12))
+    assert all(len(v) == 1 for v in by_key.values())
+    # the deployed threshold here (pseudo-band, pseudo-defects far above the normals) sits well above the best
+    # cut of these scores: with 10 labelled defects anchored moves toward it and gains on DEV over keeping it
+    gap = {(t["k"], t["method"]): t["dev"]["gap"] for t in shots["summary"]}
+    assert gap[(10, "anchored")] < gap[(10, "none")] and gap[(10, "anchored")] <= gap[(1, "anchored")] + 0.01
 
 
 def test_bad_saved_scores_are_refused(tmp_path):

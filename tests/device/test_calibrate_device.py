@@ -73,6 +73,13 @@ def test_calibrate_sets_the_task_threshold_and_keeps_history(art, tmp_path, caps
     capsys.readouterr()
     hist = load_manifest(a).calibration("nut")["history"]
     assert len(hist) == 2 and hist[1]["threshold"] == pytest.approx(out["threshold"])
+    # anchored anchors on the threshold set without labels, not on the labelled one it replaces: the same
+    # images give the same threshold again
+    assert out["method"] == "anchored"
+    assert fw_main(["calibrate", "--artifact", str(a), "--task", "nut", "--normal", str(good), "--defect",
+                    str(bad)]) == 0
+    third = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert third["threshold"] == pytest.approx(out["threshold"]) and third["old_threshold"] != pytest.approx(old_nut)
 
 
 @pytest.mark.parametrize("case", ["empty-normal", "missing-defect", "one-class", "unknown-task", "no-task",
@@ -161,3 +168,98 @@ def test_lognormal_cut_pools_the_stored_normals_and_falls_back_when_defects_scor
         choose_threshold([], [2.0], None, "best-cut")
     with pytest.raises(UserError, match="calibration method 'median'"):
         choose_threshold([1.0], [2.0], None, "median")
+
+
+def _bacc(t: float, mu_d: float = 3.0, sd_d: float = 1.5) -> float:
+    """Balanced accuracy at threshold ``t`` when log scores of good parts are N(0, 1), of defects N(mu_d, sd_d)."""
+    import math
+
+    phi = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))  # noqa: E731
+    x = math.log(t)
+    return 0.5 * (phi(x) + 1 - phi((x - mu_d) / sd_d))
+
+
+def _losses(deployed_log: float, k: int, method: str, draws: int = 200) -> float:
+    """Mean balanced-accuracy loss against the best threshold of k labelled defects + 5 good images drawn from
+    the log-normal model above, the held-out normals' statistics (50 of them) and ``deployed_log`` stored."""
+    from firmware_sim.decisions import NormalPrior, choose_threshold
+
+    held = np.exp(np.random.default_rng(0).normal(0, 1, 50))  # the same held-out normals for every case
+    rng = np.random.default_rng([k, int(100 * deployed_log)])
+    prior = NormalPrior(float(held.mean()), float(held.std()), 50, float(np.exp(deployed_log)))
+    best = max(_bacc(np.exp(x)) for x in np.linspace(-1, 4, 2001))
+    return float(np.mean([best - _bacc(choose_threshold(np.exp(rng.normal(0, 1, 5)),
+                                                        np.exp(rng.normal(3.0, 1.5, k)), prior, method)["threshold"])
+                          for _ in range(draws)]))
+
+
+def test_anchored_keeps_a_good_deployed_threshold_and_moves_a_bad_one():
+    best_log = 1.4  # the best cut of the model (N(0,1) vs N(3,1.5) log scores): bacc 0.888 at log t = 1.397
+    assert _bacc(np.exp(best_log)) == pytest.approx(0.888, abs=1e-3)
+    # a deployed threshold at the best cut: a few defects barely move it (lognormal alone loses 0.038 at k = 1)
+    for k in (1, 3):
+        anchored, lognormal = _losses(best_log, k, "anchored"), _losses(best_log, k, "lognormal")
+        assert anchored < 0.01 and anchored < lognormal / 2, (k, anchored, lognormal)
+    # a deployed threshold far too high (misses most defects, loss 0.14): labelled defects move it, more with more
+    bad = 0.888 - _bacc(np.exp(3.0))
+    assert bad > 0.1
+    losses = [_losses(3.0, k, "anchored") for k in (1, 3, 10, 30)]
+    assert losses[0] > losses[1] > losses[2] and losses[0] < bad * 0.75 and max(losses[2:]) < 0.03, losses
+    # too low (false alarms, loss 0.066): moved up
+    low = 0.888 - _bacc(np.exp(0.5))
+    assert low > 0.05 and _losses(0.5, 10, "anchored") < low / 4
+
+
+def test_anchored_cut_dead_zone_weight_and_the_anchor_it_uses():
+    import math
+
+    from firmware_sim.calibrate import calibrated_manifest
+    from firmware_sim.decisions import (
+        NormalPrior,
+        anchored_cut,
+        choose_threshold,
+        lognormal_cut,
+        unlabelled_threshold,
+    )
+    from firmware_sim.errors import UserError
+
+    # within z standard errors (spread 1, 4 defects: se = 1 / (2 * 2) = 0.25 in log score): the anchor kept
+    assert anchored_cut(np.exp(0.2), 1.0, 4, 1.0, z=1.0, k0=1.0) == 1.0
+    # beyond: moved by the excess, weighted k / (k + k0), in either direction
+    assert math.log(anchored_cut(np.exp(1.25), 1.0, 4, 1.0, z=1.0, k0=1.0)) == pytest.approx(1.0 * 4 / 5)
+    assert math.log(anchored_cut(np.exp(-1.25), 1.0, 4, 1.0, z=1.0, k0=1.0)) == pytest.approx(-0.8)
+    assert anchored_cut(7.0, 2.0, 3, 0.5, z=0.0, k0=0.0) == pytest.approx(7.0)  # no anchoring: the cut itself
+
+    prior = NormalPrior(mean=1.0, std=0.5, n=30, threshold=2.0)
+    good, defect = [0.8, 1.1, 0.9], [40.0, 60.0, 50.0]
+    res = choose_threshold(good, defect, prior)  # the default method
+    assert res["method"] == "anchored" and res["anchor_threshold"] == 2.0 and res["note"] is None
+    assert res["labelled_cut"] == pytest.approx(lognormal_cut(good, defect, prior))
+    assert 2.0 < res["threshold"] < res["labelled_cut"]  # moved up, not all the way
+    # one defect whose cut is within one standard error of the anchor (the normals' log spread / 2): kept
+    near = choose_threshold(good, [4.4], prior)
+    assert abs(math.log(near["labelled_cut"] / 2.0)) < prior.log_std() / 2 and near["threshold"] == 2.0
+    # no stored threshold: plain lognormal, and the note says so
+    res = choose_threshold(good, defect, NormalPrior(1.0, 0.5, 30))
+    assert res["method"] == "lognormal" and "anchor" in res["note"]
+    assert res["threshold"] == pytest.approx(lognormal_cut(good, defect, NormalPrior(1.0, 0.5, 30)))
+    with pytest.raises(UserError, match="at least one defective image"):
+        choose_threshold(good, [], prior, "anchored")
+    with pytest.raises(UserError, match="at least one good image"):
+        choose_threshold([], [3.0], None, "anchored")
+
+    # the anchor: the threshold set without labels, also after labelled calibrations (device and host records)
+    rec = {"threshold": 0.5, "score_mean": 0.2, "score_std": 0.05, "n_images": 10}
+    assert NormalPrior.from_calibration(rec).threshold == 0.5
+    result = {"threshold": 0.42, "method": "anchored", "note": None, "n_normal": 3, "n_defect": 2,
+              "false_alarm_rate": 0.0, "catch_rate": 1.0, "balanced_accuracy": 1.0, "ceiling": 1.0}
+    data = calibrated_manifest({"calibration": rec}, None, result, "t1")
+    data = calibrated_manifest(data, None, {**result, "threshold": 0.3}, "t2")
+    assert data["calibration"]["threshold"] == 0.3 and unlabelled_threshold(data["calibration"]) == 0.5
+    host = {**rec, "threshold": 0.42, "extra": {"labelled": {"method": "anchored"},
+                                                "history": [{"threshold": 0.5}]}}
+    assert unlabelled_threshold(host) == 0.5
+    # a host-calibrated record exported, then calibrated on the device: the host's history is the older one
+    both = calibrated_manifest({"calibration": host}, None, {**result, "threshold": 0.3}, "t3")["calibration"]
+    assert both["history"][-1]["threshold"] == 0.42 and unlabelled_threshold(both) == 0.5
+    assert unlabelled_threshold({**rec, "labelled": {"method": "best-cut"}}) is None  # replaced, no history

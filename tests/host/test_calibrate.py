@@ -72,7 +72,8 @@ def test_calibrate_rewrites_the_task_threshold_with_history(run, tmp_path, capsy
     det.use_task("brick")
     scores = [det.infer(p).score for p in sorted(good.iterdir())]
     expect = choose_threshold(scores, [det.infer(p).score for p in sorted(bad.iterdir())],
-                              NormalPrior.from_calibration(old), "lognormal")
+                              NormalPrior.from_calibration(old), out["method"])
+    assert out["method"] == "anchored" and out["anchor_threshold"] == pytest.approx(old["threshold"])
     assert expect["threshold"] == pytest.approx(out["threshold"], rel=1e-6)
     # predict decides with it; results.json records it
     summary = predict_run(r, good, task="brick")
@@ -80,6 +81,14 @@ def test_calibrate_rewrites_the_task_threshold_with_history(run, tmp_path, capsy
     res = json.loads((r / "results.json").read_text())
     assert res["calibration"]["per_task"]["brick"]["threshold"] == pytest.approx(out["threshold"])
     assert res["calibration"]["labelled"][-1]["old_threshold"] == old["threshold"]
+    # calibrating again with the same images: anchored on the threshold set without labels (kept in the
+    # history), not on the labelled one, so the same threshold again
+    assert _edgead(["calibrate", "--run", str(r), "--task", "brick", "--normal", str(good), "--defect",
+                    str(bad)]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["old_threshold"] == pytest.approx(out["threshold"])
+    assert again["anchor_threshold"] == pytest.approx(old["threshold"])
+    assert again["threshold"] == pytest.approx(out["threshold"], rel=1e-9)
 
 
 @pytest.mark.parametrize("case", ["empty-normal", "one-class", "unknown-task", "no-task", "not-a-run"])
