@@ -128,8 +128,8 @@ def parser(prog: str = "python -m firmware_sim") -> argparse.ArgumentParser:
                        "rewritten, the old threshold kept in its history).",
                        description="Score the good (--normal) and defective (--defect) images with ART's model, set "
                                    "the threshold of --task NAME and rewrite ART's manifest atomically. anchored "
-                                   "(default): the stored threshold moved toward the lognormal cut only as far as the "
-                                   "defects support (differences within their noise keep it); lognormal: midpoint of "
+                                   "(default): the stored threshold moved toward the lognormal cut by k/(k+2) of the "
+                                   "way with k defects; lognormal: midpoint of "
                                    "the mean log scores, the good ones pooled with the stored held-out normals; "
                                    "best-cut: the best balanced accuracy on these images.")
     c.add_argument("--artifact", required=True, help="Artifact folder (edgead export --out).")

@@ -109,7 +109,7 @@ def calibrate_run(run_dir: str | Path, task: str | None, normal: str | Path, def
               help="Folder of defective images of the product.")
 @click.option("--method", type=click.Choice(CALIBRATION_METHODS), default=DEFAULT_CALIBRATION_METHOD,
               show_default=True, help="anchored: the stored threshold (set without labels) moved toward the lognormal "
-              "cut only as far as the defects support, differences within their noise keeping it; lognormal: "
+              "cut by k/(k+2) of the way with k defects; lognormal: "
               "midpoint of the mean log scores (good ones pooled with the held-out normals); best-cut: the best "
               "balanced accuracy on these images. See docs/thresholds.md.")
 @click.option("--device", default="cpu", show_default=True, help="torch device.")

@@ -236,9 +236,12 @@ def test_anchored_cut_dead_zone_weight_and_the_anchor_it_uses():
     assert res["method"] == "anchored" and res["anchor_threshold"] == 2.0 and res["note"] is None
     assert res["labelled_cut"] == pytest.approx(lognormal_cut(good, defect, prior))
     assert 2.0 < res["threshold"] < res["labelled_cut"]  # moved up, not all the way
-    # one defect whose cut is within one standard error of the anchor (the normals' log spread / 2): kept
-    near = choose_threshold(good, [4.4], prior)
+    # one defect whose cut is within one standard error of the anchor (the normals' log spread / 2): kept with
+    # a dead zone of 1.5 standard errors, moved halfway in log score without one (k0 = 1)
+    near = choose_threshold(good, [4.4], prior, z=1.5)
     assert abs(math.log(near["labelled_cut"] / 2.0)) < prior.log_std() / 2 and near["threshold"] == 2.0
+    half = choose_threshold(good, [4.4], prior, z=0.0, k0=1.0)["threshold"]
+    assert half == pytest.approx(np.sqrt(2.0 * near["labelled_cut"])) and half != 2.0
     # no stored threshold: plain lognormal, and the note says so
     res = choose_threshold(good, defect, NormalPrior(1.0, 0.5, 30))
     assert res["method"] == "lognormal" and "anchor" in res["note"]
