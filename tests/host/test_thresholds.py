@@ -135,6 +135,17 @@ def test_pseudo_band_keeps_the_pseudo_cut_inside_the_normals_band():
     assert q70 < inside < 46.0 and rule.threshold(normal, pseudo) == inside
 
 
+def test_pseudo_band_drops_its_upper_end_when_the_normals_cannot_certify_it():
+    rule = ThresholdRule.parse("pseudo-band:0.7,0.1")  # 0.1 needs 9 normals
+    pseudo = np.array([40.0, 50.0, 60.0])
+    cut = ThresholdRule.parse("pseudo-f1").threshold(np.arange(1.0, 6.0), pseudo)
+    assert cut > 5.0  # above all five normals: the maximum of five is no 10 % cut, so it is kept
+    assert rule.threshold(np.arange(1.0, 6.0), pseudo) == cut
+    nine = np.arange(1.0, 10.0)
+    assert rule.threshold(nine, pseudo) == 9.0  # nine normals certify 0.1: clipped to far:0.1 (their maximum)
+    assert rule.threshold(np.arange(1.0, 6.0), np.array([0.1, 0.2])) == float(np.quantile(np.arange(1.0, 6.0), 0.7))
+
+
 def test_deployed_row_reports_rates_ceiling_and_normals():
     from edgead.cl.deployed import decision_table, deployed_row, deployed_summary
 
