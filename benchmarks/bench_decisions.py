@@ -71,8 +71,11 @@ ANCHOR_SWEEP = tuple((z, k0) for z in (0.0, 0.5, 1.0, 1.5, 2.0) for k0 in (0.0, 
 
 
 def load_runs(paths: str) -> tuple[list[dict], list[str]]:
-    """The runs of one or more saved score files (comma-separated) and the commands that made them."""
-    runs, commands = [], []
+    """The runs of one or more saved score files (comma-separated) and the commands that made them. A run of a
+    later file replaces the run of the same category and seed of an earlier one (a re-trained category, e.g.
+    with another held-out share, laid over the rest)."""
+    runs: dict = {}
+    commands = []
     for path in (p.strip() for p in str(paths).split(",") if p.strip()):
         try:
             src = json.loads(Path(path).read_text())
@@ -85,11 +88,11 @@ def load_runs(paths: str) -> tuple[list[dict], list[str]]:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"--from {path}: not a saved threshold results file with scores "
                              f"({type(e).__name__}: {e})") from None
-        runs += got
+        runs.update({(r["category"], r["seed"]): r for r in got})
         commands.append(command)
     if not runs:
         raise SystemExit(f"--from {paths!r}: no saved scores")
-    return runs, commands
+    return list(runs.values()), commands
 
 
 def _half(r: dict, h: str) -> tuple[np.ndarray, np.ndarray]:
@@ -269,7 +272,8 @@ def _rule_line(t: dict, h: str = "report") -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--from", dest="from_json", default=str(SOURCE), help="saved scores: bench threshold's file, "
-                   "or several, comma-separated (e.g. bench postprocess's per-candidate score files)")
+                   "or several, comma-separated (e.g. bench postprocess's per-candidate score files); a later "
+                   "file's run of a category and seed replaces an earlier one's")
     p.add_argument("--rules", default=RULES, help="comma list of candidate rules (edgead.engine.thresholds)")
     p.add_argument("--far-cap", type=float, default=0.2, help="largest mean DEV false-alarm rate of a candidate")
     p.add_argument("--good", type=int, default=5, help="labelled good images per calibration draw")

@@ -85,3 +85,15 @@ def test_rule_lists_keep_pseudo_band_pairs():
     from bench_decisions import split_rules
 
     assert split_rules("far:0.05,pseudo-band:0.7,0.1;sigma:2") == ["far:0.05", "pseudo-band:0.7,0.1", "sigma:2"]
+
+
+def test_a_later_score_file_replaces_the_runs_of_its_categories_and_seeds(scores_file, tmp_path):
+    import bench_decisions
+
+    redo = _run("tiny", 0, np.random.default_rng(1), 20, 2.0)  # the small category re-trained, more normals
+    later = tmp_path / "later.json"
+    later.write_text(json.dumps({"command": "python benchmarks/bench_postprocess.py --categories tiny",
+                                 "runs": [redo]}))
+    runs, commands = bench_decisions.load_runs(f"{scores_file},{later}")
+    got = {(r["category"], r["seed"]): len(r["normal"]) for r in runs}
+    assert got == {("wide", 0): 60, ("wide", 1): 60, ("tiny", 0): 20, ("tiny", 1): 5} and len(commands) == 2
