@@ -58,7 +58,7 @@ def train_counts(root: Path, tasks: list[str], val_fraction: float, seed: int) -
     out = {}
     for t in TaskStream(root, tasks).tasks:
         n = len(t.index_files(False).train)
-        out[t.name] = len(split_validation(n, val_fraction, seed, key=t.name, held_out=True)[0])
+        out[t.name] = len(split_validation(n, val_fraction, seed, key=t.name)[0])
     return out
 
 

@@ -69,7 +69,7 @@ def prepare_peer_data(root: Path, category: str, out: Path, *, seed: int,
     the held-out fraction) and every test image and mask; masks renamed <image stem>_mask<ext>, the only
     names anomalib's MVTecAD pairs by (edgead also takes <stem>.png). Returns the counts and file names."""
     idx = scan_mvtec(root, category)
-    train_idx, _ = split_validation(len(idx.train), val_fraction, seed, key=category, held_out=True)
+    train_idx, _ = split_validation(len(idx.train), val_fraction, seed, key=category)
     dst = out / category
     train = [idx.train[i].path for i in train_idx]
     for p in train:

@@ -176,7 +176,7 @@ class FolderTask:
                               "needs some (or leave normal_test out to hold out 20% of the normals)")
         normals = load_entries(subsample(train, self.max_train, seed, self.name), pre, skip_bad=skip_bad,
                                desc=f"{self.name} train")
-        tr, va = split_validation(len(normals), val_fraction, seed, key=self.name, held_out=True)
+        tr, va = split_validation(len(normals), val_fraction, seed, key=self.name)
         test_split = load_entries(test, pre, skip_bad=skip_bad, desc=f"{self.name} test")
         if not (test_split.labels == 1).any() or not (test_split.labels == 0).any():
             raise EdgeadError(f"task {self.name}: needs both good and abnormal test images for evaluation")

@@ -24,25 +24,13 @@ MVTEC_THESIS_ORDER = (
 )
 
 
-# A threshold from 4 or 5 held-out normals is a guess (their maximum lies below the tail of the product's good
-# parts), so a small product holds out at least VAL_MIN_NORMALS of its normals, but never more than
-# VAL_MAX_SHARE of them (the training images they cost). Only categories with fewer than
-# VAL_MIN_NORMALS / fraction normals change (200 at the default 10 %). Measured: docs/thresholds.md.
-VAL_MIN_NORMALS = 20
-VAL_MAX_SHARE = 0.25
-
-
-def split_validation(n: int, fraction: float, seed: int, key: str = "",
-                     held_out: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded (train_idx, val_idx) over n normal images; at least one of each when n >= 2. ``held_out``: the
-    split of a task's held-out normals (thresholds, model selection), which keeps the small-product floor."""
+def split_validation(n: int, fraction: float, seed: int, key: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train_idx, val_idx) over n normal images; at least one of each when n >= 2."""
     if not 0.0 <= fraction < 1.0:
         raise EdgeadError(f"validation fraction {fraction}: expected a value in [0, 1)")
     if n < 1:
         raise EdgeadError("no training images to split")
     n_val = int(round(n * fraction))
-    if held_out and fraction > 0:
-        n_val = max(n_val, min(VAL_MIN_NORMALS, int(n * VAL_MAX_SHARE)))
     if fraction > 0 and n >= 2:
         n_val = min(max(n_val, 1), n - 1)
     else:
@@ -84,7 +72,7 @@ class Task:
         idx = self.index_files(skip_bad)
         normals = load_entries(subsample(idx.train, self.max_train, seed, self.name), pre, skip_bad=skip_bad,
                                desc=f"{self.name} train")
-        tr, va = split_validation(len(normals), val_fraction, seed, key=self.name, held_out=True)
+        tr, va = split_validation(len(normals), val_fraction, seed, key=self.name)
         test = load_entries(idx.test, pre, skip_bad=skip_bad, desc=f"{self.name} test")
         if not (test.labels == 1).any() or not (test.labels == 0).any():
             raise EdgeadError(f"{idx.root / 'test'}: needs both good and defective test images for evaluation")

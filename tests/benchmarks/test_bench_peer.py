@@ -114,8 +114,7 @@ def test_bench_peer_quick(tmp_path, venv_without_pip, capsys):
         assert 0.0 <= r["image_auroc"] <= 1.0 and 0.0 <= r["pixel_auroc"] <= 1.0
         assert 0 < r["min_ms"] <= r["p50_ms"] and r["param_bytes"] == 4 * r["params"] > 0
         assert r["state_dict_bytes"] > r["param_bytes"]  # every parameter plus BN buffers and the container
-        # 10 synthetic normals, 2 held out by edgead (a quarter at most, for the threshold): the same 8 for both
-        assert r["train_images"] == saved["data"]["train_images"] == 8
+        assert r["train_images"] == saved["data"]["train_images"] == 9
     assert ours[0]["params"] < ours[1]["params"]  # PaSTe shares the trunk: fewer parameters than STFPM
     if real_peer:
         assert rc == 0 and saved["peer_error"] is None

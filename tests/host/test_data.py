@@ -108,21 +108,6 @@ def test_validation_split_is_seeded_and_disjoint():
     assert not np.array_equal(va, split_validation(20, 0.2, seed=4, key="nut")[1])
 
 
-def test_small_products_hold_out_enough_normals_for_a_threshold():
-    from edgead.data.stream import VAL_MAX_SHARE, VAL_MIN_NORMALS
-
-    def held(n, fraction=0.1):
-        return len(split_validation(n, fraction, seed=0, key="x", held_out=True)[1])
-
-    # 10 % of 37 or 53 normals would be 4 or 5: a threshold from them is a guess
-    assert held(37) == int(37 * VAL_MAX_SHARE) == 9 and held(53) == 13
-    assert held(120) == VAL_MIN_NORMALS and held(760) == 76  # large products keep their 10 %
-    assert held(12, 0.25) == 3 and held(20, 0.0) == 0  # never above the share given or the quarter; 0 stays 0
-    tr, va = split_validation(53, 0.1, seed=0, key="x", held_out=True)
-    assert len(tr) + len(va) == 53 and not set(tr) & set(va)
-    assert len(split_validation(53, 0.1, seed=0, key="x")[1]) == 5  # other splits (a test share) keep the plain fraction
-
-
 def test_task_stream_order_and_errors(synth_root):
     stream = TaskStream(synth_root, ["brick", "nut"])
     assert stream.names == ["brick", "nut"] and [t.index for t in stream] == [0, 1]
