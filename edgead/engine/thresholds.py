@@ -108,7 +108,7 @@ class ThresholdRule:
             return float(n.mean() + self.value * n.std())
         if self.kind == "far":
             thr, achievable = conformal_far_threshold(n, self.value)
-            if achievable > self.value + 1e-12:  # float noise: 1 - 19/20 is 0.05000000000000004
+            if not _certifies(achievable, self.value):
                 warnings.warn(f"threshold rule {self}: {n.size} held-out normals cannot certify a false-alarm rate of "
                               f"{self.value:g}; the smallest they certify is 1/(n+1) = {achievable:.3g} (their "
                               f"maximum is used). Hold out at least {far_normals_needed(self.value)} normals.",
@@ -118,12 +118,17 @@ class ThresholdRule:
             raise EdgeadError(f"threshold rule {self}: needs pseudo-defect scores")
         cut = best_f1_threshold(n, np.asarray(pseudo_scores, np.float64).ravel())
         if self.kind == "pseudo-band":
-            hi, certified = conformal_far_threshold(n, self.upper)
-            if certified > self.upper + 1e-12:  # too few normals: their maximum is not a far:A cut
+            hi, bound = conformal_far_threshold(n, self.upper)
+            if not _certifies(bound, self.upper):  # too few normals: their maximum is not a far:A cut
                 hi = float("inf")
             lo = min(float(np.quantile(n, self.value)), hi)
             cut = float(np.clip(cut, lo, hi))
         return cut
+
+
+def _certifies(bound: float, alpha: float) -> bool:
+    """Whether conformal_far_threshold's certified bound meets alpha (float noise: 1 - 19/20 is 0.05000000000000004)."""
+    return bound <= alpha + 1e-12
 
 
 def far_normals_needed(alpha: float) -> int:

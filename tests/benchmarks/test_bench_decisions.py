@@ -97,3 +97,19 @@ def test_a_later_score_file_replaces_the_runs_of_its_categories_and_seeds(scores
     runs, commands = bench_decisions.load_runs(f"{scores_file},{later}")
     got = {(r["category"], r["seed"]): len(r["normal"]) for r in runs}
     assert got == {("wide", 0): 60, ("wide", 1): 60, ("tiny", 0): 20, ("tiny", 1): 5} and len(commands) == 2
+
+
+def test_a_tie_on_dev_goes_to_fewer_false_alarms_then_to_the_rule_listed_first():
+    from bench_decisions import choose_rule
+
+    def rows(rule, gap, fpr):
+        return [{"category": c, "seed": 0, "rule": rule, **{f"{m}_{h}": v for h in ("dev", "report") for m, v in
+                 (("bacc", 0.8), ("ceiling", 0.8 + gap), ("gap", gap), ("fpr", fpr), ("tpr", 0.7))}}
+                for c in ("a", "b")]
+
+    same = rows("pseudo-band:0.7,0.15", 0.02, 0.1) + rows("pseudo-band:0.5,0.15", 0.02, 0.1)
+    assert choose_rule(same, 0.2)[1]["chosen"] == "pseudo-band:0.7,0.15"  # identical: the first listed
+    fewer = rows("pseudo-band:0.7,0.15", 0.02, 0.15) + rows("pseudo-band:0.5,0.15", 0.02, 0.1)
+    assert choose_rule(fewer, 0.2)[1]["chosen"] == "pseudo-band:0.5,0.15"  # same objective, fewer false alarms
+    better = rows("pseudo-band:0.7,0.15", 0.01, 0.15) + rows("pseudo-band:0.5,0.15", 0.02, 0.1)
+    assert choose_rule(better, 0.2)[1]["chosen"] == "pseudo-band:0.7,0.15"  # the objective comes first
