@@ -74,7 +74,12 @@ class ResearchThresholds:
     """Evaluation plugin of the learner (edgead.cl.learner): the deployed numbers at thresholds a device never
     gets, for the threshold study (kinds of edgead.cl.deployed beside ``task``, which the loop records itself):
     the task-agnostic and last task's thresholds, each task's as fitted and as its anchors scale it, the oracle
-    (the rule on the task's held-out normals under the current model) and the legacy rule's (before)."""
+    (the rule on the task's held-out normals under the current model) and the legacy rule's (before).
+    ``final`` keeps, per task, the scores of its last evaluation and the calibration it was judged at, for the
+    few-labelled-parts study on the stream (bench_decisions.py --stream)."""
+
+    def __init__(self) -> None:
+        self.final: dict[str, dict] = {}
 
     def after_evaluation(self, learner, i: int, j: int, data, scores, row: dict) -> None:
         from edgead.cl.calibration import DRIFT_RULE, rescale
@@ -92,6 +97,12 @@ class ResearchThresholds:
                                 anchors=anchors,
                                 last_task=last.threshold, fit=learner.fit_cals[j].threshold, oracle=oracle,
                                 before=float("nan") if last.legacy_threshold is None else last.legacy_threshold))
+        cal = learner.cals[j]  # what `edgead calibrate` would start from after this task
+        self.final[learner.names[j]] = {
+            "labels": [int(v) for v in data.test.labels], "scores": [float(v) for v in scores],
+            "defect_types": [t or "good" for t in data.test.defect_types],
+            "calibration": {"threshold": cal.threshold, "score_mean": cal.score_mean, "score_std": cal.score_std,
+                            "n_images": cal.n_images}}
 
 
 def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int, epochs: int,
@@ -122,9 +133,10 @@ def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int
         # epochs 0: edgead's default budget (20 epochs, or the budget floor on a small task)
         train = TrainConfig(epochs=epochs or None, seed=seed, progress=False,
                             **({"threshold_rule": threshold_rule} if threshold_rule else {}))
+        research = ResearchThresholds()
         res = run_stream(TaskStream(data, tasks, max_train=max_train), det, train, replay,
                          out, weights=weights, log=lambda m: None, command="bench_real_stream",
-                         plugins=[ResearchThresholds()])
+                         plugins=[research])
     except (EdgeadError, UserError) as e:
         if "replay budget" not in str(e):  # only "less than one sample" is a result
             raise
@@ -163,6 +175,7 @@ def run_one(data: str, tasks: list[str], method: str, seed: int, image_size: int
         "pixel_auroc_matrix": m["pixel_auroc"]["matrix"],
         "aupro_matrix": m["aupro"]["matrix"],
         "wall_s": time.perf_counter() - t0,
+        "final_scores": research.final,
     }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 
 import bench_real_stream as brs
@@ -28,6 +29,15 @@ def test_quick_writes_results_plots_and_reruns_nothing(tmp_path, capsys):
         # the ceiling (best balanced accuracy over thresholds, evaluation only) bounds every deployed one
         assert r["deployed_bacc_ceiling"] >= r["deployed_bacc_task"] - 1e-12 and 0 <= r["deployed_fpr_task"] <= 1
         assert set(r["deployed_decisions_per_task"]) == {"brick", "nut"}
+        # each task's last evaluation, kept for the few-label study: the scores its deployed threshold is judged on
+        for name, f in r["final_scores"].items():
+            assert len(f["labels"]) == len(f["scores"]) == len(f["defect_types"]) and set(f["labels"]) == {0, 1}
+            deployed = r["deployed_decisions_per_task"][name]
+            assert f["calibration"]["threshold"] == pytest.approx(deployed["threshold"])
+            y, s = np.asarray(f["labels"]), np.asarray(f["scores"])
+            called = s > deployed["threshold"]
+            assert 0.5 * (called[y == 1].mean() + (~called[y == 0]).mean()) == pytest.approx(
+                deployed["balanced_accuracy"])
     assert (tmp_path / "real_stream_quick.csv").read_text().startswith("method,")
     for png in ("real_stream_quick_pareto.png", "real_stream_quick_matrix_finetune_none.png",
                 "real_stream_quick_matrix_int8-channel_count4.png"):
