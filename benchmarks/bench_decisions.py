@@ -22,6 +22,14 @@ pseudo-defects and the DEV and REPORT halves of the test set. From them:
           (ANCHOR_DEAD_ZONE, ANCHOR_DEFECTS: plain ``anchored``). The method (z and k0 too) is CHOSEN on the rest
           of DEV (the images not drawn) and REPORTED on REPORT, against the REPORT ceiling.
 Writes benchmarks/results/decisions_rules[_TAG].json, decisions_far[_TAG].json, decisions_fewshot[_TAG].json.
+
+    python benchmarks/bench_decisions.py --stream benchmarks/results/real_stream_TAG.json --tag X
+
+does part 3 only, on a continual stream (bench real-stream's file): every product's scores at its last
+evaluation, after the last task, with the threshold and held-out statistics the run deployed it with, split
+into the same DEV and REPORT halves (edgead.data.dev_split). It answers how many labelled parts per product
+bring a stream to its ceiling, per (method, setting), with the code's calibration method (nothing is chosen
+there). Writes decisions_fewshot_stream[_X].json.
 """
 
 from __future__ import annotations
@@ -195,8 +203,7 @@ def fewshot_rows(runs: list[dict], shots=SHOTS, n_good: int = 5, draws: int = 20
     gaps to those sets' ceilings. 'none' is the rule's threshold kept (no labels)."""
     out = []
     for ri, r in enumerate(runs):
-        base = ThresholdRule.parse(DEFAULT_THRESHOLD_RULE).threshold(np.asarray(r["normal"]), np.asarray(r["pseudo"]))
-        prior = NormalPrior(float(np.mean(r["normal"])), float(np.std(r["normal"])), len(r["normal"]), base)
+        base, prior = _deployed(r)
         y, s = _half(r, "dev")
         yr, sr = _half(r, "report")
         ceil_r = _ceiling(yr, sr)
@@ -218,8 +225,9 @@ def fewshot_rows(runs: list[dict], shots=SHOTS, n_good: int = 5, draws: int = 20
                     c = choose_threshold(s[gi], s[di], prior, "anchored", z=z, k0=k0)
                     name = f"anchored:{z:g},{k0:g}"
                     thresholds[name] = (c["threshold"], name if c["method"] == "anchored" else c["method"])
-                c = choose_threshold(np.r_[s[gi], r["normal"]], s[di], None, "best-cut")
-                thresholds["best-cut+held-out"] = (c["threshold"], c["method"])
+                if "normal" in r:  # the held-out normals' own scores (a stream keeps only their statistics)
+                    c = choose_threshold(np.r_[s[gi], r["normal"]], s[di], None, "best-cut")
+                    thresholds["best-cut+held-out"] = (c["threshold"], c["method"])
                 for m, (thr, used) in thresholds.items():
                     b_rest = _at(y[rest], s[rest], thr)["balanced_accuracy"]
                     b_rep = _at(yr, sr, thr)
@@ -230,6 +238,58 @@ def fewshot_rows(runs: list[dict], shots=SHOTS, n_good: int = 5, draws: int = 20
                                 "ceiling_report": ceil_r, "gap_report": ceil_r - b_rep["balanced_accuracy"],
                                 "fpr_dev": 0.0, "tpr_dev": 0.0})
     return out
+
+
+def _deployed(r: dict) -> tuple[float, NormalPrior | None]:
+    """The threshold a product was deployed with and what its calibration knows of the held-out normals: a
+    stream's stored calibration, or the default rule on the saved held-out normal and pseudo-defect scores."""
+    if "calibration" in r:
+        return float(r["calibration"]["threshold"]), NormalPrior.from_calibration(r["calibration"])
+    base = ThresholdRule.parse(DEFAULT_THRESHOLD_RULE).threshold(np.asarray(r["normal"]), np.asarray(r["pseudo"]))
+    return base, NormalPrior(float(np.mean(r["normal"])), float(np.std(r["normal"])), len(r["normal"]), base)
+
+
+def stream_runs(path: str, split_seed: int = 0) -> tuple[dict[str, list[dict]], dict]:
+    """{'METHOD SETTING': runs in this script's format}: each product of a bench real-stream file at its last
+    evaluation (DEV / REPORT halves, its deployed calibration), and the file's header."""
+    from edgead.data.dev_split import dev_report_split
+
+    try:
+        src = json.loads(Path(path).read_text())
+        runs = src["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--stream {path!r}: not a bench real-stream results file ({type(e).__name__}: {e})") from None
+    out: dict[str, list[dict]] = {}
+    for r in runs:
+        for name, f in (r.get("final_scores") or {}).items():
+            y, s = np.asarray(f["labels"]), np.asarray(f["scores"], np.float64)
+            dev, rep = dev_report_split(y, f["defect_types"], seed=split_seed, key=name)
+            out.setdefault(f"{r['method']} {r['setting']}", []).append(
+                {"category": name, "seed": r["seed"], "calibration": f["calibration"],
+                 **{h: {"labels": y[i].tolist(), "scores": s[i].tolist()} for h, i in (("dev", dev), ("report", rep))}})
+    if not out:
+        raise SystemExit(f"--stream {path!r}: no run keeps its tasks' final scores (bench real-stream writes them "
+                         "from this version on)")
+    return out, {"command": src.get("command"), "args": src.get("args")}
+
+
+def stream_fewshot(path: str, n_good: int, draws: int) -> dict:
+    """Per configuration and k: REPORT balanced accuracy with the deployed threshold kept ('none') and after
+    the code's calibration method, against the REPORT ceiling (mean over products of their mean over seeds)."""
+    configs, source = stream_runs(path)
+    table = []
+    for config, runs in configs.items():
+        rows = per_run_means(fewshot_rows(runs, n_good=n_good, draws=draws))
+        for k in SHOTS:
+            line = {"config": config, "k": k, "products": len({r["category"] for r in runs}),
+                    "seeds": sorted({r["seed"] for r in runs})}
+            for m in ("none", DEFAULT_CALIBRATION_METHOD):
+                s = _summary([r for r in rows if r["k"] == k and r["method"] == m], halves=("report",))["report"]
+                line.update({f"{m}_bacc": s["bacc"], f"{m}_gap": s["gap"], f"{m}_worst_gap": s["worst_gap"],
+                             f"{m}_worst": s["worst_category"], f"{m}_fpr": s["fpr"]})
+                line["ceiling"] = s["ceiling"]
+            table.append(line)
+    return {"source": source, "method": DEFAULT_CALIBRATION_METHOD, "table": table}
 
 
 def per_run_means(rows: list[dict]) -> list[dict]:
@@ -284,13 +344,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draws", type=int, default=20, help="random calibration draws per (category, seed, k)")
     p.add_argument("--tag", default="", help="suffix of the results file names")
     p.add_argument("--out-dir", default=str(RESULTS), help="folder for the results files")
+    p.add_argument("--stream", help="a bench real-stream results file: the few-label study only, on its products "
+                   "after the last task")
     a = p.parse_args(argv)
+    out, tag = Path(a.out_dir), f"_{a.tag}" if a.tag else ""
+    if a.stream:
+        res = stream_fewshot(a.stream, a.good, a.draws)
+        m = DEFAULT_CALIBRATION_METHOD
+        print_table(res["table"], ["config", "k", "none_bacc", f"{m}_bacc", "ceiling", f"{m}_gap", f"{m}_worst_gap",
+                                   f"{m}_worst", f"{m}_fpr"])
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / f"decisions_fewshot_stream{tag}.json", {**header(argv), "args": vars(a), **res})
+        print(f"wrote {out}/decisions_fewshot_stream{tag}.json")
+        return 0
     rules = [ThresholdRule.parse(t) for t in split_rules(a.rules)]
     runs, source_commands = load_runs(a.from_json)
     meta = {**header(argv), "scores_from": {"files": [Path(f).name for f in a.from_json.split(",") if f.strip()],
                                             "commands": source_commands},
             "categories": sorted({r["category"] for r in runs}), "seeds": sorted({r["seed"] for r in runs})}
-    out, tag = Path(a.out_dir), f"_{a.tag}" if a.tag else ""
     out.mkdir(parents=True, exist_ok=True)
 
     rows = evaluate_rules(runs, rules)

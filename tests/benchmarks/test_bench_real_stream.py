@@ -53,6 +53,31 @@ def test_quick_writes_results_plots_and_reruns_nothing(tmp_path, capsys):
     for r in saved["runs"]:  # this run's threshold rule and the exported threshold of before, on the same model
         assert r["threshold_rule"] and (r["deployed_f1_before"] is None or 0.0 <= r["deployed_f1_before"] <= 1.0)
     _merge_checks(tmp_path, saved)
+    _fewshot_checks(tmp_path, saved)
+
+
+def _fewshot_checks(tmp_path, saved):
+    """bench_decisions --stream: the few-label study on the stream's products after the last task."""
+    import bench_decisions
+
+    assert bench_decisions.main(["--stream", str(tmp_path / "real_stream_quick.json"), "--draws", "2",
+                                 "--out-dir", str(tmp_path / "d"), "--tag", "q"]) == 0
+    res = json.loads((tmp_path / "d" / "decisions_fewshot_stream_q.json").read_text())
+    m = res["method"]
+    assert {(t["config"], t["k"]) for t in res["table"]} == {
+        (f"{r['method']} {r['setting']}", k) for r in saved["runs"] for k in bench_decisions.SHOTS}
+    for t in res["table"]:
+        assert t["products"] == 2 and t["none_bacc"] <= t["ceiling"] + 1e-12 and t[f"{m}_bacc"] <= t["ceiling"] + 1e-12
+        assert t[f"{m}_worst_gap"] >= t[f"{m}_gap"] - 1e-12
+    # 'none' keeps the deployed threshold: the same for every k
+    for config in {t["config"] for t in res["table"]}:
+        assert len({round(t["none_bacc"], 12) for t in res["table"] if t["config"] == config}) == 1
+    with pytest.raises(SystemExit, match="no run keeps"):
+        old = json.loads((tmp_path / "real_stream_quick.json").read_text())
+        for r in old["runs"]:
+            r.pop("final_scores")
+        (tmp_path / "old.json").write_text(json.dumps(old))
+        bench_decisions.main(["--stream", str(tmp_path / "old.json"), "--out-dir", str(tmp_path / "d")])
 
 
 def _merge_checks(tmp_path, saved):
