@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -55,6 +56,7 @@ from firmware_sim.decisions import (
     ANCHOR_DEFECTS,
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION_METHOD,
+    DRIFT_Z,
     NormalPrior,
     best_cut,
     choose_threshold,
@@ -78,6 +80,9 @@ BAR_SHOTS = {5: 0.03, 10: 0.02}
 # z and k0 are chosen on DEV with them (z = 0: plain shrinkage toward the deployed threshold)
 ANCHOR_SWEEP = tuple((z, k0) for z in (0.0, 0.5, 1.0, 1.5, 2.0) for k0 in (0.0, 0.5, 1.0, 2.0)
                      if (z, k0) not in ((ANCHOR_DEAD_ZONE, ANCHOR_DEFECTS), (0.0, 0.0)))  # (0, 0): lognormal
+
+# the drift check of the labelled good images (firmware_sim.decisions.DRIFT_Z) at other z, inf: off
+DRIFT_SWEEP = tuple(z for z in (1.0, 2.0, 3.0, 4.0, math.inf) if z != DRIFT_Z)
 
 
 def load_runs(paths: str) -> tuple[list[dict], list[str]]:
@@ -221,6 +226,10 @@ def fewshot_rows(runs: list[dict], shots=SHOTS, n_good: int = 5, draws: int = 20
                 for m in CALIBRATION_METHODS:
                     c = choose_threshold(s[gi], s[di], prior, m)
                     thresholds[m] = (c["threshold"], c["method"])
+                for dz in DRIFT_SWEEP:  # the code's anchored and lognormal with other drift checks
+                    for m in ("anchored", "lognormal"):
+                        c = choose_threshold(s[gi], s[di], prior, m, drift_z=dz)
+                        thresholds[f"{m}+drift:{dz:g}"] = (c["threshold"], f"{c['method']}+drift:{dz:g}")
                 for z, k0 in ANCHOR_SWEEP:
                     c = choose_threshold(s[gi], s[di], prior, "anchored", z=z, k0=k0)
                     name = f"anchored:{z:g},{k0:g}"
@@ -274,22 +283,13 @@ def stream_runs(path: str, split_seed: int = 0) -> tuple[dict[str, list[dict]], 
 
 
 def stream_fewshot(path: str, n_good: int, draws: int) -> dict:
-    """Per configuration and k: REPORT balanced accuracy with the deployed threshold kept ('none') and after
-    the code's calibration method, against the REPORT ceiling (mean over products of their mean over seeds)."""
+    """Per configuration: fewshot_summary's table (per k and method, DEV and REPORT: mean over products of
+    their mean over seeds) on the stream's products after the last task."""
     configs, source = stream_runs(path)
-    table = []
-    for config, runs in configs.items():
-        rows = per_run_means(fewshot_rows(runs, n_good=n_good, draws=draws))
-        for k in SHOTS:
-            line = {"config": config, "k": k, "products": len({r["category"] for r in runs}),
-                    "seeds": sorted({r["seed"] for r in runs})}
-            for m in ("none", DEFAULT_CALIBRATION_METHOD):
-                s = _summary([r for r in rows if r["k"] == k and r["method"] == m], halves=("report",))["report"]
-                line.update({f"{m}_bacc": s["bacc"], f"{m}_gap": s["gap"], f"{m}_worst_gap": s["worst_gap"],
-                             f"{m}_worst": s["worst_category"], f"{m}_fpr": s["fpr"]})
-                line["ceiling"] = s["ceiling"]
-            table.append(line)
-    return {"source": source, "method": DEFAULT_CALIBRATION_METHOD, "table": table}
+    return {"source": source, "method": DEFAULT_CALIBRATION_METHOD,
+            "configs": {c: {"products": sorted({r["category"] for r in runs}), "seeds": sorted({r["seed"] for r in runs}),
+                            "table": fewshot_summary(per_run_means(fewshot_rows(runs, n_good=n_good, draws=draws)))[0]}
+                        for c, runs in configs.items()}}
 
 
 def per_run_means(rows: list[dict]) -> list[dict]:
@@ -350,9 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     out, tag = Path(a.out_dir), f"_{a.tag}" if a.tag else ""
     if a.stream:
         res = stream_fewshot(a.stream, a.good, a.draws)
-        m = DEFAULT_CALIBRATION_METHOD
-        print_table(res["table"], ["config", "k", "none_bacc", f"{m}_bacc", "ceiling", f"{m}_gap", f"{m}_worst_gap",
-                                   f"{m}_worst", f"{m}_fpr"])
+        print_table([{"config": c, "k": t["k"], "method": t["method"], "gap_dev": t["dev"]["gap"],
+                      **{f"{m}_report": t["report"][m] for m in ("bacc", "ceiling", "gap", "worst_gap", "fpr")},
+                      "worst": t["report"]["worst_category"]}
+                     for c, v in res["configs"].items() for t in v["table"] if ":" not in t["method"]],
+                    ["config", "k", "method", "gap_dev", "bacc_report", "ceiling_report", "gap_report",
+                     "worst_gap_report", "worst", "fpr_report"])
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / f"decisions_fewshot_stream{tag}.json", {**header(argv), "args": vars(a), **res})
         print(f"wrote {out}/decisions_fewshot_stream{tag}.json")

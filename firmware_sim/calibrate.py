@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from firmware_sim.atomic import atomic_write_json
-from firmware_sim.decisions import DEFAULT_CALIBRATION_METHOD, NormalPrior, choose_threshold
+from firmware_sim.decisions import DEFAULT_CALIBRATION_METHOD, LABELLED_KEYS, NormalPrior, choose_threshold
 from firmware_sim.errors import UserError
 from firmware_sim.manifest import MANIFEST_NAME, load_manifest, validate
 from firmware_sim.preprocess import is_image_file
@@ -55,8 +55,7 @@ def new_calibration(old: dict, result: dict, when: str) -> dict:
     entry = {k: v for k, v in old.items() if k != "history"}
     history = list(old.get("history") or []) + [{k: entry.get(k) for k in HISTORY_KEYS if k in entry}
                                                 | {"replaced": when}]
-    labelled = {k: result[k] for k in ("method", "note", "n_normal", "n_defect", "false_alarm_rate", "catch_rate",
-                                       "balanced_accuracy", "ceiling")}
+    labelled = {k: result[k] for k in LABELLED_KEYS}
     return {**entry, "threshold": float(result["threshold"]), "labelled": {**labelled, "date": when},
             "history": history}
 
@@ -127,7 +126,6 @@ def calibrate(artifact: str | os.PathLike, normal: str | os.PathLike | None, def
         raise UserError(f"{root / MANIFEST_NAME}: the rewritten manifest does not hold the new threshold")
     return {"artifact": str(root), "task": task, "format": fmt, "old_threshold": old.get("threshold"),
             "threshold": result["threshold"], "task_agnostic_threshold": data["calibration"]["threshold"],
-            **{k: result[k] for k in ("method", "note", "n_normal", "n_defect", "false_alarm_rate", "catch_rate",
-                                      "balanced_accuracy", "ceiling")},
+            **{k: result[k] for k in LABELLED_KEYS},
             "normal_scores": normal_scores, "defect_scores": defect_scores,
             "history": len(again.get("history") or [])}

@@ -51,6 +51,9 @@ import numpy as np
 from firmware_sim.errors import UserError
 
 CALIBRATION_METHODS = ("anchored", "lognormal", "best-cut")
+# What a labelled calibration records of choose_threshold's result (manifest, checkpoint, results.json)
+LABELLED_KEYS = ("method", "note", "n_normal", "n_defect", "false_alarm_rate", "catch_rate", "balanced_accuracy",
+                 "ceiling", "drift_ratio")
 DEFAULT_CALIBRATION_METHOD = "anchored"
 # anchored, both chosen on DEV halves (benchmarks/bench_decisions.py scores z in 0-2 x k0 in 0-2): on the mean
 # DEV objective of four score files (threshold_real6: max scores, older recipe, 2 seeds; and the default recipe's
@@ -61,6 +64,14 @@ ANCHOR_DEAD_ZONE = 0.0
 # ... and the difference (beyond the dead zone) moves it with weight k / (k + k0): the deployed threshold counts
 # as k0 labelled defects placed where it is their midpoint with the good parts
 ANCHOR_DEFECTS = 2.0
+# Drift check of the labelled good images (anchored and lognormal): when their mean log score differs from the
+# stored held-out normals' by more than DRIFT_Z standard errors, the product's scores have moved since it was
+# calibrated (later tasks trained the model on; the line changed) and the stored statistics and deployed
+# threshold are rescaled by that ratio before use: the labelled good parts are the anchors. inf: never.
+DRIFT_Z = 3.0
+# ... and only a move by at least this factor (either way): a smaller one is left to anchored's weighting, and a
+# tight spread of the stored scores must not turn a few per cent into "drift"
+DRIFT_MIN_RATIO = 1.5
 _TINY = 1e-12  # scores are max-of-map distances (>= 0): the floor keeps log() finite for a score of 0
 
 
@@ -168,6 +179,23 @@ def unlabelled_threshold(cal: dict) -> float | None:
     return _finite_positive(cal.get("threshold"))
 
 
+def drift_rescaled(normal_scores, prior: NormalPrior | None, z: float = DRIFT_Z) -> tuple[NormalPrior | None, float]:
+    """(prior, ratio): ``prior`` rescaled by the ratio of the labelled good images' geometric mean score to its
+    own when the two differ by more than ``z`` standard errors of their mean log scores and by at least
+    DRIFT_MIN_RATIO, else as given (ratio 1). Needs a prior with a spread and at least one labelled good image."""
+    n = np.log(np.maximum(_arr(normal_scores), _TINY))
+    if prior is None or n.size == 0 or not math.isfinite(z):
+        return prior, 1.0
+    spread = prior.log_std()
+    delta = float(n.mean()) - prior.log_mean()
+    if (spread <= 0 or abs(delta) <= z * spread * math.sqrt(1 / n.size + 1 / prior.n)
+            or abs(delta) < math.log(DRIFT_MIN_RATIO)):
+        return prior, 1.0
+    r = math.exp(delta)
+    thr = None if prior.threshold is None else prior.threshold * r
+    return NormalPrior(prior.mean * r, prior.std * r, prior.n, thr), r
+
+
 def anchored_cut(labelled_cut: float, anchor: float, n_defect: int, log_spread: float,
                  z: float = ANCHOR_DEAD_ZONE, k0: float = ANCHOR_DEFECTS) -> float:
     """``anchor`` moved toward ``labelled_cut`` in log score by the part of their difference beyond ``z``
@@ -195,7 +223,7 @@ def lognormal_cut(normal_scores, defect_scores, prior: NormalPrior | None = None
 
 def choose_threshold(normal_scores, defect_scores, prior: NormalPrior | None = None,
                      method: str = DEFAULT_CALIBRATION_METHOD, z: float = ANCHOR_DEAD_ZONE,
-                     k0: float = ANCHOR_DEFECTS) -> dict:
+                     k0: float = ANCHOR_DEFECTS, drift_z: float = DRIFT_Z) -> dict:
     """The threshold from labelled scores by ``method`` and what it does on those images.
 
     Returns {threshold, method (the one used), note (why another was used, or None), n_normal, n_defect,
@@ -216,10 +244,19 @@ def choose_threshold(normal_scores, defect_scores, prior: NormalPrior | None = N
         raise UserError("calibration needs at least one good image (or, for anchored and lognormal, a stored "
                         "calibration with the held-out normals' score mean and std)")
     note, used, thr, anchor, cut = None, method, None, None, None
-    if method == "anchored":
+    ratio = 1.0
+    if method != "best-cut":
+        prior, ratio = drift_rescaled(n, prior, drift_z)
+        if ratio != 1.0:
+            note = (f"the labelled good images score {ratio:.3g}x the stored held-out normals (drift beyond "
+                    f"{drift_z:g} standard errors): their statistics were rescaled")
+            if method == "anchored":  # a threshold the product has drifted away from is no anchor
+                note, used = f"{note}, and lognormal used (the deployed threshold is stale)", "lognormal"
+    if used == "anchored":
         anchor = prior.threshold if prior is not None else None
         if anchor is None:  # e.g. only labelled good images, no stored calibration: nothing to anchor on
-            note, used = "no stored threshold set without labels to anchor on: lognormal used", "lognormal"
+            note = (f"{note}; " if note else "") + "no stored threshold set without labels to anchor on: lognormal used"
+            used = "lognormal"
     if used in ("anchored", "lognormal"):
         thr = lognormal_cut(n, d, prior)
         if thr is None:
@@ -230,7 +267,7 @@ def choose_threshold(normal_scores, defect_scores, prior: NormalPrior | None = N
             if used == "lognormal":
                 note, used = (f"{note}; " if note else "") + f"{why}: best-cut used", "best-cut"
             else:
-                note = f"{why}: moved toward the best cut"
+                note = (f"{note}; " if note else "") + f"{why}: moved toward the best cut"
                 thr = best_cut(n, d)[0]
     if thr is None:
         thr = best_cut(n, d)[0]
@@ -240,5 +277,5 @@ def choose_threshold(normal_scores, defect_scores, prior: NormalPrior | None = N
     out = {"threshold": float(thr), "method": used, "note": note, "n_normal": int(n.size),
            "n_defect": int(d.size), **rates(n, d, thr)}
     out["ceiling"] = best_cut(n, d)[1] if n.size else None
-    out.update(anchor_threshold=anchor, labelled_cut=cut)
+    out.update(anchor_threshold=anchor, labelled_cut=cut, drift_ratio=ratio)
     return out

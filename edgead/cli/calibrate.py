@@ -19,10 +19,7 @@ from pathlib import Path
 import click
 
 from edgead.errors import EdgeadError
-from firmware_sim.decisions import CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD
-
-RESULT_KEYS = ("method", "note", "n_normal", "n_defect", "false_alarm_rate", "catch_rate", "balanced_accuracy",
-               "ceiling")
+from firmware_sim.decisions import CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD, LABELLED_KEYS
 
 
 def relabelled(cal, result: dict, when: str):
@@ -30,7 +27,7 @@ def relabelled(cal, result: dict, when: str):
     threshold appended to extra["history"]."""
     old = {"threshold": cal.threshold, "quantile": cal.quantile, "n_images": cal.n_images,
            **({"labelled": cal.extra["labelled"]} if "labelled" in cal.extra else {}), "replaced": when}
-    extra = {**cal.extra, "labelled": {**{k: result[k] for k in RESULT_KEYS}, "date": when},
+    extra = {**cal.extra, "labelled": {**{k: result[k] for k in LABELLED_KEYS}, "date": when},
              "history": [*cal.extra.get("history", []), old]}
     return replace(cal, threshold=float(result["threshold"]), extra=extra)
 
@@ -95,7 +92,7 @@ def calibrate_run(run_dir: str | Path, task: str | None, normal: str | Path, def
         atomic_write_json(results_path, results)
     return {"run": str(run_dir), "task": task, "checkpoint": str(ckpt), "old_threshold": old.threshold,
             "threshold": result["threshold"], "task_agnostic_threshold": model.calibration.threshold,
-            **{k: result[k] for k in RESULT_KEYS}, "anchor_threshold": result["anchor_threshold"],
+            **{k: result[k] for k in LABELLED_KEYS}, "anchor_threshold": result["anchor_threshold"],
             "labelled_cut": result["labelled_cut"], "normal_scores": normal_scores, "defect_scores": defect_scores,
             "history": len(new.extra["history"])}
 

@@ -57,7 +57,9 @@ def test_decisions_from_saved_scores(scores_file, tmp_path):
     shots = json.loads((out / "decisions_fewshot.json").read_text())
     methods = {r["method"] for r in shots["rows"]}
     sweep = {f"anchored:{z:g},{k0:g}" for z, k0 in bench_decisions.ANCHOR_SWEEP}
-    assert methods == {"none", "anchored", "lognormal", "best-cut", "best-cut+held-out"} | sweep and len(sweep) >= 4
+    drift = {f"{m}+drift:{z:g}" for m in ("anchored", "lognormal") for z in bench_decisions.DRIFT_SWEEP}
+    assert methods == {"none", "anchored", "lognormal", "best-cut", "best-cut+held-out"} | sweep | drift
+    assert len(sweep) >= 4 and len(drift) >= 6
     assert shots["choice"]["chosen"] in methods - {"none"}
     assert shots["choice"]["chosen"] == min(shots["choice"]["objective_dev"], key=shots["choice"]["objective_dev"].get)
     assert all(r["draws"] == 3 for r in shots["rows"]) and {r["k"] for r in shots["rows"]} == {1, 3, 5, 10}

@@ -129,7 +129,8 @@ def test_single_threshold_artifact_calibrates_its_one_threshold(tmp_path):
 
     data = {"calibration": {"threshold": 0.5, "score_mean": 0.2, "score_std": 0.05, "n_images": 10}}
     result = {"threshold": 0.42, "method": "lognormal", "note": None, "n_normal": 3, "n_defect": 2,
-              "false_alarm_rate": 0.0, "catch_rate": 1.0, "balanced_accuracy": 1.0, "ceiling": 1.0}
+              "false_alarm_rate": 0.0, "catch_rate": 1.0, "balanced_accuracy": 1.0, "ceiling": 1.0,
+              "drift_ratio": 1.0}
     new = calibrated_manifest(data, None, result, "2026-01-01T00:00:00+00:00")
     assert new["calibration"]["threshold"] == 0.42 and new["calibration"]["history"][0]["threshold"] == 0.5
     assert data["calibration"]["threshold"] == 0.5  # the input is not modified
@@ -255,7 +256,8 @@ def test_anchored_cut_dead_zone_weight_and_the_anchor_it_uses():
     rec = {"threshold": 0.5, "score_mean": 0.2, "score_std": 0.05, "n_images": 10}
     assert NormalPrior.from_calibration(rec).threshold == 0.5
     result = {"threshold": 0.42, "method": "anchored", "note": None, "n_normal": 3, "n_defect": 2,
-              "false_alarm_rate": 0.0, "catch_rate": 1.0, "balanced_accuracy": 1.0, "ceiling": 1.0}
+              "false_alarm_rate": 0.0, "catch_rate": 1.0, "balanced_accuracy": 1.0, "ceiling": 1.0,
+              "drift_ratio": 1.0}
     data = calibrated_manifest({"calibration": rec}, None, result, "t1")
     data = calibrated_manifest(data, None, {**result, "threshold": 0.3}, "t2")
     assert data["calibration"]["threshold"] == 0.3 and unlabelled_threshold(data["calibration"]) == 0.5
@@ -266,3 +268,42 @@ def test_anchored_cut_dead_zone_weight_and_the_anchor_it_uses():
     both = calibrated_manifest({"calibration": host}, None, {**result, "threshold": 0.3}, "t3")["calibration"]
     assert both["history"][-1]["threshold"] == 0.42 and unlabelled_threshold(both) == 0.5
     assert unlabelled_threshold({**rec, "labelled": {"method": "best-cut"}}) is None  # replaced, no history
+
+
+def test_labelled_good_parts_that_drifted_from_the_stored_normals_rescale_them_first():
+    """After later tasks trained the model on, a product's scores can move away from the held-out normals its
+    calibration stored (the five-product stream: every good part above a stale threshold). The labelled good
+    images measure where they are now; beyond DRIFT_Z standard errors the stored statistics and the deployed
+    threshold are rescaled by their ratio before anchored / lognormal use them."""
+    import math
+
+    from firmware_sim.decisions import DRIFT_Z, NormalPrior, choose_threshold, drift_rescaled
+
+    assert math.isfinite(DRIFT_Z) and DRIFT_Z >= 1  # on by default, and not for every wobble
+    held = np.exp(np.random.default_rng(0).normal(0, 1, 50))
+    prior = NormalPrior(float(held.mean()), float(held.std()), 50, float(np.exp(1.4)))  # the best cut before drift
+    rng = np.random.default_rng(1)
+    shift = 2.0  # every score now e^2 times what it was: the best cut is at log t = 3.4, the stale one rejects ~90 %
+    losses = {True: [], False: []}
+    for _ in range(100):
+        good, defect = np.exp(rng.normal(shift, 1, 5)), np.exp(rng.normal(3.0 + shift, 1.5, 5))
+        for check in (True, False):
+            res = choose_threshold(good, defect, prior, drift_z=DRIFT_Z if check else math.inf)
+            losses[check].append(0.888 - _bacc(res["threshold"] / np.exp(shift)))
+            assert (res["drift_ratio"] == 1.0) == (not check or "drift" not in (res["note"] or ""))
+    # kept stale, 5 defects move the threshold only part of the way (loss about 0.10); rescaled, about 0.01
+    loss = {k: float(np.mean(v)) for k, v in losses.items()}
+    assert loss[False] > 0.08 and loss[True] < loss[False] / 4, loss
+
+    # no drift: good parts from the stored normals' own distribution are rarely rescaled, the threshold kept
+    fired = 0
+    for _ in range(200):
+        _, ratio = drift_rescaled(np.exp(rng.normal(0, 1, 5)), prior)
+        fired += ratio != 1.0
+    assert fired <= 0.05 * 200  # (the stored moments are a log-normal fit: a little more often than nominal)
+    # the rescaling itself: mean, std and threshold by the geometric-mean ratio; count unchanged
+    p2, r = drift_rescaled([np.e ** 3] * 4, NormalPrior(1.0, 0.0001, 10, 2.0), z=3.0)
+    assert r == pytest.approx(np.e ** 3, rel=1e-3) and p2.n == 10 and p2.threshold == pytest.approx(2.0 * r)
+    assert p2.mean == pytest.approx(r) and drift_rescaled([5.0], None) == (None, 1.0)
+    # best-cut uses the labelled images only: never rescaled
+    assert choose_threshold([np.e ** 3] * 4, [100.0], NormalPrior(1.0, 0.1, 10, 2.0), "best-cut")["drift_ratio"] == 1.0

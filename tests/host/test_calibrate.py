@@ -125,7 +125,8 @@ def test_relabelled_keeps_every_earlier_threshold():
     from edgead.models.teacher_student import Calibration
 
     result = {"threshold": 0.3, "method": "best-cut", "note": None, "n_normal": 2, "n_defect": 1,
-              "false_alarm_rate": 0.0, "catch_rate": 1.0, "balanced_accuracy": 1.0, "ceiling": 1.0}
+              "false_alarm_rate": 0.0, "catch_rate": 1.0, "balanced_accuracy": 1.0, "ceiling": 1.0,
+              "drift_ratio": 1.0}
     c = relabelled(Calibration(threshold=0.5, n_images=9), result, "t1")
     c = relabelled(c, {**result, "threshold": 0.4}, "t2")
     assert c.threshold == 0.4 and [h["threshold"] for h in c.extra["history"]] == [0.5, 0.3]
