@@ -25,11 +25,12 @@ Writes benchmarks/results/decisions_rules[_TAG].json, decisions_far[_TAG].json, 
 
     python benchmarks/bench_decisions.py --stream benchmarks/results/real_stream_TAG.json --tag X
 
-does part 3 only, on a continual stream (bench real-stream's file): every product's scores at its last
+does part 3 only, on a continual stream (bench real-stream's files): every product's scores at its last
 evaluation, after the last task, with the threshold and held-out statistics the run deployed it with, split
 into the same DEV and REPORT halves (edgead.data.dev_split). It answers how many labelled parts per product
-bring a stream to its ceiling, per (method, setting), with the code's calibration method (nothing is chosen
-there). Writes decisions_fewshot_stream[_X].json.
+bring a stream to its ceiling, per (method, setting). With --from (single-task scores) as well, the drift
+check's z (firmware_sim.decisions.DRIFT_Z) is chosen on the DEV objective of both. Writes
+decisions_fewshot_stream[_X].json.
 """
 
 from __future__ import annotations
@@ -258,16 +259,20 @@ def _deployed(r: dict) -> tuple[float, NormalPrior | None]:
     return base, NormalPrior(float(np.mean(r["normal"])), float(np.std(r["normal"])), len(r["normal"]), base)
 
 
-def stream_runs(path: str, split_seed: int = 0) -> tuple[dict[str, list[dict]], dict]:
-    """{'METHOD SETTING': runs in this script's format}: each product of a bench real-stream file at its last
-    evaluation (DEV / REPORT halves, its deployed calibration), and the file's header."""
+def stream_runs(paths: str, split_seed: int = 0) -> tuple[dict[str, list[dict]], list[dict]]:
+    """{'METHOD SETTING': runs in this script's format}: each product of one or more (comma-separated) bench
+    real-stream files at its last evaluation (DEV / REPORT halves, its deployed calibration), and the files'
+    commands and arguments."""
     from edgead.data.dev_split import dev_report_split
 
-    try:
-        src = json.loads(Path(path).read_text())
-        runs = src["runs"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SystemExit(f"--stream {path!r}: not a bench real-stream results file ({type(e).__name__}: {e})") from None
+    runs, sources = [], []
+    for path in (p.strip() for p in str(paths).split(",") if p.strip()):
+        try:
+            src = json.loads(Path(path).read_text())
+            runs += list(src["runs"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"--stream {path!r}: not a bench real-stream results file ({type(e).__name__}: {e})") from None
+        sources.append({"file": Path(path).name, "command": src.get("command"), "args": src.get("args")})
     out: dict[str, list[dict]] = {}
     for r in runs:
         for name, f in (r.get("final_scores") or {}).items():
@@ -277,19 +282,34 @@ def stream_runs(path: str, split_seed: int = 0) -> tuple[dict[str, list[dict]], 
                 {"category": name, "seed": r["seed"], "calibration": f["calibration"],
                  **{h: {"labels": y[i].tolist(), "scores": s[i].tolist()} for h, i in (("dev", dev), ("report", rep))}})
     if not out:
-        raise SystemExit(f"--stream {path!r}: no run keeps its tasks' final scores (bench real-stream writes them "
+        raise SystemExit(f"--stream {paths!r}: no run keeps its tasks' final scores (bench real-stream writes them "
                          "from this version on)")
-    return out, {"command": src.get("command"), "args": src.get("args")}
+    return out, sources
 
 
 def stream_fewshot(path: str, n_good: int, draws: int) -> dict:
     """Per configuration: fewshot_summary's table (per k and method, DEV and REPORT: mean over products of
     their mean over seeds) on the stream's products after the last task."""
-    configs, source = stream_runs(path)
-    return {"source": source, "method": DEFAULT_CALIBRATION_METHOD,
+    configs, sources = stream_runs(path)
+    return {"sources": sources, "method": DEFAULT_CALIBRATION_METHOD,
             "configs": {c: {"products": sorted({r["category"] for r in runs}), "seeds": sorted({r["seed"] for r in runs}),
                             "table": fewshot_summary(per_run_means(fewshot_rows(runs, n_good=n_good, draws=draws)))[0]}
                         for c, runs in configs.items()}}
+
+
+def drift_choice(single: dict[str, float], configs: dict) -> dict:
+    """The drift check's z (firmware_sim.decisions.DRIFT_Z) chosen on DEV: the single-task DEV objective of
+    ``anchored`` at each z (fewshot_summary's, over k) plus the same objective on the stream, averaged over its
+    configurations (single products and continual streams count alike)."""
+    zs = {"anchored": DRIFT_Z, **{f"anchored+drift:{z:g}": z for z in DRIFT_SWEEP}}
+    stream = {m: float(np.mean([np.mean([t["dev"]["gap"] + t["dev"]["worst_gap"] for t in v["table"] if t["method"] == m])
+                                for v in configs.values()])) for m in zs}
+    total = {m: single[m] + stream[m] for m in zs}
+    chosen = min(total, key=total.get)
+    return {"by": "single-task DEV objective + mean over stream configurations of the DEV objective (mean over k "
+            "of mean gap + worst product gap)", "z": {m: (None if math.isinf(z) else z) for m, z in zs.items()},
+            "single_dev": {m: single[m] for m in zs}, "stream_dev": stream, "total": total, "chosen": chosen,
+            "chosen_z": None if math.isinf(zs[chosen]) else zs[chosen], "default_in_code": DRIFT_Z}
 
 
 def per_run_means(rows: list[dict]) -> list[dict]:
@@ -344,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draws", type=int, default=20, help="random calibration draws per (category, seed, k)")
     p.add_argument("--tag", default="", help="suffix of the results file names")
     p.add_argument("--out-dir", default=str(RESULTS), help="folder for the results files")
-    p.add_argument("--stream", help="a bench real-stream results file: the few-label study only, on its products "
-                   "after the last task")
+    p.add_argument("--stream", help="bench real-stream results files, comma-separated: the few-label study only, "
+                   "on their products after the last task (with --from: the drift check's z chosen on both)")
     a = p.parse_args(argv)
     out, tag = Path(a.out_dir), f"_{a.tag}" if a.tag else ""
     if a.stream:
@@ -356,6 +376,15 @@ def main(argv: list[str] | None = None) -> int:
                      for c, v in res["configs"].items() for t in v["table"] if ":" not in t["method"]],
                     ["config", "k", "method", "gap_dev", "bacc_report", "ceiling_report", "gap_report",
                      "worst_gap_report", "worst", "fpr_report"])
+        if a.from_json != str(SOURCE):  # single-task scores given too: choose the drift check's z on both
+            single_runs, _ = load_runs(a.from_json)
+            single = fewshot_summary(per_run_means(fewshot_rows(single_runs, n_good=a.good, draws=a.draws)))[1]
+            res["drift_choice"] = drift_choice(single["objective_dev"], res["configs"])
+            print_table([{"method": m, "z": res["drift_choice"]["z"][m], "single_dev": res["drift_choice"]["single_dev"][m],
+                          "stream_dev": res["drift_choice"]["stream_dev"][m], "total": v}
+                         for m, v in sorted(res["drift_choice"]["total"].items(), key=lambda kv: kv[1])],
+                        ["method", "z", "single_dev", "stream_dev", "total"])
+            print(f"drift check chosen on DEV: {res['drift_choice']['chosen']} (z in code: {DRIFT_Z:g})")
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / f"decisions_fewshot_stream{tag}.json", {**header(argv), "args": vars(a), **res})
         print(f"wrote {out}/decisions_fewshot_stream{tag}.json")

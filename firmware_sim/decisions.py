@@ -37,8 +37,17 @@ is set by one of ``CALIBRATION_METHODS``:
                  function), halfway between neighbouring scores; among equally good cuts the highest, which
                  rejects the fewest good parts. Exact on the images given, jumpy with few of them.
 
-The default, ``z`` and ``k0`` were chosen on DEV halves of six real categories (benchmarks/bench_decisions.py,
-which also scores ``anchored`` with other z and k0; docs/thresholds.md).
+Before ``anchored`` or ``lognormal`` use the stored statistics, the labelled good images check them (the drift
+check, ``drift_rescaled``): after later tasks have trained the model on, a product's scores can sit several times
+above or below the held-out normals it was calibrated on (in the five-product stream up to 6x, with every good
+part above its threshold). When the good images' geometric mean differs from the stored one by at least
+``DRIFT_MIN_RATIO`` and by more than ``DRIFT_Z`` standard errors, the statistics are rescaled by that ratio
+and ``anchored`` uses ``lognormal`` (a threshold the product drifted away from is no anchor); the result
+records the ratio (``drift_ratio``, 1 when the check did not fire) and the note says so.
+
+The default, ``z``, ``k0`` and ``DRIFT_Z`` were chosen on DEV halves (benchmarks/bench_decisions.py, which also
+scores ``anchored`` with other z and k0 and the drift check at other z; docs/thresholds.md): the first three on
+six real categories trained one at a time, ``DRIFT_Z`` on those and on the five-product stream together.
 """
 
 from __future__ import annotations

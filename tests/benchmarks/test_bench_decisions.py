@@ -115,3 +115,25 @@ def test_a_tie_on_dev_goes_to_fewer_false_alarms_then_to_the_rule_listed_first()
     assert choose_rule(fewer, 0.2)[1]["chosen"] == "pseudo-band:0.5,0.15"  # same objective, fewer false alarms
     better = rows("pseudo-band:0.7,0.15", 0.01, 0.15) + rows("pseudo-band:0.5,0.15", 0.02, 0.1)
     assert choose_rule(better, 0.2)[1]["chosen"] == "pseudo-band:0.7,0.15"  # the objective comes first
+
+
+def test_the_drift_check_is_chosen_on_single_task_and_stream_dev_alike():
+    import math
+
+    import bench_decisions as bd
+
+    names = ["anchored"] + [f"anchored+drift:{z:g}" for z in bd.DRIFT_SWEEP]
+    single = {m: 0.05 + 0.01 * i for i, m in enumerate(names)}  # the code's z best on single products
+
+    def config(best):  # a stream configuration whose DEV objective is lowest at method ``best``
+        return {"table": [{"k": k, "method": m, "dev": {"gap": 0.1 if m != best else 0.0, "worst_gap": 0.1}}
+                          for k in (1, 3) for m in names]}
+
+    far_off = names[-1]
+    got = bd.drift_choice(single, {"a": config(far_off), "b": config(far_off)})
+    # the stream's mean over configurations (0.1 lower at far_off) outweighs single's 0.01-per-step order
+    assert got["chosen"] == far_off and got["stream_dev"][far_off] == pytest.approx(0.1)
+    assert got["total"]["anchored"] == pytest.approx(0.05 + 0.2)
+    assert got["z"]["anchored"] == bd.DRIFT_Z and (got["z"][far_off] is None) == math.isinf(bd.DRIFT_SWEEP[-1])
+    # one configuration preferring it is averaged with one that does not: single decides
+    assert bd.drift_choice(single, {"a": config(far_off), "b": config("anchored")})["chosen"] == "anchored"
