@@ -63,15 +63,17 @@ def _fewshot_checks(tmp_path, saved):
     assert bench_decisions.main(["--stream", str(tmp_path / "real_stream_quick.json"), "--draws", "2",
                                  "--out-dir", str(tmp_path / "d"), "--tag", "q"]) == 0
     res = json.loads((tmp_path / "d" / "decisions_fewshot_stream_q.json").read_text())
-    m = res["method"]
-    assert {(t["config"], t["k"]) for t in res["table"]} == {
-        (f"{r['method']} {r['setting']}", k) for r in saved["runs"] for k in bench_decisions.SHOTS}
-    for t in res["table"]:
-        assert t["products"] == 2 and t["none_bacc"] <= t["ceiling"] + 1e-12 and t[f"{m}_bacc"] <= t["ceiling"] + 1e-12
-        assert t[f"{m}_worst_gap"] >= t[f"{m}_gap"] - 1e-12
-    # 'none' keeps the deployed threshold: the same for every k
-    for config in {t["config"] for t in res["table"]}:
-        assert len({round(t["none_bacc"], 12) for t in res["table"] if t["config"] == config}) == 1
+    assert set(res["configs"]) == {f"{r['method']} {r['setting']}" for r in saved["runs"]}
+    assert [s["file"] for s in res["sources"]] == ["real_stream_quick.json"]
+    for c in res["configs"].values():
+        assert c["products"] == ["brick", "nut"]
+        by = {(t["k"], t["method"]): t["report"] for t in c["table"]}
+        assert {k for k, _ in by} == set(bench_decisions.SHOTS) and {"none", "anchored", "best-cut"} <= {m for _, m in by}
+        for rep in by.values():
+            assert rep["bacc"] <= rep["ceiling"] + 1e-12 and rep["worst_gap"] >= rep["gap"] - 1e-12
+        # 'none' keeps the deployed threshold: the same for every k
+        assert len({round(by[(k, "none")]["bacc"], 12) for k in bench_decisions.SHOTS}) == 1
+        assert {(k, res["method"]) for k in bench_decisions.SHOTS} <= set(by)
     with pytest.raises(SystemExit, match="no run keeps"):
         old = json.loads((tmp_path / "real_stream_quick.json").read_text())
         for r in old["runs"]:
