@@ -77,6 +77,9 @@ HALVES = ("dev", "report")
 # Bars of issue 20.
 BAR_MEAN_GAP, BAR_WORST_GAP, BAR_FAR = 0.03, 0.06, 0.08
 BAR_SHOTS = {5: 0.03, 10: 0.02}
+BAR_STREAM = 0.80  # the five-product stream's mean per-task deployed balanced accuracy
+STREAM_COLS = ["config", "k", "method", "gap_dev", "bacc_report", "ceiling_report", "gap_report", "worst_gap_report",
+               "worst", "fpr_report"]
 # anchored with other dead zones z (standard errors) and weights k0 (labelled defects) of the deployed threshold:
 # z and k0 are chosen on DEV with them (z = 0: plain shrinkage toward the deployed threshold)
 ANCHOR_SWEEP = tuple((z, k0) for z in (0.0, 0.5, 1.0, 1.5, 2.0) for k0 in (0.0, 0.5, 1.0, 2.0)
@@ -370,12 +373,19 @@ def main(argv: list[str] | None = None) -> int:
     out, tag = Path(a.out_dir), f"_{a.tag}" if a.tag else ""
     if a.stream:
         res = stream_fewshot(a.stream, a.good, a.draws)
-        print_table([{"config": c, "k": t["k"], "method": t["method"], "gap_dev": t["dev"]["gap"],
-                      **{f"{m}_report": t["report"][m] for m in ("bacc", "ceiling", "gap", "worst_gap", "fpr")},
-                      "worst": t["report"]["worst_category"]}
-                     for c, v in res["configs"].items() for t in v["table"] if ":" not in t["method"]],
-                    ["config", "k", "method", "gap_dev", "bacc_report", "ceiling_report", "gap_report",
-                     "worst_gap_report", "worst", "fpr_report"])
+        res["lines"] = [{"config": c, "k": t["k"], "method": t["method"], "gap_dev": t["dev"]["gap"],
+                         **{f"{m}_report": t["report"][m] for m in ("bacc", "ceiling", "gap", "worst_gap", "fpr")},
+                         "worst": t["report"]["worst_category"]}
+                        for c, v in res["configs"].items() for t in v["table"]
+                        if ":" not in t["method"] or t["method"] == "anchored+drift:inf"]
+        print_table(res["lines"], STREAM_COLS)
+        res["checks"] = [check(f"{c}, {k} labelled defects + {a.good} good per product ({res['method']}): REPORT mean "
+                               f"deployed balanced accuracy >= {BAR_STREAM}", t["report"]["bacc"] >= BAR_STREAM,
+                               f"{t['report']['bacc']:.3f}; no labels {none['report']['bacc']:.3f}; ceiling "
+                               f"{t['report']['ceiling']:.3f}")
+                         for c, v in res["configs"].items() for k in (5, 10)
+                         for t in v["table"] if t["k"] == k and t["method"] == res["method"]
+                         for none in v["table"] if none["k"] == k and none["method"] == "none"]
         if a.from_json != str(SOURCE):  # single-task scores given too: choose the drift check's z on both
             single_runs, _ = load_runs(a.from_json)
             single = fewshot_summary(per_run_means(fewshot_rows(single_runs, n_good=a.good, draws=a.draws)))[1]

@@ -223,7 +223,8 @@ def section(path: Path) -> str | None:
     if name.startswith("real_stream"):
         return _real_stream(d, name)
     if name.startswith("decisions"):  # bench_decisions / bench_budget / bench_postprocess: their bars
-        return f"## Decisions: {name}\n\n{_head(d)}\n\n{_checks(d)}\n"
+        lines = f"{_table(d['lines'], list(d['lines'][0]))}\n\n" if d.get("lines") else ""  # a stream's few-label table
+        return f"## Decisions: {name}\n\n{_head(d)}\n\n{lines}{_checks(d)}\n"
     if name.startswith("buffer_writes"):
         rows = [{"shape": "x".join(map(str, r["shape"])), "budget": r["budget"],
                  "record_bytes": r["after"]["record_bytes"],
