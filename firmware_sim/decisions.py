@@ -77,7 +77,7 @@ ANCHOR_DEFECTS = 2.0
 # stored held-out normals' by more than DRIFT_Z standard errors, the product's scores have moved since it was
 # calibrated (later tasks trained the model on; the line changed) and the stored statistics and deployed
 # threshold are rescaled by that ratio before use: the labelled good parts are the anchors. inf: never.
-DRIFT_Z = 1.0
+DRIFT_Z = 3.0
 # ... and only a move by at least this factor (either way): a smaller one is left to anchored's weighting, and a
 # tight spread of the stored scores must not turn a few per cent into "drift"
 DRIFT_MIN_RATIO = 1.5
