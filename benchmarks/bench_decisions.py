@@ -52,6 +52,7 @@ from edgead.engine.thresholds import (
     far_achievable,
     far_normals_needed,
 )
+from edgead.errors import EdgeadError
 from firmware_sim.decisions import (
     ANCHOR_DEAD_ZONE,
     ANCHOR_DEFECTS,
@@ -61,6 +62,7 @@ from firmware_sim.decisions import (
     NormalPrior,
     best_cut,
     choose_threshold,
+    good_log_ratio,
     rates,
 )
 
@@ -272,18 +274,23 @@ def stream_runs(paths: str, split_seed: int = 0) -> tuple[dict[str, list[dict]],
     for path in (p.strip() for p in str(paths).split(",") if p.strip()):
         try:
             src = json.loads(Path(path).read_text())
-            runs += list(src["runs"])
+            runs += [(path, r) for r in src["runs"]]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"--stream {path!r}: not a bench real-stream results file ({type(e).__name__}: {e})") from None
         sources.append({"file": Path(path).name, "command": src.get("command"), "args": src.get("args")})
     out: dict[str, list[dict]] = {}
-    for r in runs:
+    for path, r in runs:
         for name, f in (r.get("final_scores") or {}).items():
-            y, s = np.asarray(f["labels"]), np.asarray(f["scores"], np.float64)
-            dev, rep = dev_report_split(y, f["defect_types"], seed=split_seed, key=name)
-            out.setdefault(f"{r['method']} {r['setting']}", []).append(
-                {"category": name, "seed": r["seed"], "calibration": f["calibration"],
-                 **{h: {"labels": y[i].tolist(), "scores": s[i].tolist()} for h, i in (("dev", dev), ("report", rep))}})
+            try:
+                y, s = np.asarray(f["labels"], np.int64), np.asarray(f["scores"], np.float64)
+                dev, rep = dev_report_split(y, f["defect_types"], seed=split_seed, key=name)
+                out.setdefault(f"{r['method']} {r['setting']}", []).append(
+                    {"category": name, "seed": r["seed"], "calibration": dict(f["calibration"]),
+                     **{h: {"labels": y[i].tolist(), "scores": s[i].tolist()} for h, i in (("dev", dev), ("report", rep))}})
+            except (KeyError, TypeError, ValueError, EdgeadError) as e:
+                raise SystemExit(f"--stream {path!r}: run {r.get('method')} {r.get('setting')} seed {r.get('seed')}, "
+                                 f"task {name!r}: its final scores are not readable ({type(e).__name__}: {e}); expected "
+                                 "labels, scores, defect_types and calibration as bench real-stream writes them") from None
     if not out:
         raise SystemExit(f"--stream {paths!r}: no run keeps its tasks' final scores (bench real-stream writes them "
                          "from this version on)")
@@ -296,8 +303,19 @@ def stream_fewshot(path: str, n_good: int, draws: int) -> dict:
     configs, sources = stream_runs(path)
     return {"sources": sources, "method": DEFAULT_CALIBRATION_METHOD,
             "configs": {c: {"products": sorted({r["category"] for r in runs}), "seeds": sorted({r["seed"] for r in runs}),
+                            "dev_good_ratio": {f"{r['category']} seed {r['seed']}": dev_good_ratio(r) for r in runs},
                             "table": fewshot_summary(per_run_means(fewshot_rows(runs, n_good=n_good, draws=draws)))[0]}
                         for c, runs in configs.items()}}
+
+
+def dev_good_ratio(r: dict) -> float | None:
+    """How far a product's scores drifted from its stored calibration: the geometric mean of its DEV good
+    images' scores over that of the held-out normals behind the calibration (a log-normal fit of their stored
+    mean and std, as the drift check compares them). None without the statistics."""
+    _, prior = _deployed(r)
+    y, s = _half(r, "dev")
+    good = s[y == 0]
+    return float(np.exp(good_log_ratio(good, prior))) if prior is not None and good.size else None
 
 
 def drift_choice(single: dict[str, float], configs: dict) -> dict:
@@ -358,7 +376,8 @@ def _rule_line(t: dict, h: str = "report") -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--from", dest="from_json", default=str(SOURCE), help="saved scores: bench threshold's file, "
+    p.add_argument("--from", dest="from_json", default=None, help="saved scores: bench threshold's file (default "
+                   f"{SOURCE.name}), "
                    "or several, comma-separated (e.g. bench postprocess's per-candidate score files); a later "
                    "file's run of a category and seed replaces an earlier one's")
     p.add_argument("--rules", default=RULES, help="comma list of candidate rules (edgead.engine.thresholds)")
@@ -386,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                          for c, v in res["configs"].items() for k in (5, 10)
                          for t in v["table"] if t["k"] == k and t["method"] == res["method"]
                          for none in v["table"] if none["k"] == k and none["method"] == "none"]
-        if a.from_json != str(SOURCE):  # single-task scores given too: choose the drift check's z on both
+        if a.from_json:  # single-task scores given too: choose the drift check's z on both
             single_runs, _ = load_runs(a.from_json)
             single = fewshot_summary(per_run_means(fewshot_rows(single_runs, n_good=a.good, draws=a.draws)))[1]
             res["drift_choice"] = drift_choice(single["objective_dev"], res["configs"])
@@ -400,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out}/decisions_fewshot_stream{tag}.json")
         return 0
     rules = [ThresholdRule.parse(t) for t in split_rules(a.rules)]
+    a.from_json = a.from_json or str(SOURCE)
     runs, source_commands = load_runs(a.from_json)
     meta = {**header(argv), "scores_from": {"files": [Path(f).name for f in a.from_json.split(",") if f.strip()],
                                             "commands": source_commands},

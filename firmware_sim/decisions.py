@@ -190,16 +190,22 @@ def unlabelled_threshold(cal: dict) -> float | None:
     return _finite_positive(cal.get("threshold"))
 
 
+def good_log_ratio(normal_scores, prior: NormalPrior) -> float:
+    """log of (geometric mean of these good parts' scores) / (that of the held-out normals behind ``prior``, a
+    log-normal fit of their stored mean and std): how far the product's scores moved since calibration."""
+    return float(np.log(np.maximum(_arr(normal_scores), _TINY)).mean()) - prior.log_mean()
+
+
 def drift_rescaled(normal_scores, prior: NormalPrior | None, z: float = DRIFT_Z) -> tuple[NormalPrior | None, float]:
     """(prior, ratio): ``prior`` rescaled by the ratio of the labelled good images' geometric mean score to its
     own when the two differ by more than ``z`` standard errors of their mean log scores and by at least
     DRIFT_MIN_RATIO, else as given (ratio 1). Needs a prior with a spread and at least one labelled good image."""
-    n = np.log(np.maximum(_arr(normal_scores), _TINY))
-    if prior is None or n.size == 0 or not math.isfinite(z):
+    m = _arr(normal_scores).size
+    if prior is None or m == 0 or not math.isfinite(z):
         return prior, 1.0
     spread = prior.log_std()
-    delta = float(n.mean()) - prior.log_mean()
-    if (spread <= 0 or abs(delta) <= z * spread * math.sqrt(1 / n.size + 1 / prior.n)
+    delta = good_log_ratio(normal_scores, prior)
+    if (spread <= 0 or abs(delta) <= z * spread * math.sqrt(1 / m + 1 / prior.n)
             or abs(delta) < math.log(DRIFT_MIN_RATIO)):
         return prior, 1.0
     r = math.exp(delta)

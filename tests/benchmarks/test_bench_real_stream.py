@@ -74,6 +74,15 @@ def _fewshot_checks(tmp_path, saved):
         # 'none' keeps the deployed threshold: the same for every k
         assert len({round(by[(k, "none")]["bacc"], 12) for k in bench_decisions.SHOTS}) == 1
         assert {(k, res["method"]) for k in bench_decisions.SHOTS} <= set(by)
+        # how far each product's DEV good parts moved from its stored calibration, per seed
+        assert set(c["dev_good_ratio"]) == {f"{p} seed 0" for p in ("brick", "nut")}
+        assert all(v is None or v > 0 for v in c["dev_good_ratio"].values())
+    broken = json.loads((tmp_path / "real_stream_quick.json").read_text())
+    broken["runs"][0]["final_scores"]["nut"].pop("defect_types")
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(SystemExit, match=r"broken.json.*task 'nut'.*not readable.*defect_types"):
+        bench_decisions.main(["--stream", str(tmp_path / "broken.json"), "--out-dir", str(tmp_path / "b")])
+    assert not (tmp_path / "b").exists()  # nothing written
     with pytest.raises(SystemExit, match="no run keeps"):
         old = json.loads((tmp_path / "real_stream_quick.json").read_text())
         for r in old["runs"]:

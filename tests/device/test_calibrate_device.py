@@ -281,7 +281,7 @@ def test_labelled_good_parts_that_drifted_from_the_stored_normals_rescale_them_f
     threshold are rescaled by their ratio before anchored / lognormal use them."""
     import math
 
-    from firmware_sim.decisions import DRIFT_Z, NormalPrior, choose_threshold, drift_rescaled
+    from firmware_sim.decisions import DRIFT_Z, NormalPrior, choose_threshold, drift_rescaled, good_log_ratio
 
     assert math.isfinite(DRIFT_Z) and DRIFT_Z >= 1  # on by default, and not for every wobble
     held = np.exp(np.random.default_rng(0).normal(0, 1, 50))
@@ -311,5 +311,6 @@ def test_labelled_good_parts_that_drifted_from_the_stored_normals_rescale_them_f
     p2, r = drift_rescaled([np.e ** 3] * 4, NormalPrior(1.0, 0.0001, 10, 2.0), z=3.0)
     assert r == pytest.approx(np.e ** 3, rel=1e-3) and p2.n == 10 and p2.threshold == pytest.approx(2.0 * r)
     assert p2.mean == pytest.approx(r) and drift_rescaled([5.0], None) == (None, 1.0)
+    assert good_log_ratio([np.e ** 3] * 4, NormalPrior(1.0, 0.0001, 10)) == pytest.approx(3.0, abs=1e-6)
     # best-cut uses the labelled images only: never rescaled
     assert choose_threshold([np.e ** 3] * 4, [100.0], NormalPrior(1.0, 0.1, 10, 2.0), "best-cut")["drift_ratio"] == 1.0
